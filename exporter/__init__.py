@@ -1,0 +1,1 @@
+"""onnxcam exporter: PyTorch classifier -> ONNX explain graph (needs torch)."""

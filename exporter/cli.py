@@ -1,0 +1,88 @@
+"""`onnxcam layers` and `onnxcam export` (both need torch)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.layers import auto_layer, candidates, probe_layers
+from onnxcam.exporter.sources import BUNDLED, SPEC_HELP, LoadedModel, load_model, read_labels
+
+
+def _floats(text: str) -> tuple[float, float, float]:
+    values = [float(v) for v in text.replace(",", " ").split()]
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError("expected three numbers, e.g. 0.485,0.456,0.406")
+    return tuple(values)
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    if len(parts) not in (1, 2) or min(parts) < 8:
+        raise argparse.ArgumentTypeError("expected SIZE or HEIGHTxWIDTH, e.g. 224 or 256x320")
+    return (parts[0], parts[-1])
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help=f"model spec: {SPEC_HELP}")
+    parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
+    parser.add_argument("--num-classes", type=int, help="classifier size when it differs from the default 1000")
+    parser.add_argument("--input-size", type=_size, help="SIZE or HEIGHTxWIDTH (default: the model's own)")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--layer", default="auto", help="target layer module name, or auto (default)")
+    parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    parser.add_argument("--mean", type=_floats, help="per-channel mean on [0,1] pixels (default: the model's own)")
+    parser.add_argument("--std", type=_floats, help="per-channel std on [0,1] pixels (default: the model's own)")
+    parser.add_argument("--labels", type=Path, help="class names, one per line (or a JSON list)")
+    parser.add_argument("--multilabel", action="store_true", help="sigmoid outputs (default: softmax)")
+    parser.add_argument("--no-guided", action="store_true", help="leave out the guided-backprop input gradients")
+
+
+def _load(args: argparse.Namespace) -> LoadedModel:
+    loaded = load_model(args.model, args.weights, args.num_classes)
+    if args.input_size:
+        loaded.input_size = args.input_size
+    return loaded
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    layers = probe_layers(loaded.model, loaded.input_size)
+    chosen = auto_layer(layers)
+    print(f"{loaded.spec}: candidate target layers (4-D, spatial > 1), input {list(loaded.input_size)}")
+    print(f"  {'name':<40} {'type':<24} {'output [C, h, w]':<18} calls")
+    for info in candidates(layers):
+        mark = "*" if info is chosen else " "
+        print(f"{mark} {info.name:<40} {info.kind:<24} {str(list(info.shape[1:])):<18} {info.calls}")
+    print(f"* = --layer auto ({chosen.name})")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from onnxcam.exporter.export import export_explain_graph
+
+    loaded = _load(args)
+    if args.mean:
+        loaded.mean = args.mean
+    if args.std:
+        loaded.std = args.std
+    if args.labels:
+        loaded.labels = read_labels(args.labels)
+    print(f"exporting {loaded.spec}" + (" (bundled pretrained ImageNet weights)" if loaded.spec == BUNDLED else ""))
+    export_explain_graph(loaded, args.layer, args.out, guided=not args.no_guided, multilabel=args.multilabel)
+    return 0
+
+
+COMMANDS = {"layers": run_layers, "export": run_export}
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    try:
+        return COMMANDS[command](args)
+    except ExportError as error:
+        print(f"onnxcam {command}: error: {error}")
+        return 2

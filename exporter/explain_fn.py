@@ -1,0 +1,91 @@
+"""The explain function: one forward, dS/dA, and (optionally) guided dS/dinput.
+
+`make_fx` traces it to an ATen graph that contains the backward ops, which is what
+lets the gradients reach ONNX (see DESIGN.md, "How the gradients get into ONNX").
+"""
+
+from __future__ import annotations
+
+import torch
+from onnxcam.exporter.decompositions import decomposition_table, guided_rule
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+
+class LayerTap:
+    """Captures the output of one call of a module and hands a clone downstream.
+
+    The clone keeps later in-place ops (ReLU(inplace=True) after the layer, DenseNet's
+    functional in-place ReLU) from rewriting the captured activations. It is contiguous:
+    ATen's global average pool re-strides the mean of a channels-last map (ConvNeXt's
+    permuted blocks), and the backward of the view after it would need as_strided_scatter,
+    which has no ONNX translation.
+    """
+
+    def __init__(self, module: nn.Module, call: int):
+        self.call, self.seen, self.output = call, 0, None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.seen += 1
+        if self.seen == self.call:
+            self.output = output
+            return output.clone(memory_format=torch.contiguous_format)
+        return None
+
+    def reset(self) -> None:
+        self.seen, self.output = 0, None
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def class_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S = sum_n logits[n, t_n] with t_n = target[n], or the top-1 class where target < 0.
+
+    A mask rather than one_hot/gather: one_hot has a data-dependent check under make_fx and
+    gather's backward becomes ScatterElements.
+    """
+    chosen = torch.where(target < 0, logits.argmax(dim=1), target)
+    mask = torch.arange(logits.shape[1], device=logits.device) == chosen[:, None]
+    return (logits * mask).sum(), chosen
+
+
+def make_explain_fn(model: nn.Module, tap: LayerTap, guided: bool):
+    def explain(input: torch.Tensor, target: torch.Tensor):
+        tap.reset()
+        x = input.detach().requires_grad_(True)
+        logits = model(x)
+        activations = tap.output
+        score, _ = class_score(logits, target)
+        (gradients,) = torch.autograd.grad(score, activations, retain_graph=guided)
+        outputs = [logits.detach(), activations.detach(), gradients]
+        if guided:
+            with guided_rule():
+                (input_gradients,) = torch.autograd.grad(score, x)
+            outputs.append(input_gradients)
+        return tuple(outputs)
+
+    return explain
+
+
+def _batch_dynamic(fake_mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
+    """A fake copy of `tensor` whose first dimension is symbolic and the others static.
+
+    `tracing_mode="symbolic"` would make every dimension symbolic; static C/H/W keep
+    the shape reasoning cheap (DenseNet's many concatenations) and the graph specific.
+    """
+    sizes = [DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * (tensor.dim() - 1)
+    return fake_mode.from_tensor(tensor, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
+
+
+def trace_explain_graph(model: nn.Module, tap: LayerTap, guided: bool, example: torch.Tensor) -> torch.fx.GraphModule:
+    """Trace with a symbolic batch so that its size is not baked into view/expand."""
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    target = torch.full((example.shape[0],), -1, dtype=torch.int64)
+    fake_input, fake_target = _batch_dynamic(fake_mode, example), _batch_dynamic(fake_mode, target)
+    fn = make_explain_fn(model, tap, guided)
+    with fake_mode:
+        return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="real")(fake_input, fake_target)

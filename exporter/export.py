@@ -1,0 +1,135 @@
+"""Export one (model, target layer) to a parity-checked ONNX explain graph."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.explain_fn import LayerTap, trace_explain_graph
+from onnxcam.exporter.layers import LayerInfo, probe_layers, resolve_layer
+from onnxcam.exporter.parity import compare, format_parity
+from onnxcam.exporter.reference import reference_outputs
+from onnxcam.exporter.sources import LoadedModel
+from onnxcam.runner.explain_graph import INPUTS, OUTPUTS, GraphInfo, Preprocessing
+from torch import nn
+
+OPSET = 18
+PARITY_TOLERANCE = 1e-3
+EXPORTER_VERSION = "0.1.0"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    info: GraphInfo
+    layer: LayerInfo
+    seconds: float
+
+
+def _versions() -> dict[str, str]:
+    import onnxscript
+    import torchvision
+
+    return {"onnxcam": EXPORTER_VERSION, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "onnx": onnx.__version__, "onnxscript": onnxscript.__version__, "onnxruntime": ort.__version__}
+
+
+def _unsupported_ops(message: str) -> list[str]:
+    """Op names from the exporter's "No ONNX function found for <OpOverload(op='x', overload='y')>"."""
+    ops = {f"{op}.{overload}" for op, overload in re.findall(r"op='([\w.:]+)', overload='(\w+)'", message)}
+    return sorted(ops)[:5]
+
+
+def _to_onnx(graph: torch.fx.GraphModule, example: torch.Tensor, output_names: list[str]) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    target = torch.full((example.shape[0],), -1, dtype=torch.int64)
+    try:
+        program = torch.onnx.export(
+            graph, (example, target), dynamo=True, input_names=list(INPUTS), output_names=output_names,
+            dynamic_shapes=({0: batch}, {0: batch}), opset_version=OPSET, verbose=False,
+        )
+    except Exception as error:  # noqa: BLE001 - the exporter raises many types; name the op if we can
+        text = str(error)
+        ops = _unsupported_ops(text)
+        first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
+        detail = f"unsupported op(s): {', '.join(ops)}" if ops else first[:200]
+        raise ExportError(f"cannot export to ONNX: {detail}; add a decomposition in exporter/decompositions.py "
+                          "or pick an earlier --layer") from None
+    return program.model_proto
+
+
+def _gap_linear_head(model: nn.Module, reference: dict[str, torch.Tensor]) -> bool:
+    """True when logits == Linear(mean_hw(A)) for the model's last Linear: then CAM is exact."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    activations = reference["activations"]
+    if not linears or linears[-1].in_features != activations.shape[1]:
+        return False
+    with torch.no_grad():
+        predicted = linears[-1].double()(activations.mean(dim=(2, 3)))
+        linears[-1].float()
+    error = (predicted - reference["logits"]).abs().max() / reference["logits"].abs().max()
+    return bool(error < 1e-6)
+
+
+def export_explain_graph(
+    loaded: LoadedModel, layer: str, out: Path, guided: bool = True, multilabel: bool = False,
+    tolerance: float = PARITY_TOLERANCE, log=print,
+) -> ExportResult:
+    """Trace, convert, parity-check against eager PyTorch, then write `out` atomically."""
+    started = time.perf_counter()
+    model, (height, width) = loaded.model, loaded.input_size
+    layers = probe_layers(model, loaded.input_size)
+    chosen = resolve_layer(layers, layer)
+    log(f"target layer: {chosen.name} ({chosen.kind}, output {list(chosen.shape[1:])})"
+        + (" [auto]" if layer == "auto" else ""))
+    num_classes = int(layers[-1].shape[-1]) if layers[-1].shape else 0
+    labels = loaded.labels or [str(i) for i in range(num_classes)]
+
+    tap = LayerTap(model.get_submodule(chosen.name), chosen.calls)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, height, width, generator=generator)
+    try:
+        graph = trace_explain_graph(model, tap, guided, example)
+    finally:
+        tap.remove()
+    output_names = list(OUTPUTS if guided else OUTPUTS[:3])
+    proto = _to_onnx(graph, example, output_names)
+
+    target = torch.tensor([-1, num_classes - 1], dtype=torch.int64)
+    reference = reference_outputs(model, chosen.name, chosen.calls, example, target, guided)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    actual = dict(zip(output_names, session.run(None, {"input": example.numpy(), "target": target.numpy()}),
+                      strict=True))
+    figures = compare(actual, {name: value.numpy() for name, value in reference.items()})
+    log(f"parity vs PyTorch (float64), relative error: {format_parity(figures)}")
+    worst = max(figures.items(), key=lambda item: item[1]["relative_error"])
+    if worst[1]["relative_error"] > tolerance:
+        raise ExportError(f"parity check failed: {worst[0]} relative error {worst[1]['relative_error']:.2e} "
+                          f"> {tolerance:.0e}; not writing {out}")
+
+    if len(labels) != num_classes:
+        raise ExportError(f"--labels: {len(labels)} names for a model with {num_classes} classes")
+    info = GraphInfo(
+        preprocessing=Preprocessing(size=(height, width), mean=tuple(loaded.mean), std=tuple(loaded.std),
+                                    crop_fraction=loaded.crop_fraction),
+        labels=labels, target_layer=chosen.name, activation_shape=tuple(chosen.shape[1:]),
+        output_activation="sigmoid" if multilabel else "softmax", outputs=output_names,
+        gap_linear_head=_gap_linear_head(model, reference), model=loaded.spec, versions=_versions(),
+        parity=figures,
+    )
+    for key, value in info.to_metadata().items():
+        proto.metadata_props.add(key=key, value=value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    onnx.save(proto, str(partial))
+    os.replace(partial, out)
+    seconds = time.perf_counter() - started
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
+    return ExportResult(path=out, info=info, layer=chosen, seconds=seconds)

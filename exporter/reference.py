@@ -1,0 +1,84 @@
+"""Eager PyTorch references that the exported graph is checked against.
+
+The guided-backprop reference swaps the ReLU-like functionals for autograd Functions with
+the guided backward, `relu(grad) * (input in the linear range)`. It shares no code with
+the trace-time decompositions, so agreement between the two is a real check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from onnxcam.exporter.explain_fn import LayerTap, class_score
+from torch import nn
+
+
+class _GuidedClamp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, low, high):
+        ctx.save_for_backward(x)
+        ctx.low, ctx.high = low, high
+        return x.clamp(min=low, max=high)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        inside = x > ctx.low
+        if ctx.high is not None:
+            inside = inside & (x < ctx.high)
+        return F.relu(grad) * inside, None, None
+
+
+@contextlib.contextmanager
+def guided_functionals() -> Iterator[None]:
+    """Route F.relu / F.relu6 / F.hardtanh / torch.relu (and in-place forms) through `_GuidedClamp`."""
+
+    def relu(x, inplace=False):
+        return _GuidedClamp.apply(x, 0.0, None)
+
+    def hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+        return _GuidedClamp.apply(x, min_val, max_val)
+
+    def relu6(x, inplace=False):
+        return _GuidedClamp.apply(x, 0.0, 6.0)
+
+    patches = [(F, "relu", relu), (F, "relu_", relu), (F, "hardtanh", hardtanh), (F, "relu6", relu6),
+               (torch, "relu", relu), (torch, "relu_", relu)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, fn in patches:
+            setattr(owner, name, fn)
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
+def reference_outputs(
+    model: nn.Module, layer: str, call: int, input: torch.Tensor, target: torch.Tensor,
+    guided: bool, dtype: torch.dtype = torch.float64,
+) -> dict[str, torch.Tensor]:
+    """Eager outputs of the explain contract, computed in `dtype` (float64 by default).
+
+    float64 keeps float32 tie-breaking at ReLU/max-pool kinks out of the parity figure.
+    """
+    model = copy.deepcopy(model).to(dtype)
+    tap = LayerTap(model.get_submodule(layer), call)
+    x = input.to(dtype).requires_grad_(True)
+    logits = model(x)
+    activations = tap.output
+    score, _ = class_score(logits, target)
+    (gradients,) = torch.autograd.grad(score, activations)
+    result = {"logits": logits, "activations": activations, "gradients": gradients}
+    if guided:
+        tap.reset()
+        with guided_functionals():
+            x = input.to(dtype).requires_grad_(True)
+            score, _ = class_score(model(x), target)
+            (result["input_gradients"],) = torch.autograd.grad(score, x)
+    tap.remove()
+    return {name: value.detach() for name, value in result.items()}

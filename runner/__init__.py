@@ -1,0 +1,1 @@
+"""onnxcam runner: explain graphs -> heatmaps, overlays, index.csv (no torch)."""

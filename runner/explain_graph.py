@@ -1,0 +1,73 @@
+"""The explain-graph contract: input/output names and the metadata that makes a file self-describing.
+
+Shared by the exporter (which writes it) and the runner (which reads it); needs no torch.
+Each metadata value is stored as JSON under its key in the ONNX `metadata_props`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+INPUTS = ("input", "target")
+OUTPUTS = ("logits", "activations", "gradients", "input_gradients")
+REQUIRED_OUTPUTS = OUTPUTS[:3]
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Preprocessing:
+    """How an RGB uint8 image becomes the `input` tensor: resize, scale to [0, 1], (x - mean) / std."""
+
+    size: tuple[int, int]  # (height, width)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "stretch"  # stretch | center_crop
+    crop_fraction: float = 0.875  # center_crop: crop size / resize size
+    channel_order: str = "RGB"
+    interpolation: str = "bilinear"
+
+
+@dataclass
+class GraphInfo:
+    preprocessing: Preprocessing
+    labels: list[str]
+    target_layer: str
+    activation_shape: tuple[int, int, int]  # (C, h, w)
+    output_activation: str  # softmax | sigmoid
+    outputs: list[str]
+    gap_linear_head: bool
+    model: str
+    versions: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, dict[str, float]] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_metadata(self) -> dict[str, str]:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["preprocessing"] = self.preprocessing.__dict__
+        return {key: json.dumps(value) for key, value in values.items()}
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str], source: str = "model") -> GraphInfo:
+        try:
+            values = {name: json.loads(props[name]) for name in cls.__dataclass_fields__ if name in props}
+            pre = values.pop("preprocessing")
+            pre["size"], pre["mean"], pre["std"] = tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])
+            values["activation_shape"] = tuple(values["activation_shape"])
+            return cls(preprocessing=Preprocessing(**pre), **values)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: not an onnxcam explain graph (metadata {error}); "
+                             "export it with `onnxcam export`") from None
+
+
+def read_graph_info(path: str | Path) -> GraphInfo:
+    """Read the metadata only (the weights stay on disk)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return GraphInfo.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))

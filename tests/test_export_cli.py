@@ -1,0 +1,162 @@
+"""The export-side CLI: what a user sees for good and bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from onnxcam.runner.cli import main  # noqa: E402
+from onnxcam.runner.explain_graph import read_graph_info  # noqa: E402
+
+TESTS = Path(__file__).parent
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"onnxcam {argv[0]}: error: ")
+    return lines[-1]
+
+
+def test_unknown_model_spec(capsys, tmp_path):
+    line = one_line_error(capsys, ["export", "--model", "resnet50", "--out", str(tmp_path / "m.onnx")])
+    assert "unknown model spec 'resnet50'" in line and "torchvision:NAME" in line
+
+
+def test_unknown_torchvision_name_suggests(capsys, tmp_path):
+    line = one_line_error(capsys, ["layers", "--model", "torchvision:resnet5"])
+    assert "did you mean" in line and "resnet50" in line
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("no_such_package.models:build", "cannot import 'no_such_package.models'"),
+    ("toy_models:missing", "has no callable 'missing'"),
+    ("toy_models:not_a_module", "returned str, not a torch.nn.Module"),
+])
+def test_bad_factory_path(capsys, tmp_path, spec, expected):
+    assert expected in one_line_error(capsys, ["export", "--model", spec, "--out", str(tmp_path / "m.onnx")])
+
+
+def test_weights_with_mismatched_keys_name_a_few(capsys, tmp_path):
+    state = torch.nn.Linear(3, 2).state_dict() | {"head.extra": torch.zeros(1)}
+    torch.save(state, tmp_path / "w.pth")
+    line = one_line_error(capsys, ["export", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.pth"),
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert "missing (conv1.weight, bn1.weight, bn1.bias, ...)" in line
+    assert "2 unexpected" not in line and "3 unexpected (weight, bias, head.extra)" in line
+
+
+def test_weights_of_another_head_size_hint_num_classes(capsys, tmp_path):
+    torch.save(__import__("torchvision").models.resnet18(num_classes=10).state_dict(), tmp_path / "w.pth")
+    line = one_line_error(capsys, ["export", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.pth"),
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert "fc.weight [10, 512] vs [1000, 512]" in line and "--num-classes" in line
+
+
+def test_unknown_layer_lists_closest(capsys, tmp_path):
+    line = one_line_error(capsys, ["export", "--model", "torchvision:resnet18", "--layer", "layer5",
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert "--layer layer5: no such module; closest:" in line and "layer4" in line
+
+
+def test_layer_without_spatial_output(capsys, tmp_path):
+    line = one_line_error(capsys, ["export", "--model", "torchvision:resnet18", "--layer", "avgpool",
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert "--layer avgpool: output shape [1, 512, 1, 1] has no spatial extent" in line
+    line = one_line_error(capsys, ["export", "--model", "toy_models:mlp", "--out", str(tmp_path / "m.onnx")])
+    assert "no 4-D feature map" in line
+
+
+def test_unexportable_op_is_named(capsys, tmp_path):
+    line = one_line_error(capsys, ["export", "--model", "toy_models:custom_op_net", "--layer", "conv",
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert "onnxcam_test" in line and "wobble" in line, line
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_parity_failure_refuses_to_write(capsys, tmp_path):
+    line = one_line_error(capsys, ["export", "--model", "toy_models:noisy_net", "--layer", "conv",
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert "parity check failed" in line and "> 1e-03" in line
+    assert not (tmp_path / "m.onnx").exists() and not list(tmp_path.iterdir())
+
+
+def test_layers_lists_candidates_and_auto(capsys):
+    assert main(["layers", "--model", "torchvision:resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4.1.conv2" in out and "[512, 7, 7]" in out
+    assert "* = --layer auto (layer4)" in out
+    assert "avgpool" not in out and "fc" not in out
+
+
+def test_export_cli_writes_self_describing_graph(capsys, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"thing {i}" for i in range(5)))
+    out = tmp_path / "toy.onnx"
+    code = main(["export", "--model", "toy_models:relu_net", "--out", str(out), "--input-size", "64x48",
+                 "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--labels", str(labels), "--multilabel",
+                 "--no-guided"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "target layer: 4 (ReLU, output [16, 32, 24]) [auto]" in printed
+    assert "parity vs PyTorch" in printed and "wrote" in printed
+    info = read_graph_info(out)
+    assert info.preprocessing.size == (64, 48) and info.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert info.labels == [f"thing {i}" for i in range(5)]
+    assert info.output_activation == "sigmoid" and info.outputs == ["logits", "activations", "gradients"]
+    assert info.gap_linear_head is True and info.target_layer == "4"
+    assert info.parity["gradients"]["relative_error"] < 1e-5
+    assert info.versions["torch"] == torch.__version__
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "activations", "gradients"]
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "target layer     4 -> activations [16, 32, 24]" in shown
+    assert "input            input            [batch, 3, 64, 48] float" in shown
+    assert "parity           gradients" in shown and "sigmoid" in shown
+
+
+def test_gap_linear_flag(exported):
+    assert exported("torchvision:resnet18")[1].info.gap_linear_head is True
+    assert exported("torchvision:vgg11")[1].info.gap_linear_head is False
+    assert exported("efficientnet-lite0")[1].info.gap_linear_head is True
+
+
+def test_guided_backprop_matches_captum(exported):
+    captum = pytest.importorskip("captum.attr")
+    loaded, result = exported("toy_models:relu_net")
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    target = torch.tensor([0, 1, 2, 4])
+    ours = session.run(["input_gradients"], {"input": x.numpy(), "target": target.numpy()})[0]
+    theirs = captum.GuidedBackprop(loaded.model).attribute(x, target=target).detach().numpy()
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+    plain = torch.autograd.grad(loaded.model(x.requires_grad_(True)).gather(1, target[:, None]).sum(), x)[0]
+    assert np.abs(ours - plain.numpy()).max() > 0.1 * np.abs(theirs).max(), "guided must differ from plain"
+
+
+def test_cli_process_exit_code_and_single_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "export", "--model", "torchvision:nope",
+                             "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stdout.strip().count("\n") == 0 and result.stderr == ""
+    assert "unknown torchvision classification model 'nope'" in result.stdout
+
+
+def test_bundled_model_is_pretrained(exported):
+    import skimage.data
+
+    loaded, result = exported("efficientnet-lite0")
+    import cv2
+
+    image = cv2.resize(skimage.data.chelsea(), loaded.input_size[::-1], interpolation=cv2.INTER_AREA) / 255.0
+    x = ((image - loaded.mean) / loaded.std).transpose(2, 0, 1)[None].astype(np.float32)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": x, "target": np.array([-1])})[0][0]
+    top5 = [loaded.labels[i] for i in np.argsort(logits)[::-1][:5]]
+    assert {"tabby", "tiger cat", "Egyptian cat"} & set(top5), top5

@@ -1,0 +1,47 @@
+"""Every architecture of the zoo exports, and its graph matches PyTorch autograd at batch 1 and 5."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from onnxcam.exporter.parity import relative_error  # noqa: E402
+from onnxcam.exporter.reference import reference_outputs  # noqa: E402
+from onnxcam.runner.explain_graph import OUTPUTS, read_graph_info  # noqa: E402
+
+ZOO = {
+    "torchvision:resnet18": "layer4",
+    "torchvision:resnet50": "layer4",
+    "torchvision:vgg11": "features",
+    "torchvision:densenet121": "features",
+    "torchvision:mobilenet_v3_small": "features",
+    "torchvision:efficientnet_b0": "features",
+    "torchvision:convnext_tiny": "features",
+    "torchvision:regnet_y_400mf": "trunk_output",
+    "efficientnet-lite0": "_swish",
+}
+TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize("spec", list(ZOO))
+def test_gradients_match_autograd(spec, exported):
+    loaded, result = exported(spec)
+    assert result.layer.name == ZOO[spec], "--layer auto picked another layer"
+    info = read_graph_info(result.path)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input", "target"]
+    assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
+    generator = torch.Generator().manual_seed(1)
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, *loaded.input_size, generator=generator)
+        target = torch.randint(0, info.num_classes, (batch,), generator=generator)
+        target[0] = -1
+        expected = reference_outputs(loaded.model, result.layer.name, result.layer.calls, x, target, guided=True)
+        actual = dict(zip(OUTPUTS, session.run(None, {"input": x.numpy(), "target": target.numpy()}), strict=True))
+        assert actual["activations"].shape == (batch, *info.activation_shape)
+        for name in ("logits", "activations", "gradients", "input_gradients"):
+            error = relative_error(actual[name], expected[name].numpy())
+            assert error <= TOLERANCE, f"{spec} batch {batch}: {name} relative error {error:.2e}"
+        top1 = np.argmax(actual["logits"][0])
+        assert np.argmax(expected["logits"][0].numpy()) == top1

@@ -1,0 +1,31 @@
+"""The runner must import and work without torch installed."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_runner_imports_with_torch_blocked():
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+
+        class BlockTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+
+        sys.meta_path.insert(0, BlockTorch())
+        import onnxcam.runner as runner
+        modules = [m.name for m in pkgutil.iter_modules(runner.__path__, "onnxcam.runner.")]
+        for name in modules:
+            importlib.import_module(name)
+        assert "torch" not in sys.modules
+        from onnxcam.runner.cli import main
+        assert main(["export", "--model", "efficientnet-lite0", "--out", "x.onnx"]) == 2
+        print("imported", len(modules))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "needs the exporter extras" in result.stdout
+    count = int(result.stdout.strip().splitlines()[-1].split()[-1])
+    assert count >= 2

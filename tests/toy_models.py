@@ -1,0 +1,65 @@
+"""Small models for exporter tests, importable as `toy_models:FACTORY` model specs."""
+
+import torch
+from torch import nn
+
+
+def relu_net() -> nn.Module:
+    """Built from nn.ReLU modules only (what Captum's GuidedBackprop hooks), GAP->linear head."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )
+
+
+def mlp() -> nn.Module:
+    """No spatial feature map at all."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 4))
+
+
+def not_a_module():
+    return "a string"
+
+
+@torch.library.custom_op("onnxcam_test::wobble", mutates_args=())
+def wobble(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sin(x)
+
+
+@wobble.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+wobble.register_autograd(lambda ctx, grad: grad * 2, setup_context=lambda ctx, inputs, output: None)
+
+
+class _Wobbly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3, stride=4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(wobble(self.conv(x)).mean(dim=(2, 3)))
+
+
+def custom_op_net() -> nn.Module:
+    """Uses an op with no ONNX translation."""
+    return _Wobbly()
+
+
+class _Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3, stride=4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        features = self.conv(x)
+        return self.head((features + torch.rand_like(features)).mean(dim=(2, 3)))
+
+
+def noisy_net() -> nn.Module:
+    """Random noise in the forward: ORT and PyTorch cannot agree, so the export must refuse."""
+    return _Noisy()

@@ -48,6 +48,7 @@ def _unsupported_ops(message: str) -> list[str]:
 
 
 def _to_onnx(graph: torch.fx.GraphModule, example: torch.Tensor, output_names: list[str]) -> onnx.ModelProto:
+    graph.eval()  # a traced GraphModule starts in training mode; nothing in it depends on that
     batch = torch.export.Dim("batch", min=1, max=4096)
     target = torch.full((example.shape[0],), -1, dtype=torch.int64)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +48,34 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_manifest(args: argparse.Namespace) -> int:
+    """Run a manifest; exit 0 when the run finished (error rows included), 2 for a manifest or model error."""
+    from onnxcam.runner.manifest import ManifestError, load_manifest
+    from onnxcam.runner.pipeline import Run
+    from onnxcam.runner.session import ModelError
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop ends the run like Ctrl-C
+    try:
+        run = Run(load_manifest(args.manifest), quiet=args.quiet)
+    except (ManifestError, ModelError) as error:
+        print(f"onnxcam run: error: {error}")
+        return 2
+    for note in run.session.notes:
+        print(f"onnxcam run: {note}")
+    if not args.quiet:
+        print(f"onnxcam run: {run.info.model} ({run.manifest.model.name}), methods {', '.join(run.methods)}, "
+              f"provider {run.session.provider}, batch {run.manifest.batch_size}")
+    s = run.run()
+    out = run.output_dir
+    state = "interrupted after" if s.interrupted else "done:"
+    resumed = f" ({s.already_done} already done)" if s.already_done else ""
+    rate = s.images / s.seconds if s.seconds else 0.0
+    print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
+          f"{s.seconds:.1f} s ({rate:.1f} images/s, {s.provider}); index {out / 'index.csv'}, report "
+          f"{out / 'run.json'}")
+    return 130 if s.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxcam", description="Explain image classifiers in bulk with ONNX Runtime.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(name, help=help_text, add_help=False)
     info = commands.add_parser("info", help="print an explain graph's metadata and parity figures")
     info.add_argument("model", type=Path)
+    run = commands.add_parser("run", help="explain every image a manifest names: heatmaps, overlays, index.csv")
+    run.add_argument("manifest", type=Path)
+    run.add_argument("--quiet", action="store_true", help="no progress output, only the last line")
     return parser
 
 
@@ -76,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             exporter_cli.add_export_arguments(parser)
         return exporter_cli.run(argv[0], parser.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
-    return {"info": run_info}[args.command](args)
+    return {"info": run_info, "run": run_manifest}[args.command](args)
 
 
 if __name__ == "__main__":

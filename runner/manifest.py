@@ -1,0 +1,236 @@
+"""The run manifest: YAML, validated in full before any work starts.
+
+Every error is one line that names the manifest file, the key and the fix. Relative paths are
+resolved against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from onnxcam.runner.methods import METHODS
+
+DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp", "**/*.tif", "**/*.tiff")
+COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
+             "parula": 12, "rainbow": 4, "bone": 1}  # OpenCV COLORMAP_* values
+PROVIDERS = ("cuda", "cpu")
+
+
+class ManifestError(ValueError):
+    """A mistake in the manifest; the message is one line naming the key and the fix."""
+
+
+@dataclass
+class Targets:
+    kind: str  # top1 | topk | classes | labels | threshold
+    k: int = 1
+    classes: list[int | str] = field(default_factory=list)
+    labels_file: Path | None = None
+    threshold: float = 0.5
+
+
+@dataclass
+class Overlays:
+    format: str = "jpg"
+    quality: int = 90
+    colormap: str = "jet"
+    alpha: float = 0.4
+
+
+@dataclass
+class Manifest:
+    path: Path
+    model: Path
+    images_root: Path | None
+    images_list: Path | None
+    include: tuple[str, ...]
+    max_pixels: int
+    targets: Targets
+    methods: dict[str, dict[str, Any]]  # name -> options, in the manifest's order
+    output_dir: Path
+    overlays: Overlays | None
+    heatmaps: str  # npy | png | none
+    providers: str | list[str]
+    batch_size: int
+    workers: int
+
+
+class _Reader:
+    """Walks a parsed YAML mapping, turning every mistake into a ManifestError that names the key."""
+
+    def __init__(self, path: Path):
+        self.path, self.base = path, path.parent
+
+    def fail(self, key: str, message: str) -> ManifestError:
+        return ManifestError(f"{self.path}: {key}: {message}")
+
+    def mapping(self, value: Any, key: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a mapping with keys {', '.join(allowed)}, got {_kind(value)}")
+        for name in value:
+            if name not in allowed:
+                close = difflib.get_close_matches(str(name), allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+                raise self.fail(f"{key}.{name}" if key else str(name), f"unknown key; {hint}")
+        for name in required:
+            if name not in value:
+                raise self.fail(f"{key}.{name}" if key else name, "missing; this key is required")
+        return value
+
+    def typed(self, value: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(key, f"expected {what}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"expected {what}, got {_kind(value)} {value!r}")
+        return value
+
+    def integer(self, value: Any, key: str, low: int, high: int | None = None) -> int:
+        self.typed(value, key, int, "an integer")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise self.fail(key, f"expected an integer {bound}, got {value}")
+        return value
+
+    def number(self, value: Any, key: str, low: float, high: float) -> float:
+        self.typed(value, key, (int, float), "a number")
+        if not low <= value <= high:
+            raise self.fail(key, f"expected a number between {low} and {high}, got {value}")
+        return float(value)
+
+    def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def file(self, value: Any, key: str, directory: bool = False) -> Path:
+        self.typed(value, key, str, "a path")
+        path = (self.base / Path(value).expanduser()).resolve()
+        if directory and not path.is_dir():
+            raise self.fail(key, f"{path}: no such directory")
+        if not directory and not path.is_file():
+            raise self.fail(key, f"{path}: no such file")
+        return path
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value),
+                                                                                          type(value).__name__)
+
+
+def _targets(reader: _Reader, value: Any) -> Targets:
+    forms = "top1, {topk: K}, {classes: [...]}, {labels: FILE.csv} or {threshold: P}"
+    if value == "top1":
+        return Targets("top1")
+    if not isinstance(value, dict) or len(value) != 1:
+        raise reader.fail("targets", f"expected one of {forms}, got {value!r}")
+    reader.mapping(value, "targets", ("topk", "classes", "labels", "threshold"))
+    kind, option = next(iter(value.items()))
+    if kind == "topk":
+        return Targets("topk", k=reader.integer(option, "targets.topk", 1, 1000))
+    if kind == "classes":
+        reader.typed(option, "targets.classes", list, "a list of class indices or names")
+        if not option:
+            raise reader.fail("targets.classes", "empty list; name at least one class")
+        for item in option:
+            reader.typed(item, "targets.classes", (int, str), "class indices or names")
+        return Targets("classes", classes=list(option))
+    if kind == "labels":
+        return Targets("labels", labels_file=reader.file(option, "targets.labels"))
+    return Targets("threshold", threshold=reader.number(option, "targets.threshold", 0.0, 1.0))
+
+
+def _methods(reader: _Reader, value: Any) -> dict[str, dict[str, Any]]:
+    reader.typed(value, "methods", list, f"a list of methods ({', '.join(METHODS)})")
+    if not value:
+        raise reader.fail("methods", f"empty list; choose from {', '.join(METHODS)}")
+    methods: dict[str, dict[str, Any]] = {}
+    for item in value:
+        if isinstance(item, str):
+            name, options = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, options = next(iter(item.items()))
+            options = {} if options is None else options
+        else:
+            raise reader.fail("methods", f"expected a method name or {{name: {{option: value}}}}, got {item!r}")
+        if name not in METHODS:
+            close = difflib.get_close_matches(str(name), METHODS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(METHODS)}"
+            raise reader.fail("methods", f"unknown method '{name}'; {hint}")
+        if name in methods:
+            raise reader.fail("methods", f"'{name}' is listed twice")
+        allowed = METHODS[name].options
+        reader.mapping(options, f"methods.{name}", tuple(allowed))
+        for option, option_value in options.items():
+            reader.typed(option_value, f"methods.{name}.{option}", type(allowed[option]),
+                         f"a {type(allowed[option]).__name__}")
+        methods[name] = {**allowed, **options}
+    return methods
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Parse and validate a manifest file; raises ManifestError with a one-line message."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ManifestError(f"{path}: not valid YAML{where} ({getattr(error, 'problem', error)})") from None
+    reader = _Reader(path)
+    top = reader.mapping(raw, "", ("model", "images", "targets", "methods", "output", "runtime"),
+                         required=("model", "images", "methods", "output"))
+
+    images = reader.mapping(top["images"], "images", ("root", "include", "list", "max_pixels"))
+    if ("root" in images) == ("list" in images):
+        raise reader.fail("images", "give exactly one of root (a directory) or list (a file of paths)")
+    include = images.get("include", list(DEFAULT_INCLUDE))
+    reader.typed(include, "images.include", list, "a list of glob patterns")
+    for pattern in include:
+        reader.typed(pattern, "images.include", str, "glob patterns")
+
+    output = reader.mapping(top["output"], "output", ("dir", "overlays", "heatmaps"), required=("dir",))
+    reader.typed(output["dir"], "output.dir", str, "a path")
+    overlays_value = output.get("overlays", {})
+    overlays = None
+    if overlays_value is not False:
+        if overlays_value is True:
+            overlays_value = {}
+        options = reader.mapping(overlays_value, "output.overlays", ("format", "quality", "colormap", "alpha"))
+        overlays = Overlays(
+            format=reader.choice(options.get("format", "jpg"), "output.overlays.format", ("jpg", "png")),
+            quality=reader.integer(options.get("quality", 90), "output.overlays.quality", 1, 100),
+            colormap=reader.choice(options.get("colormap", "jet"), "output.overlays.colormap", tuple(COLORMAPS)),
+            alpha=reader.number(options.get("alpha", 0.4), "output.overlays.alpha", 0.0, 1.0),
+        )
+
+    runtime = reader.mapping(top.get("runtime", {}) or {}, "runtime", ("providers", "batch_size", "workers"))
+    providers = runtime.get("providers", "auto")
+    if providers != "auto":
+        reader.typed(providers, "runtime.providers", list, "auto or a list such as [cuda, cpu]")
+        if not providers:
+            raise reader.fail("runtime.providers", "empty list; use auto, [cuda, cpu] or [cpu]")
+        for provider in providers:
+            reader.choice(provider, "runtime.providers", PROVIDERS)
+
+    return Manifest(
+        path=path,
+        model=reader.file(top["model"], "model"),
+        images_root=reader.file(images["root"], "images.root", directory=True) if "root" in images else None,
+        images_list=reader.file(images["list"], "images.list") if "list" in images else None,
+        include=tuple(include),
+        max_pixels=reader.integer(images.get("max_pixels", 50_000_000), "images.max_pixels", 1),
+        targets=_targets(reader, top.get("targets", "top1")),
+        methods=_methods(reader, top["methods"]),
+        output_dir=(path.parent / Path(output["dir"]).expanduser()).resolve(),
+        overlays=overlays,
+        heatmaps=reader.choice(output.get("heatmaps", "npy"), "output.heatmaps", ("npy", "png", "none")),
+        providers=providers,
+        batch_size=reader.integer(runtime.get("batch_size", 32), "runtime.batch_size", 1, 4096),
+        workers=reader.integer(runtime.get("workers", 4), "runtime.workers", 1, 256),
+    )

@@ -1,0 +1,135 @@
+"""Explanation methods: each is a formula over the explain graph's outputs, vectorised over the batch.
+
+A = `activations` [N,C,h,w], G = `gradients` dS/dA [N,C,h,w], B = `input_gradients` [N,3,H,W].
+CAM-family methods return [N,h,w] maps at the target layer's resolution (ReLU applied where the
+method defines it); guided methods return [N,3,H,W] at model input resolution. Formulas follow
+the papers and pytorch-grad-cam, the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+EPS = 1e-7
+
+
+def normalise(maps: np.ndarray) -> np.ndarray:
+    """Per-map min-max scaling to [0, 1] over all but the first axis (pytorch-grad-cam's scale_cam_image)."""
+    axes = tuple(range(1, maps.ndim))
+    shifted = maps - maps.min(axis=axes, keepdims=True)
+    return shifted / (EPS + shifted.max(axis=axes, keepdims=True))
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of [N,h,w] maps to [N,*size] (size = (height, width))."""
+    height, width = size
+    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def _weighted(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    return np.einsum("nc,nchw->nhw", weights, activations)
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def cam(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Zhou et al. 2016: sum_c w_c A_c with the linear head's weights for the target class (no ReLU).
+
+    With a GAP->linear head dS/dA_c = w_c / (h w) at every position, so the weights are read off G.
+    """
+    gradients = out["gradients"]
+    h, w = gradients.shape[2:]
+    return _weighted(gradients[:, :, 0, 0] * (h * w), out["activations"])
+
+
+def gradcam(out: dict[str, np.ndarray], guided_weights: bool = False) -> np.ndarray:
+    """Selvaraju et al.: ReLU(sum_c mean(G_c) A_c). guided_weights: average only G > 0 where A > 0."""
+    gradients, activations = out["gradients"], out["activations"]
+    if guided_weights:
+        gradients = gradients * ((gradients > 0) & (activations > 0))
+    return _relu(_weighted(gradients.mean(axis=(2, 3)), activations))
+
+
+def gradcam_plus_plus(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Chattopadhyay et al. eq. 19 (exponential score): alpha = G^2 / (2 G^2 + sum(A) G^3) = 1 / (2 + sum(A) G).
+
+    Written in the reduced form, so no epsilon is needed where G > 0 (pytorch-grad-cam adds 1e-6 to the
+    unreduced denominator, which shrinks the weights of channels with small gradients; see the parity tests).
+    """
+    gradients, activations = out["gradients"], out["activations"]
+    denominator = 2 + activations.sum(axis=(2, 3))[:, :, None, None] * gradients
+    alpha = np.divide(1, denominator, out=np.zeros_like(denominator), where=(gradients > 0) & (denominator != 0))
+    return _relu(_weighted((gradients * alpha).sum(axis=(2, 3)), activations))
+
+
+def xgradcam(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Fu et al. 2020: w_c = sum(G_c A_c) / sum(A_c)."""
+    gradients, activations = out["gradients"], out["activations"]
+    weights = (gradients * activations).sum(axis=(2, 3)) / (activations.sum(axis=(2, 3)) + EPS)
+    return _relu(_weighted(weights, activations))
+
+
+def hirescam(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Draelos & Carin 2020: ReLU(sum_c G_c * A_c), element-wise, no spatial averaging."""
+    return _relu((out["gradients"] * out["activations"]).sum(axis=1))
+
+
+def layercam(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Jiang et al. 2021: ReLU(sum_c ReLU(G_c) * A_c)."""
+    return _relu((_relu(out["gradients"]) * out["activations"]).sum(axis=1))
+
+
+def eigencam(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Muhammad & Yeasin 2020: projection of A on its first principal component (class-agnostic).
+
+    As pytorch-grad-cam: spatial positions are rows, centred per channel, and projected on V^T[0].
+    """
+    activations = np.nan_to_num(out["activations"])
+    n, c, h, w = activations.shape
+    rows = activations.reshape(n, c, h * w).transpose(0, 2, 1)
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd(rows, full_matrices=True)
+    return _relu(np.einsum("npc,nc->np", rows, vt[:, 0, :]).reshape(n, h, w))
+
+
+def guided_backprop(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Springenberg et al.: the guided input gradients, [N,3,H,W]."""
+    return out["input_gradients"]
+
+
+def guided_gradcam(out: dict[str, np.ndarray], **_) -> np.ndarray:
+    """Selvaraju et al.: guided backprop x Grad-CAM (normalised, upsampled to input size)."""
+    guided = out["input_gradients"]
+    maps = resize_maps(normalise(gradcam(out)), guided.shape[2:])
+    return guided * maps[:, None]
+
+
+@dataclass(frozen=True)
+class Method:
+    compute: Callable[..., np.ndarray]
+    guided: bool = False  # needs `input_gradients`; returns [N,3,H,W]
+    needs_gap_head: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # option -> default
+
+    def __call__(self, outputs: dict[str, np.ndarray], options: dict[str, Any]) -> np.ndarray:
+        return self.compute(outputs, **options).astype(np.float32, copy=False)
+
+
+METHODS: dict[str, Method] = {
+    "cam": Method(cam, needs_gap_head=True),
+    "gradcam": Method(gradcam, options={"guided_weights": False}),
+    "gradcam++": Method(gradcam_plus_plus),
+    "xgradcam": Method(xgradcam),
+    "hirescam": Method(hirescam),
+    "layercam": Method(layercam),
+    "eigencam": Method(eigencam),
+    "guided_backprop": Method(guided_backprop, guided=True),
+    "guided_gradcam": Method(guided_gradcam, guided=True),
+}

@@ -1,0 +1,318 @@
+"""The streaming run: list -> decode + preprocess (threads) -> batches through one ORT session -> maps ->
+heatmaps, overlays, encode + write (threads) -> index.csv.
+
+Queues are bounded by counts (look-ahead of decoded images, pending writes), so memory does not
+grow with the dataset. A bad file or a failed write becomes an error row; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+from onnxcam.runner import render
+from onnxcam.runner.explain_graph import GraphInfo, read_graph_info
+from onnxcam.runner.images import ImageError, ImageRef, decode_image, list_images, walk_images
+from onnxcam.runner.index import IndexFile
+from onnxcam.runner.manifest import Manifest
+from onnxcam.runner.methods import METHODS
+from onnxcam.runner.preprocess import Box, to_input
+from onnxcam.runner.progress import Progress
+from onnxcam.runner.session import ExplainSession, ModelError
+from onnxcam.runner.targets import TOP1, TargetPlan
+
+MAX_ERRORS_IN_REPORT = 100
+
+
+@dataclass
+class TargetResult:
+    target_class: int
+    score: float
+    maps: dict[str, np.ndarray]
+
+
+@dataclass
+class ImageJob:
+    """One image from decode to its index rows."""
+
+    ref: ImageRef
+    image: np.ndarray | None = None
+    tensor: np.ndarray | None = None
+    box: Box = (0, 0, 0, 0)
+    error: str = ""
+    pending: int = 0
+    pred: tuple[int, float] | None = None
+    results: list[TargetResult] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.image.shape[1], self.image.shape[0]) if self.image is not None else (0, 0)
+
+
+@dataclass
+class RunSummary:
+    images: int = 0
+    ok: int = 0
+    errors: int = 0
+    rows: int = 0
+    already_done: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+    provider: str = ""
+    error_samples: list[dict[str, str]] = field(default_factory=list)
+
+
+def _check_model(manifest: Manifest, info: GraphInfo) -> None:
+    for name in manifest.methods:
+        method = METHODS[name]
+        if method.needs_gap_head and not info.gap_linear_head:
+            raise ModelError(f"{manifest.path}: methods: 'cam' needs a model whose head is global-average-pool -> "
+                             f"linear, and {manifest.model.name} ({info.model}) is not; use gradcam")
+        if method.guided and "input_gradients" not in info.outputs:
+            raise ModelError(f"{manifest.path}: methods: '{name}' needs input_gradients, and {manifest.model.name} "
+                             "was exported with --no-guided; re-export without it")
+
+
+class Run:
+    def __init__(self, manifest: Manifest, quiet: bool = False, stream: TextIO | None = None):
+        self.manifest, self.quiet, self.stream = manifest, quiet, stream
+        try:
+            self.info = read_graph_info(manifest.model)
+        except Exception as error:  # noqa: BLE001 - a protobuf parse error or missing metadata
+            raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
+        _check_model(manifest, self.info)
+        self.plan = TargetPlan(manifest.targets, self.info.labels, self.info.output_activation)
+        self.methods = list(manifest.methods)
+        outputs = ["logits"]
+        if any(not METHODS[m].guided for m in self.methods) or "guided_gradcam" in self.methods:
+            outputs += ["activations", "gradients"]
+        if any(METHODS[m].guided for m in self.methods):
+            outputs.append("input_gradients")
+        self.session = ExplainSession(manifest.model, outputs, manifest.providers)
+        self.output_dir = manifest.output_dir
+        self.summary = RunSummary(provider=self.session.provider)
+
+    # -- listing -------------------------------------------------------------------------------------------
+
+    def _refs(self) -> Iterator[ImageRef]:
+        m = self.manifest
+        return list_images(m.images_list) if m.images_list else walk_images(m.images_root, m.include)
+
+    def _todo(self, done: set[str]) -> Iterator[ImageRef]:
+        seen = set(done)
+        for ref in self._refs():
+            if ref.key not in seen:
+                seen.add(ref.key)
+                yield ref
+
+    # -- stages ---------------------------------------------------------------------------------------------
+
+    def _decode(self, ref: ImageRef) -> ImageJob:
+        job = ImageJob(ref)
+        try:
+            job.image = decode_image(ref.path, self.manifest.max_pixels)
+            job.tensor, job.box = to_input(job.image, self.info.preprocessing)
+        except ImageError as error:
+            job.error, job.image = str(error), None
+        except (cv2.error, MemoryError) as error:
+            job.error, job.image = f"cannot decode ({type(error).__name__}: {str(error).strip()[:200]})", None
+        return job
+
+    def _scores(self, logits: np.ndarray) -> np.ndarray:
+        if self.info.output_activation == "sigmoid":
+            return 1 / (1 + np.exp(-logits))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def _run_batch(self, batch: list[tuple[ImageJob, int]], pairs: deque) -> list[ImageJob]:
+        """Runs (image, target) pairs; returns the images whose every target is now done."""
+        start = time.perf_counter()
+        try:
+            out = self.session.run(np.stack([job.tensor for job, _ in batch]),
+                                   np.array([target for _, target in batch], np.int64))
+        except Exception as error:  # noqa: BLE001 - ORT raises its own types (e.g. out of memory)
+            message = f"ONNX Runtime failed on this batch ({str(error).splitlines()[0][:200]})"
+            failed = {id(job): job for job, _ in batch}
+            for job in failed.values():
+                job.error, job.pending = message, 0
+            return list(failed.values())
+        self.summary.model_seconds += time.perf_counter() - start
+        scores = self._scores(out["logits"])
+        maps = {name: METHODS[name](out, options) for name, options in self.manifest.methods.items()}
+        finished = []
+        for i, (job, target) in enumerate(batch):
+            top = int(np.argmax(scores[i]))
+            if job.pred is None:
+                job.pred = (top, float(scores[i, top]))
+            keep = True
+            if target == TOP1 and self.plan.needs_scores:
+                keep, more = self.plan.follow_up(scores[i])
+                job.pending += len(more)
+                pairs.extendleft((job, c) for c in reversed(more))
+            if keep:
+                chosen = top if target == TOP1 else target
+                job.results.append(TargetResult(chosen, float(scores[i, chosen]),
+                                                {name: maps[name][i].copy() for name in self.methods}))
+            job.pending -= 1
+            if job.pending == 0:
+                finished.append(job)
+        return finished
+
+    def _output_path(self, relative: str) -> Path:
+        path = (self.output_dir / relative).resolve()
+        if not path.is_relative_to(self.output_dir):
+            raise ImageError(f"output path {relative!r} would leave output.dir; rename the file")
+        return path
+
+    def _row(self, job: ImageJob, **values) -> dict[str, object]:
+        width, height = job.size
+        row: dict[str, object] = {"image": job.ref.key, "status": "ok", "width": width or "", "height": height or ""}
+        if job.pred is not None:
+            row.update(pred_class=job.pred[0], pred_label=self.info.labels[job.pred[0]],
+                       pred_score=f"{job.pred[1]:.6g}")
+        return row | values
+
+    def _write(self, job: ImageJob) -> list[dict[str, object]]:
+        """Heatmaps and overlays of one image (in a worker thread); returns its index rows."""
+        if job.error:
+            return [self._row(job, status="error", error=job.error)]
+        if not job.results:
+            return [self._row(job, status="no_target")]
+        m, (width, height), rows = self.manifest, job.size, []
+        try:
+            for result in job.results:
+                for name in self.methods:
+                    guided = METHODS[name].guided
+                    render_map = render.guided_image if guided else render.heatmap
+                    values = render_map(result.maps[name], job.box, width, height)
+                    stem = f"{job.ref.key}.{name}.{result.target_class}"
+                    paths = {"heatmap_path": "", "overlay_path": ""}
+                    if m.heatmaps != "none":
+                        paths["heatmap_path"] = f"{stem}.{m.heatmaps}"
+                        render.write_atomic(self._output_path(paths["heatmap_path"]),
+                                            render.encode_heatmap(values, m.heatmaps, guided))
+                    if m.overlays is not None:
+                        paths["overlay_path"] = f"{stem}.{m.overlays.format}"
+                        picture = render.overlay(job.image, values, guided, m.overlays)
+                        render.write_atomic(self._output_path(paths["overlay_path"]),
+                                            render.encode_image(picture, m.overlays))
+                    x, y = render.peak(values, guided)
+                    rows.append(self._row(
+                        job, target_class=result.target_class, target_label=self.info.labels[result.target_class],
+                        target_score=f"{result.score:.6g}", method=name, peak_x=x, peak_y=y, **paths))
+        except (OSError, ImageError, cv2.error) as error:
+            return [self._row(job, status="error", error=f"cannot write outputs ({error})")]
+        return rows
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        m, summary = self.manifest, self.summary
+        start = time.monotonic()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        index = IndexFile(self.output_dir / "index.csv", self.methods)
+        summary.already_done = len(index.done)
+        total = sum(1 for _ in self._todo(index.done))
+        progress = Progress(total, self.quiet, self.stream)
+        todo = self._todo(index.done)
+        look_ahead = m.batch_size + 2 * m.workers
+        decoding: deque[Future] = deque()
+        writing: deque[Future] = deque()
+        pairs: deque[tuple[ImageJob, int]] = deque()
+
+        def refill() -> None:
+            while len(decoding) < look_ahead:
+                ref = next(todo, None)
+                if ref is None:
+                    return
+                decoding.append(decoders.submit(self._decode, ref))
+
+        def collect(block_above: int) -> None:
+            while writing and (writing[0].done() or len(writing) > block_above):
+                rows = writing.popleft().result()
+                index.append(rows)
+                failed = rows[0]["status"] == "error"
+                summary.images += 1
+                summary.errors += failed
+                summary.ok += not failed
+                summary.rows += len(rows)
+                if failed and len(summary.error_samples) < MAX_ERRORS_IN_REPORT:
+                    summary.error_samples.append({"image": rows[0]["image"], "error": rows[0]["error"]})
+                progress.update(1, int(failed))
+
+        decoders = ThreadPoolExecutor(m.workers, thread_name_prefix="decode")
+        writers = ThreadPoolExecutor(m.workers, thread_name_prefix="write")
+        try:
+            while True:
+                refill()
+                while len(pairs) < m.batch_size and decoding:
+                    job = decoding.popleft().result()
+                    refill()
+                    if not job.error:
+                        try:
+                            targets = self.plan.initial(job.ref.key)
+                        except KeyError:
+                            job.error = f"no row for this image in {m.targets.labels_file.name}"
+                    if job.error:
+                        writing.append(writers.submit(self._write, job))
+                        continue
+                    job.pending = len(targets)
+                    pairs.extend((job, target) for target in targets)
+                if not pairs:
+                    break
+                batch = [pairs.popleft() for _ in range(min(m.batch_size, len(pairs)))]
+                for job in self._run_batch(batch, pairs):
+                    writing.append(writers.submit(self._write, job))
+                collect(block_above=look_ahead)
+            collect(block_above=0)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            for future in decoding:
+                future.cancel()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
+            collect(block_above=0)  # keep what is finished; the rest is redone by the next run
+        finally:
+            decoders.shutdown(wait=False, cancel_futures=True)
+            writers.shutdown(wait=True)
+            index.close()
+            progress.close()
+        summary.seconds = time.monotonic() - start
+        self._write_report()
+        return summary
+
+    def _write_report(self) -> None:
+        s, m = self.summary, self.manifest
+        report = {
+            "manifest": str(m.path), "model": str(m.model), "model_spec": self.info.model,
+            "target_layer": self.info.target_layer, "methods": m.methods, "targets": m.targets.kind,
+            "images": s.images, "ok": s.ok, "errors": s.errors, "rows": s.rows,
+            "already_done": s.already_done, "interrupted": s.interrupted,
+            "wall_s": round(s.seconds, 3), "model_s": round(s.model_seconds, 3),
+            "images_per_s": round(s.images / s.seconds, 2) if s.seconds else 0.0,
+            "provider": s.provider, "provider_notes": self.session.notes, "batch_size": m.batch_size,
+            "workers": m.workers, "error_samples": s.error_samples,
+            "versions": {"onnxcam": _version(), "onnxruntime": ort.__version__, "numpy": np.__version__,
+                         "opencv": cv2.__version__, "python": platform.python_version()},
+        }
+        render.write_atomic(self.output_dir / "run.json", json.dumps(report, indent=2).encode())
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxcam")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,41 @@
+"""Image -> model input, as the graph's metadata prescribes, and the region of the image the model saw."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from onnxcam.runner.explain_graph import Preprocessing
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels
+
+
+def model_region(width: int, height: int, pre: Preprocessing) -> Box:
+    """The part of the image that fills the model input: all of it (stretch) or the centre crop.
+
+    center_crop follows torchvision: resize the shorter side to size / crop_fraction, crop `size`.
+    """
+    if pre.resize == "stretch":
+        return 0, 0, width, height
+    out_height, out_width = pre.size
+    scale = min(out_height, out_width) / pre.crop_fraction / min(width, height)
+    crop_width, crop_height = min(width, round(out_width / scale)), min(height, round(out_height / scale))
+    x0, y0 = (width - crop_width) // 2, (height - crop_height) // 2
+    return x0, y0, x0 + crop_width, y0 + crop_height
+
+
+def to_input(image_bgr: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, Box]:
+    """[3,H,W] float32 input and the region it covers. Downscaling uses area averaging (like an antialiased
+    resize), upscaling bilinear interpolation."""
+    height, width = image_bgr.shape[:2]
+    box = model_region(width, height, pre)
+    region = image_bgr[box[1]:box[3], box[0]:box[2]]
+    out_height, out_width = pre.size
+    shrinking = out_width * out_height < region.shape[0] * region.shape[1]
+    resized = cv2.resize(region, (out_width, out_height),
+                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if pre.channel_order == "RGB":
+        resized = resized[:, :, ::-1]
+    scale = np.float32(1 / 255) / np.asarray(pre.std, np.float32)
+    shift = np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)
+    tensor = resized.astype(np.float32) * scale - shift
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1)), box

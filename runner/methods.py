@@ -19,10 +19,14 @@ EPS = 1e-7
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
-    """Per-map min-max scaling to [0, 1] over all but the first axis (pytorch-grad-cam's scale_cam_image)."""
+    """Per-map min-max scaling to exactly [0, 1] over all but the first axis; a constant map becomes 0.
+
+    (pytorch-grad-cam divides by max + 1e-7 instead, which leaves maps of small magnitude short of 1.)
+    """
     axes = tuple(range(1, maps.ndim))
     shifted = maps - maps.min(axis=axes, keepdims=True)
-    return shifted / (EPS + shifted.max(axis=axes, keepdims=True))
+    span = shifted.max(axis=axes, keepdims=True)
+    return shifted / np.where(span > 0, span, 1)
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -63,3 +63,9 @@ class _Noisy(nn.Module):
 def noisy_net() -> nn.Module:
     """Random noise in the forward: ORT and PyTorch cannot agree, so the export must refuse."""
     return _Noisy()
+
+
+def flat_head_net() -> nn.Module:
+    """Head is Flatten -> Linear over the whole map (no global pooling): CAM is undefined."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 3))

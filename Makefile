@@ -6,8 +6,11 @@ MODEL ?= efficientnet-lite0
 LAYER ?= auto
 OUT ?= exports/$(subst :,-,$(MODEL)).onnx
 EXPORT_FLAGS ?=
+MANIFEST ?= manifests/demo.yaml
+RUN_FLAGS ?=
+BENCH_FLAGS ?=
 
-.PHONY: setup test lint export info demo clean
+.PHONY: setup test lint export info run demo-images demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,7 +32,22 @@ export: setup
 info: setup
 	$(BIN)/onnxcam info $(OUT)
 
-demo: export info
+run: setup
+	$(BIN)/onnxcam run $(MANIFEST) $(RUN_FLAGS)
+
+demo-images: setup
+	$(BIN)/python tests/sample_photos.py demo/images
+
+# The main job on the bundled default: export efficientnet-lite0, explain scikit-image's photographs.
+demo: export demo-images
+	$(BIN)/onnxcam info $(OUT)
+	rm -rf demo/out
+	$(BIN)/onnxcam run manifests/demo.yaml $(RUN_FLAGS)
+	@echo "overlays and heatmaps: demo/out/   index: demo/out/index.csv   report: demo/out/run.json"
+
+# onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test.
+bench: setup
+	cd tests && ../$(BIN)/python benchmark.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf exports out demo

@@ -28,4 +28,29 @@ def test_runner_imports_with_torch_blocked():
     assert result.returncode == 0, result.stderr
     assert "needs the exporter extras" in result.stdout
     count = int(result.stdout.strip().splitlines()[-1].split()[-1])
-    assert count >= 2
+    assert count >= 12
+
+
+def test_a_full_run_needs_no_torch(exported, tmp_path):
+    from runner_helpers import read_index, write_images, write_manifest
+
+    write_images(tmp_path / "images", 3)
+    manifest = write_manifest(tmp_path, exported("toy_models:relu_net")[1].path, tmp_path / "images",
+                              methods=["gradcam", "guided_gradcam"])
+    script = textwrap.dedent("""
+        import sys
+
+        class BlockTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+
+        sys.meta_path.insert(0, BlockTorch())
+        from onnxcam.runner.cli import main
+        code = main(["run", sys.argv[1], "--quiet"])
+        assert "torch" not in sys.modules
+        sys.exit(code)
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(manifest)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [row["status"] for row in read_index(tmp_path / "out")] == ["ok"] * 6

@@ -126,8 +126,8 @@ class Run:
             job.tensor, job.box = to_input(job.image, self.info.preprocessing)
         except ImageError as error:
             job.error, job.image = str(error), None
-        except (cv2.error, MemoryError) as error:
-            job.error, job.image = f"cannot decode ({type(error).__name__}: {str(error).strip()[:200]})", None
+        except Exception as error:  # noqa: BLE001 - whatever a decoder throws, this file becomes an error row
+            job.error, job.image = f"cannot decode ({type(error).__name__}: {_one_line(error)})", None
         return job
 
     def _scores(self, logits: np.ndarray) -> np.ndarray:
@@ -143,10 +143,13 @@ class Run:
             out = self.session.run(np.stack([job.tensor for job, _ in batch]),
                                    np.array([target for _, target in batch], np.int64))
         except Exception as error:  # noqa: BLE001 - ORT raises its own types (e.g. out of memory)
-            message = f"ONNX Runtime failed on this batch ({str(error).splitlines()[0][:200]})"
+            message = f"ONNX Runtime failed on this batch ({_one_line(error)})"
             failed = {id(job): job for job, _ in batch}
             for job in failed.values():
                 job.error, job.pending = message, 0
+            remaining = [(job, target) for job, target in pairs if id(job) not in failed]  # their other targets
+            pairs.clear()
+            pairs.extend(remaining)
             return list(failed.values())
         self.summary.model_seconds += time.perf_counter() - start
         scores = self._scores(out["logits"])
@@ -212,8 +215,8 @@ class Run:
                     rows.append(self._row(
                         job, target_class=result.target_class, target_label=self.info.labels[result.target_class],
                         target_score=f"{result.score:.6g}", method=name, peak_x=x, peak_y=y, **paths))
-        except (OSError, ImageError, cv2.error) as error:
-            return [self._row(job, status="error", error=f"cannot write outputs ({error})")]
+        except Exception as error:  # noqa: BLE001 - a full disk or an odd image must not stop the run
+            return [self._row(job, status="error", error=f"cannot write outputs ({_one_line(error)})")]
         return rows
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -307,6 +310,11 @@ class Run:
                          "opencv": cv2.__version__, "python": platform.python_version()},
         }
         render.write_atomic(self.output_dir / "run.json", json.dumps(report, indent=2).encode())
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:300] or type(error).__name__
 
 
 def _version() -> str:

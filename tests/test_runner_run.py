@@ -329,3 +329,39 @@ def test_cuda_provider_matches_cpu(toy):
     for name, value in cuda.run(batch, targets).items():
         expected = cpu.run(batch, targets)[name]
         assert np.linalg.norm(value - expected) <= 1e-4 * np.linalg.norm(expected), name
+
+
+def test_a_failing_batch_or_write_becomes_error_rows_and_the_run_goes_on(toy, tmp_path, monkeypatch):
+    from onnxcam.runner import render
+    from onnxcam.runner.pipeline import Run
+
+    write_images(tmp_path / "images", 10)
+    manifest = load_manifest(write_manifest(tmp_path, toy, tmp_path / "images", targets={"topk": 2},
+                                            runtime={"providers": ["cpu"], "batch_size": 3, "workers": 2}))
+    run = Run(manifest, quiet=True)
+    calls = {"n": 0}
+    real_run, real_write = run.session.run, render.write_atomic
+
+    def flaky_run(batch, targets):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA out of memory\nsecond line")
+        return real_run(batch, targets)
+
+    def flaky_write(path, data):
+        if path.name.startswith("img00009.png"):
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(run.session, "run", flaky_run)
+    monkeypatch.setattr(render, "write_atomic", flaky_write)
+    summary = run.run()
+    rows = read_index(tmp_path / "out")
+    errors = {row["image"]: row["error"] for row in rows if row["status"] == "error"}
+    assert "ONNX Runtime failed on this batch (CUDA out of memory second line)" in errors.values()
+    assert errors["img00009.png"] == "cannot write outputs ([Errno 28] No space left on device)"
+    assert summary.images == 10 and summary.errors == len(errors) >= 2
+    keys = [(row["image"], row["target_class"], row["method"]) for row in rows]
+    assert len(keys) == len(set(keys)) and len({row["image"] for row in rows}) == 10
+    for image in {row["image"] for row in rows} - set(errors):
+        assert sum(row["image"] == image for row in rows) == 2

@@ -32,9 +32,13 @@ class Progress:
         self.done += images
         self.errors += errors
         now = time.monotonic()
-        if self.quiet or now - self.last < self.every_s:
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.show()
+
+    def show(self) -> None:
+        if self.quiet:
             return
-        self.last = now
         if self.tty:
             width = 24
             filled = int(width * self.done / self.total) if self.total else width
@@ -44,6 +48,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """On a terminal, leave the bar at its final state."""
         if self.tty and not self.quiet:
+            self.show()
             self.stream.write("\n")
             self.stream.flush()

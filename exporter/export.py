@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -31,6 +31,7 @@ class ExportResult:
     info: GraphInfo
     layer: LayerInfo
     seconds: float
+    graph: torch.fx.GraphModule | None = field(default=None, repr=False)  # what was converted (tests read it)
 
 
 def _versions() -> dict[str, str]:
@@ -133,4 +134,4 @@ def export_explain_graph(
     os.replace(partial, out)
     seconds = time.perf_counter() - started
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
-    return ExportResult(path=out, info=info, layer=chosen, seconds=seconds)
+    return ExportResult(path=out, info=info, layer=chosen, seconds=seconds, graph=graph)

@@ -7,6 +7,7 @@ grow with the dataset. A bad file or a failed write becomes an error row; the ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import signal
@@ -33,6 +34,7 @@ from onnxcam.runner.session import ExplainSession, ModelError
 from onnxcam.runner.targets import TOP1, TargetPlan
 
 MAX_ERRORS_IN_REPORT = 100
+RUN_STAMP = ".onnxcam-run.json"  # what a resumed run must match
 
 
 @dataclass
@@ -103,6 +105,27 @@ class Run:
         self.session = ExplainSession(manifest.model, outputs, manifest.providers)
         self.output_dir = manifest.output_dir
         self.summary = RunSummary(provider=self.session.provider)
+        self.identity = self._check_same_run()
+
+    def _check_same_run(self) -> dict[str, str]:
+        """Rows in output.dir may only be resumed by a run of the same model file and the same targets."""
+        digest = hashlib.sha256()
+        with open(self.manifest.model, "rb") as model:
+            for block in iter(lambda: model.read(1 << 20), b""):
+                digest.update(block)
+        targets = self.manifest.targets
+        identity = {"model_sha256": digest.hexdigest(), "targets": json.dumps(
+            {"kind": targets.kind, "k": targets.k, "classes": targets.classes, "threshold": targets.threshold,
+             "labels": str(targets.labels_file or "")})}
+        stamp = self.output_dir / RUN_STAMP
+        if stamp.exists() and (self.output_dir / "index.csv").exists():
+            previous = json.loads(stamp.read_text())
+            changed = [key for key in identity if previous.get(key) != identity[key]]
+            if changed:
+                what = "another model file" if "model_sha256" in changed else "other targets"
+                raise ModelError(f"output.dir: {self.output_dir} holds a run with {what}; resuming would mix "
+                                 "them: pick a new output.dir, or delete that one to start over")
+        return identity
 
     # -- listing -------------------------------------------------------------------------------------------
 
@@ -225,6 +248,7 @@ class Run:
         m, summary = self.manifest, self.summary
         start = time.monotonic()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        render.write_atomic(self.output_dir / RUN_STAMP, json.dumps(self.identity).encode())
         index = IndexFile(self.output_dir / "index.csv", self.methods)
         summary.already_done = len(index.done)
         total = sum(1 for _ in self._todo(index.done))

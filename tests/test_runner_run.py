@@ -365,3 +365,16 @@ def test_a_failing_batch_or_write_becomes_error_rows_and_the_run_goes_on(toy, tm
     assert len(keys) == len(set(keys)) and len({row["image"] for row in rows}) == 10
     for image in {row["image"] for row in rows} - set(errors):
         assert sum(row["image"] == image for row in rows) == 2
+
+
+def test_resuming_with_another_model_or_targets_is_refused(exported, toy, tmp_path, capsys):
+    write_images(tmp_path / "images", 2)
+    assert run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images"))[0] == 0
+    other = exported("toy_models:relu_net", multilabel=True)[1].path
+    code, out = run_cli(capsys, write_manifest(tmp_path, other, tmp_path / "images"))
+    assert code == 2 and "holds a run with another model file; resuming would mix them" in out
+    code, out = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images", targets={"topk": 2}))
+    assert code == 2 and "holds a run with other targets" in out
+    code, out = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images", methods=["gradcam", "layercam"]))
+    assert code == 0 and "done: 2 images" in out.splitlines()[-1], "new methods redo the images"
+    assert len(read_index(tmp_path / "out")) == 4

@@ -4,17 +4,21 @@ import subprocess
 import sys
 import textwrap
 
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+
+    class BlockTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+
+    sys.meta_path.insert(0, BlockTorch())
+""")
+
 
 def test_runner_imports_with_torch_blocked():
-    script = textwrap.dedent("""
-        import importlib, pkgutil, sys
-
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-
-        sys.meta_path.insert(0, BlockTorch())
+    script = BLOCK_TORCH + textwrap.dedent("""
+        import importlib, pkgutil
         import onnxcam.runner as runner
         modules = [m.name for m in pkgutil.iter_modules(runner.__path__, "onnxcam.runner.")]
         for name in modules:
@@ -37,15 +41,7 @@ def test_a_full_run_needs_no_torch(exported, tmp_path):
     write_images(tmp_path / "images", 3)
     manifest = write_manifest(tmp_path, exported("toy_models:relu_net")[1].path, tmp_path / "images",
                               methods=["gradcam", "guided_gradcam"])
-    script = textwrap.dedent("""
-        import sys
-
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is blocked in this test")
-
-        sys.meta_path.insert(0, BlockTorch())
+    script = BLOCK_TORCH + textwrap.dedent("""
         from onnxcam.runner.cli import main
         code = main(["run", sys.argv[1], "--quiet"])
         assert "torch" not in sys.modules

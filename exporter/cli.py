@@ -40,6 +40,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="class names, one per line (or a JSON list)")
     parser.add_argument("--multilabel", action="store_true", help="sigmoid outputs (default: softmax)")
     parser.add_argument("--no-guided", action="store_true", help="leave out the guided-backprop input gradients")
+    parser.add_argument("--saliency", action="store_true",
+                        help="add plain input gradients, for the saliency and smoothgrad methods")
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
@@ -73,7 +75,8 @@ def run_export(args: argparse.Namespace) -> int:
     if args.labels:
         loaded.labels = read_labels(args.labels)
     print(f"exporting {loaded.spec}" + (" (bundled pretrained ImageNet weights)" if loaded.spec == BUNDLED else ""))
-    export_explain_graph(loaded, args.layer, args.out, guided=not args.no_guided, multilabel=args.multilabel)
+    export_explain_graph(loaded, args.layer, args.out, guided=not args.no_guided, multilabel=args.multilabel,
+                         saliency=args.saliency)
     return 0
 
 

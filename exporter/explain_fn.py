@@ -1,4 +1,4 @@
-"""The explain function: one forward, dS/dA, and (optionally) guided dS/dinput.
+"""The explain function: one forward, dS/dA, and (optionally) guided and plain dS/dinput.
 
 `make_fx` traces it to an ATen graph that contains the backward ops, which is what
 lets the gradients reach ONNX (see DESIGN.md, "How the gradients get into ONNX").
@@ -53,19 +53,24 @@ def class_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return (logits * mask).sum(), chosen
 
 
-def make_explain_fn(model: nn.Module, tap: LayerTap, guided: bool):
+def make_explain_fn(model: nn.Module, tap: LayerTap, guided: bool, saliency: bool = False):
+    """Outputs in contract order: logits, activations, gradients[, input_gradients][, plain_input_gradients]."""
+
     def explain(input: torch.Tensor, target: torch.Tensor):
         tap.reset()
         x = input.detach().requires_grad_(True)
         logits = model(x)
         activations = tap.output
         score, _ = class_score(logits, target)
-        (gradients,) = torch.autograd.grad(score, activations, retain_graph=guided)
+        (gradients,) = torch.autograd.grad(score, activations, retain_graph=guided or saliency)
         outputs = [logits.detach(), activations.detach(), gradients]
         if guided:
             with guided_rule():
-                (input_gradients,) = torch.autograd.grad(score, x)
+                (input_gradients,) = torch.autograd.grad(score, x, retain_graph=saliency)
             outputs.append(input_gradients)
+        if saliency:
+            (plain_input_gradients,) = torch.autograd.grad(score, x)
+            outputs.append(plain_input_gradients)
         return tuple(outputs)
 
     return explain
@@ -81,11 +86,12 @@ def _batch_dynamic(fake_mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Ten
     return fake_mode.from_tensor(tensor, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
 
 
-def trace_explain_graph(model: nn.Module, tap: LayerTap, guided: bool, example: torch.Tensor) -> torch.fx.GraphModule:
+def trace_explain_graph(model: nn.Module, tap: LayerTap, guided: bool, example: torch.Tensor,
+                        saliency: bool = False) -> torch.fx.GraphModule:
     """Trace with a symbolic batch so that its size is not baked into view/expand."""
     fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
     target = torch.full((example.shape[0],), -1, dtype=torch.int64)
     fake_input, fake_target = _batch_dynamic(fake_mode, example), _batch_dynamic(fake_mode, target)
-    fn = make_explain_fn(model, tap, guided)
+    fn = make_explain_fn(model, tap, guided, saliency)
     with fake_mode:
         return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="real")(fake_input, fake_target)

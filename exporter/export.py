@@ -17,7 +17,7 @@ from onnxcam.exporter.layers import LayerInfo, probe_layers, resolve_layer
 from onnxcam.exporter.parity import compare, format_parity
 from onnxcam.exporter.reference import reference_outputs
 from onnxcam.exporter.sources import LoadedModel
-from onnxcam.runner.explain_graph import INPUTS, OUTPUTS, GraphInfo, Preprocessing
+from onnxcam.runner.explain_graph import INPUTS, REQUIRED_OUTPUTS, GraphInfo, Preprocessing
 from torch import nn
 
 OPSET = 18
@@ -85,7 +85,7 @@ def _gap_linear_head(model: nn.Module, reference: dict[str, torch.Tensor]) -> bo
 
 def export_explain_graph(
     loaded: LoadedModel, layer: str, out: Path, guided: bool = True, multilabel: bool = False,
-    tolerance: float = PARITY_TOLERANCE, log=print,
+    tolerance: float = PARITY_TOLERANCE, log=print, saliency: bool = False,
 ) -> ExportResult:
     """Trace, convert, parity-check against eager PyTorch, then write `out` atomically."""
     started = time.perf_counter()
@@ -101,14 +101,15 @@ def export_explain_graph(
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, height, width, generator=generator)
     try:
-        graph = trace_explain_graph(model, tap, guided, example)
+        graph = trace_explain_graph(model, tap, guided, example, saliency)
     finally:
         tap.remove()
-    output_names = list(OUTPUTS if guided else OUTPUTS[:3])
+    output_names = [*REQUIRED_OUTPUTS, *(["input_gradients"] if guided else []),
+                    *(["plain_input_gradients"] if saliency else [])]
     proto = _to_onnx(graph, example, output_names)
 
     target = torch.tensor([-1, num_classes - 1], dtype=torch.int64)
-    reference = reference_outputs(model, chosen.name, chosen.calls, example, target, guided)
+    reference = reference_outputs(model, chosen.name, chosen.calls, example, target, guided, saliency=saliency)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     actual = dict(zip(output_names, session.run(None, {"input": example.numpy(), "target": target.numpy()}),
                       strict=True))

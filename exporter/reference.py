@@ -60,7 +60,7 @@ def guided_functionals() -> Iterator[None]:
 
 def reference_outputs(
     model: nn.Module, layer: str, call: int, input: torch.Tensor, target: torch.Tensor,
-    guided: bool, dtype: torch.dtype = torch.float64,
+    guided: bool, dtype: torch.dtype = torch.float64, saliency: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Eager outputs of the explain contract, computed in `dtype` (float64 by default).
 
@@ -72,8 +72,10 @@ def reference_outputs(
     logits = model(x)
     activations = tap.output
     score, _ = class_score(logits, target)
-    (gradients,) = torch.autograd.grad(score, activations)
+    (gradients,) = torch.autograd.grad(score, activations, retain_graph=saliency)
     result = {"logits": logits, "activations": activations, "gradients": gradients}
+    if saliency:
+        (result["plain_input_gradients"],) = torch.autograd.grad(score, x)
     if guided:
         tap.reset()
         with guided_functionals():

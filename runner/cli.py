@@ -73,6 +73,9 @@ def run_manifest(args: argparse.Namespace) -> int:
     print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
           f"{s.seconds:.1f} s ({rate:.1f} images/s, {s.provider}); index {out / 'index.csv'}, report "
           f"{out / 'run.json'}")
+    if s.table:
+        print(f"onnxcam run: faithfulness, mean ± std (rows) over index.csv; {out / 'summary.csv'}, curves in "
+              f"{out / 'curves'}\n{s.table}")
     return 130 if s.interrupted else 0
 
 

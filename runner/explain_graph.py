@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 
 INPUTS = ("input", "target")
-OUTPUTS = ("logits", "activations", "gradients", "input_gradients")
+OUTPUTS = ("logits", "activations", "gradients", "input_gradients", "plain_input_gradients")
 REQUIRED_OUTPUTS = OUTPUTS[:3]
 FORMAT_VERSION = 1
 

@@ -13,9 +13,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from onnxcam.runner.faithfulness import COLUMNS as METRIC_COLUMNS
+
 COLUMNS = ("image", "status", "error", "width", "height", "pred_class", "pred_label", "pred_score",
            "target_class", "target_label", "target_score", "method", "heatmap_path", "overlay_path",
-           "peak_x", "peak_y")
+           "peak_x", "peak_y", *METRIC_COLUMNS)
 
 
 def _complete(rows: list[dict[str, str]], methods: list[str]) -> bool:

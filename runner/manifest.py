@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from onnxcam.runner.methods import METHODS
+from onnxcam.runner.faithfulness import METRICS, Evaluation
+from onnxcam.runner.methods import METHODS, Option
 
 DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp", "**/*.tif", "**/*.tiff")
 COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
@@ -57,6 +58,7 @@ class Manifest:
     providers: str | list[str]
     batch_size: int
     workers: int
+    evaluate: Evaluation | None = None
 
 
 class _Reader:
@@ -143,17 +145,34 @@ def _targets(reader: _Reader, value: Any) -> Targets:
     return Targets("threshold", threshold=reader.number(option, "targets.threshold", 0.0, 1.0))
 
 
-def _methods(reader: _Reader, value: Any) -> dict[str, dict[str, Any]]:
+def _options(reader: _Reader, value: Any, key: str, spec: dict[str, Option]) -> dict[str, Any]:
+    """Options of a method or metric, checked against their spec, with defaults filled in."""
+    value = {} if value is None else value
+    reader.mapping(value, key, tuple(spec))
+    for name, given in value.items():
+        option, where = spec[name], f"{key}.{name}"
+        if option.choices:
+            reader.choice(given, where, option.choices)
+        elif isinstance(option.default, bool):
+            reader.typed(given, where, bool, "true or false")
+        elif isinstance(option.default, int):
+            reader.integer(given, where, int(option.low), int(option.high))
+        else:
+            reader.number(given, where, option.low, option.high)
+    return {name: option.default for name, option in spec.items()} | value
+
+
+def _methods(reader: _Reader, value: Any, sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`methods` entries are names or {name: {options}}; options may also come as a top-level `name:` section."""
     reader.typed(value, "methods", list, f"a list of methods ({', '.join(METHODS)})")
     if not value:
         raise reader.fail("methods", f"empty list; choose from {', '.join(METHODS)}")
     methods: dict[str, dict[str, Any]] = {}
     for item in value:
         if isinstance(item, str):
-            name, options = item, {}
+            name, options = item, None
         elif isinstance(item, dict) and len(item) == 1:
             name, options = next(iter(item.items()))
-            options = {} if options is None else options
         else:
             raise reader.fail("methods", f"expected a method name or {{name: {{option: value}}}}, got {item!r}")
         if name not in METHODS:
@@ -162,13 +181,46 @@ def _methods(reader: _Reader, value: Any) -> dict[str, dict[str, Any]]:
             raise reader.fail("methods", f"unknown method '{name}'; {hint}")
         if name in methods:
             raise reader.fail("methods", f"'{name}' is listed twice")
-        allowed = METHODS[name].options
-        reader.mapping(options, f"methods.{name}", tuple(allowed))
-        for option, option_value in options.items():
-            reader.typed(option_value, f"methods.{name}.{option}", type(allowed[option]),
-                         f"a {type(allowed[option]).__name__}")
-        methods[name] = {**allowed, **options}
+        key = f"methods.{name}"
+        if name in sections:
+            if options is not None:
+                raise reader.fail(name, "options given twice, here and in methods; keep one")
+            options, key = sections[name], name
+        methods[name] = _options(reader, options, key, METHODS[name].options)
+        problem = METHODS[name].check(methods[name]) if METHODS[name].check else ""
+        if problem:
+            raise reader.fail(key, problem)
+    for name in sections:
+        if name not in methods:
+            raise reader.fail(name, f"options for a method that is not in methods; add {name} to methods")
     return methods
+
+
+def _evaluate(reader: _Reader, value: Any) -> Evaluation | None:
+    if value is None or value is False:
+        return None
+    value = {} if value is True else value
+    reader.mapping(value, "evaluate", ("metrics", "boxes", "batch_size", *(m for m in METRICS if METRICS[m].options)))
+    boxes = reader.file(value["boxes"], "evaluate.boxes") if "boxes" in value else None
+    default = [m for m in METRICS if m != "pointing_game" or boxes]
+    names = value.get("metrics", default)
+    reader.typed(names, "evaluate.metrics", list, f"a list of metrics ({', '.join(METRICS)})")
+    if not names:
+        raise reader.fail("evaluate.metrics", f"empty list; choose from {', '.join(METRICS)}, or drop evaluate")
+    for name in names:
+        if name not in METRICS:
+            close = difflib.get_close_matches(str(name), METRICS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose from {', '.join(METRICS)}"
+            raise reader.fail("evaluate.metrics", f"unknown metric '{name}'; {hint}")
+    if len(set(names)) != len(names):
+        raise reader.fail("evaluate.metrics", "a metric is listed twice")
+    if "pointing_game" in names and boxes is None:
+        raise reader.fail("evaluate.boxes", "pointing_game needs a boxes file (CSV: image,x0,y0,x1,y1[,class])")
+    for name in value:
+        if name in METRICS and name not in names:
+            raise reader.fail(f"evaluate.{name}", f"options for a metric that is not in evaluate.metrics; add {name}")
+    metrics = {name: _options(reader, value.get(name), f"evaluate.{name}", METRICS[name].options) for name in names}
+    return Evaluation(metrics, boxes, reader.integer(value.get("batch_size", 64), "evaluate.batch_size", 1, 4096))
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -183,8 +235,9 @@ def load_manifest(path: str | Path) -> Manifest:
         where = f" at line {mark.line + 1}" if mark else ""
         raise ManifestError(f"{path}: not valid YAML{where} ({getattr(error, 'problem', error)})") from None
     reader = _Reader(path)
-    top = reader.mapping(raw, "", ("model", "images", "targets", "methods", "output", "runtime"),
-                         required=("model", "images", "methods", "output"))
+    with_options = tuple(name for name, method in METHODS.items() if method.options)
+    top = reader.mapping(raw, "", ("model", "images", "targets", "methods", "evaluate", "output", "runtime",
+                                   *with_options), required=("model", "images", "methods", "output"))
 
     images = reader.mapping(top["images"], "images", ("root", "include", "list", "max_pixels"))
     if ("root" in images) == ("list" in images):
@@ -226,11 +279,12 @@ def load_manifest(path: str | Path) -> Manifest:
         include=tuple(include),
         max_pixels=reader.integer(images.get("max_pixels", 50_000_000), "images.max_pixels", 1),
         targets=_targets(reader, top.get("targets", "top1")),
-        methods=_methods(reader, top["methods"]),
+        methods=_methods(reader, top["methods"], {name: top[name] for name in with_options if name in top}),
         output_dir=(path.parent / Path(output["dir"]).expanduser()).resolve(),
         overlays=overlays,
         heatmaps=reader.choice(output.get("heatmaps", "npy"), "output.heatmaps", ("npy", "png", "none")),
         providers=providers,
         batch_size=reader.integer(runtime.get("batch_size", 32), "runtime.batch_size", 1, 4096),
         workers=reader.integer(runtime.get("workers", 4), "runtime.workers", 1, 256),
+        evaluate=_evaluate(reader, top.get("evaluate")),
     )

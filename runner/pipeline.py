@@ -22,11 +22,14 @@ from typing import TextIO
 import cv2
 import numpy as np
 import onnxruntime as ort
-from onnxcam.runner import render
-from onnxcam.runner.explain_graph import GraphInfo, read_graph_info
+from onnxcam.runner import render, summary
+from onnxcam.runner.boxes import pointing_game, read_boxes
+from onnxcam.runner.explain_graph import OUTPUTS, GraphInfo, read_graph_info
+from onnxcam.runner.faithfulness import METRICS, Row, explanation
+from onnxcam.runner.forwards import Cost, Forwards, probabilities
 from onnxcam.runner.images import ImageError, ImageRef, decode_image, list_images, walk_images
 from onnxcam.runner.index import IndexFile
-from onnxcam.runner.manifest import Manifest
+from onnxcam.runner.manifest import Manifest, ManifestError
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.preprocess import Box, to_input
 from onnxcam.runner.progress import Progress
@@ -42,6 +45,7 @@ class TargetResult:
     target_class: int
     score: float
     maps: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # method -> metric column -> value
 
 
 @dataclass
@@ -74,17 +78,26 @@ class RunSummary:
     model_seconds: float = 0.0
     provider: str = ""
     error_samples: list[dict[str, str]] = field(default_factory=list)
+    table: str = ""  # the evaluation summary, as printed
+
+
+MISSING_OUTPUT_FIX = {"input_gradients": "was exported with --no-guided; re-export without it",
+                      "plain_input_gradients": "was exported without --saliency; re-export with --saliency"}
 
 
 def _check_model(manifest: Manifest, info: GraphInfo) -> None:
-    for name in manifest.methods:
+    for name, options in manifest.methods.items():
         method = METHODS[name]
         if method.needs_gap_head and not info.gap_linear_head:
             raise ModelError(f"{manifest.path}: methods: 'cam' needs a model whose head is global-average-pool -> "
                              f"linear, and {manifest.model.name} ({info.model}) is not; use gradcam")
-        if method.guided and "input_gradients" not in info.outputs:
-            raise ModelError(f"{manifest.path}: methods: '{name}' needs input_gradients, and {manifest.model.name} "
-                             "was exported with --no-guided; re-export without it")
+        for output in (*method.needs, method.passes):
+            if output in MISSING_OUTPUT_FIX and output not in info.outputs:
+                raise ModelError(f"{manifest.path}: methods: '{name}' needs {output}, and {manifest.model.name} "
+                                 f"{MISSING_OUTPUT_FIX[output]}")
+        if "patch" in options and options["patch"] > min(info.preprocessing.size):
+            raise ModelError(f"{manifest.path}: {name}.patch: {options['patch']} is larger than the model input "
+                             f"{list(info.preprocessing.size)}; use a smaller patch")
 
 
 class Run:
@@ -97,12 +110,20 @@ class Run:
         _check_model(manifest, self.info)
         self.plan = TargetPlan(manifest.targets, self.info.labels, self.info.output_activation)
         self.methods = list(manifest.methods)
-        outputs = ["logits"]
-        if any(not METHODS[m].guided for m in self.methods) or "guided_gradcam" in self.methods:
-            outputs += ["activations", "gradients"]
-        if any(METHODS[m].guided for m in self.methods):
-            outputs.append("input_gradients")
+        needed = {output for name in self.methods for output in METHODS[name].needs}
+        outputs = ["logits", *(output for output in OUTPUTS[1:] if output in needed)]
         self.session = ExplainSession(manifest.model, outputs, manifest.providers)
+        self.evaluation = manifest.evaluate
+        self.boxes = {}
+        if self.evaluation and self.evaluation.boxes:
+            try:
+                self.boxes = read_boxes(self.evaluation.boxes, self.info.labels)
+            except ValueError as error:
+                raise ManifestError(f"{manifest.path}: {error}") from None
+        extra = any(METHODS[m].passes for m in self.methods) or (
+            self.evaluation and any(METRICS[m].passes for m in self.evaluation.metrics))
+        self.forwards = Forwards(manifest.model, manifest.providers, self.info) if extra else None
+        self.costs: dict[str, dict[str, Cost]] = {"methods": {}, "metrics": {}}
         self.output_dir = manifest.output_dir
         self.summary = RunSummary(provider=self.session.provider)
         self.identity = self._check_same_run()
@@ -114,15 +135,18 @@ class Run:
             for block in iter(lambda: model.read(1 << 20), b""):
                 digest.update(block)
         targets = self.manifest.targets
+        evaluation = self.evaluation
         identity = {"model_sha256": digest.hexdigest(), "targets": json.dumps(
             {"kind": targets.kind, "k": targets.k, "classes": targets.classes, "threshold": targets.threshold,
-             "labels": str(targets.labels_file or "")})}
+             "labels": str(targets.labels_file or "")}),
+            "evaluate": json.dumps(evaluation and {"metrics": evaluation.metrics, "boxes": str(evaluation.boxes)})}
         stamp = self.output_dir / RUN_STAMP
         if stamp.exists() and (self.output_dir / "index.csv").exists():
             previous = json.loads(stamp.read_text())
             changed = [key for key in identity if previous.get(key) != identity[key]]
             if changed:
-                what = "another model file" if "model_sha256" in changed else "other targets"
+                what = {"model_sha256": "another model file", "targets": "other targets",
+                        "evaluate": "other evaluate settings"}[changed[0]]
                 raise ModelError(f"output.dir: {self.output_dir} holds a run with {what}; resuming would mix "
                                  "them: pick a new output.dir, or delete that one to start over")
         return identity
@@ -153,18 +177,12 @@ class Run:
             job.error, job.image = f"cannot decode ({type(error).__name__}: {_one_line(error)})", None
         return job
 
-    def _scores(self, logits: np.ndarray) -> np.ndarray:
-        if self.info.output_activation == "sigmoid":
-            return 1 / (1 + np.exp(-logits))
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)
-
     def _run_batch(self, batch: list[tuple[ImageJob, int]], pairs: deque) -> list[ImageJob]:
         """Runs (image, target) pairs; returns the images whose every target is now done."""
         start = time.perf_counter()
         try:
-            out = self.session.run(np.stack([job.tensor for job, _ in batch]),
-                                   np.array([target for _, target in batch], np.int64))
+            inputs = np.stack([job.tensor for job, _ in batch])
+            out = self.session.run(inputs, np.array([target for _, target in batch], np.int64))
         except Exception as error:  # noqa: BLE001 - ORT raises its own types (e.g. out of memory)
             message = f"ONNX Runtime failed on this batch ({_one_line(error)})"
             failed = {id(job): job for job, _ in batch}
@@ -175,9 +193,8 @@ class Run:
             pairs.extend(remaining)
             return list(failed.values())
         self.summary.model_seconds += time.perf_counter() - start
-        scores = self._scores(out["logits"])
-        maps = {name: METHODS[name](out, options) for name, options in self.manifest.methods.items()}
-        finished = []
+        scores = probabilities(out["logits"], self.info.output_activation)
+        finished, kept, chosen = [], [], []
         for i, (job, target) in enumerate(batch):
             top = int(np.argmax(scores[i]))
             if job.pred is None:
@@ -188,13 +205,39 @@ class Run:
                 job.pending += len(more)
                 pairs.extendleft((job, c) for c in reversed(more))
             if keep:
-                chosen = top if target == TOP1 else target
-                job.results.append(TargetResult(chosen, float(scores[i, chosen]),
-                                                {name: maps[name][i].copy() for name in self.methods}))
+                kept.append(i)
+                chosen.append(top if target == TOP1 else target)
             job.pending -= 1
             if job.pending == 0:
                 finished.append(job)
+        if kept:
+            out = {name: value[kept] for name, value in out.items()}
+            out |= {"input": inputs[kept], "target": np.array(chosen, np.int64)}
+            for k, result in enumerate(self._explain(out, scores[kept, chosen])):
+                batch[kept[k]][0].results.append(result)
         return finished
+
+    def _explain(self, out: dict[str, np.ndarray], scores: np.ndarray) -> list[TargetResult]:
+        """Every method's maps (and, with evaluate, their metrics) for the kept (image, class) pairs of a batch."""
+        maps = {}
+        for name, options in self.manifest.methods.items():
+            start, passes = time.perf_counter(), self.forwards.passes if self.forwards else 0
+            maps[name] = METHODS[name](out, options, self.forwards)
+            cost = self.costs["methods"].setdefault(name, Cost())
+            cost.rows += len(scores)
+            cost.seconds += time.perf_counter() - start
+            cost.passes += (self.forwards.passes if self.forwards else 0) - passes
+        results = [TargetResult(int(out["target"][k]), float(scores[k]),
+                                {name: maps[name][k].copy() for name in self.methods}) for k in range(len(scores))]
+        if self.forwards and self.evaluation:
+            size = out["input"].shape[2:]
+            pairs = [(result, name) for result in results for name in self.methods]
+            rows = [Row(out["input"][k], explanation(maps[name][k], size), result.target_class, result.score)
+                    for k, result in enumerate(results) for name in self.methods]
+            values = self.evaluation.evaluate(rows, self.forwards, self.costs["metrics"])
+            for (result, name), metrics in zip(pairs, values, strict=True):
+                result.metrics[name] = metrics
+        return results
 
     def _output_path(self, relative: str) -> Path:
         path = (self.output_dir / relative).resolve()
@@ -237,10 +280,21 @@ class Run:
                     x, y = render.peak(values, guided)
                     rows.append(self._row(
                         job, target_class=result.target_class, target_label=self.info.labels[result.target_class],
-                        target_score=f"{result.score:.6g}", method=name, peak_x=x, peak_y=y, **paths))
+                        target_score=f"{result.score:.6g}", method=name, peak_x=x, peak_y=y, **paths,
+                        **self._metric_columns(job, result, name, (x, y))))
         except Exception as error:  # noqa: BLE001 - a full disk or an odd image must not stop the run
             return [self._row(job, status="error", error=f"cannot write outputs ({_one_line(error)})")]
         return rows
+
+    def _metric_columns(self, job: ImageJob, result: TargetResult, method: str, peak: tuple[int, int]
+                        ) -> dict[str, str]:
+        if not self.evaluation:
+            return {}
+        values = dict(result.metrics.get(method, {}))
+        if "pointing_game" in self.evaluation.metrics:
+            values["pointing_game"] = pointing_game(peak, self.boxes.get(job.ref.key, []), result.target_class)
+        return {key: "" if value is None else " ".join(f"{v:.4g}" for v in value) if isinstance(value, np.ndarray)
+                else f"{value:.6g}" for key, value in values.items()}
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -315,9 +369,19 @@ class Run:
             writers.shutdown(wait=True)
             index.close()
             progress.close()
+        if self.evaluation:
+            self._summarise()
         summary.seconds = time.monotonic() - start
         self._write_report()
         return summary
+
+    def _summarise(self) -> None:
+        """summary.csv, the table printed at the end, and the mean curves, over every row of index.csv."""
+        metrics = list(self.evaluation.metrics)
+        table = summary.summarise(self.output_dir / "index.csv", self.methods, metrics)
+        summary.write_summary_csv(self.output_dir / "summary.csv", table, metrics)
+        summary.plot_all_curves(self.output_dir / "curves", table)
+        self.summary.table = summary.format_table(table, metrics)
 
     def _write_report(self) -> None:
         s, m = self.summary, self.manifest
@@ -330,6 +394,10 @@ class Run:
             "images_per_s": round(s.images / s.seconds, 2) if s.seconds else 0.0,
             "provider": s.provider, "provider_notes": self.session.notes, "batch_size": m.batch_size,
             "workers": m.workers, "error_samples": s.error_samples,
+            "evaluate": m.evaluate and {"metrics": m.evaluate.metrics, "boxes": str(m.evaluate.boxes or ""),
+                                        "batch_size": m.evaluate.batch_size},
+            "cost": {kind: {name: cost.report() for name, cost in costs.items()} for kind, costs in self.costs.items()},
+            "extra_passes_s": round(self.forwards.seconds, 3) if self.forwards else 0.0,
             "versions": {"onnxcam": _version(), "onnxruntime": ort.__version__, "numpy": np.__version__,
                          "opencv": cv2.__version__, "python": platform.python_version()},
         }

@@ -1,0 +1,114 @@
+"""Extra batched passes through the model, for perturbation methods and faithfulness metrics.
+
+Perturbed inputs are streamed: a generator yields (input [3,H,W], class) pairs, which are copied into
+one reusable batch buffer and run `batch_size` at a time, so memory does not depend on how many
+perturbations a method needs (Score-CAM: one per channel; deletion: one per step).
+Each kind of pass has its own session over the same file, cut down to the outputs it needs
+(`logits` only, or `plain_input_gradients` only), so no pass pays for backward ops it does not use.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from onnxcam.runner.explain_graph import GraphInfo
+from onnxcam.runner.session import ExplainSession
+
+FILLS = ("mean", "zero", "blur")
+BLUR_SIGMA = 5.0  # pixels at model input size (Gaussian, as RISE's insertion substrate)
+
+
+def probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
+    """Softmax over classes, or an element-wise sigmoid for multi-label models."""
+    if activation == "sigmoid":
+        return 1 / (1 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Cost:
+    """What a method or metric cost over a run: rows computed, seconds, extra model passes."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    passes: int = 0
+
+    def report(self) -> dict[str, float]:
+        rows = max(self.rows, 1)
+        return {"rows": self.rows, "seconds": round(self.seconds, 3),
+                "ms_per_row": round(1000 * self.seconds / rows, 3), "passes_per_row": round(self.passes / rows, 2)}
+
+
+class Forwards:
+    """Runs streams of perturbed inputs through the model; counts passes and seconds for run.json."""
+
+    def __init__(self, path: Path, providers: str | list[str], info: GraphInfo):
+        self.path, self.providers, self.info = path, providers, info
+        pre = info.preprocessing
+        self.mean = np.array(pre.mean, np.float32)[:, None, None]
+        self.std = np.array(pre.std, np.float32)[:, None, None]
+        self._sessions: dict[str, ExplainSession] = {}
+        self.passes, self.seconds = 0, 0.0
+
+    def _session(self, output: str) -> ExplainSession:
+        if output not in self._sessions:
+            self._sessions[output] = ExplainSession(self.path, [output], self.providers)
+        return self._sessions[output]
+
+    def _batches(self, stream: Iterable[tuple[np.ndarray, int]], batch_size: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        buffer: np.ndarray | None = None
+        targets = np.zeros(batch_size, np.int64)
+        count = 0
+        for x, target in stream:
+            if buffer is None:
+                buffer = np.empty((batch_size, *x.shape), np.float32)
+            buffer[count], targets[count] = x, target
+            count += 1
+            if count == batch_size:
+                yield buffer, targets
+                count = 0
+        if count:
+            yield buffer[:count], targets[:count]
+
+    def _run(self, output: str, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        result = self._session(output).run(inputs, targets)[output]
+        self.seconds += time.perf_counter() - start
+        self.passes += len(inputs)
+        return result
+
+    def scores(self, stream: Iterable[tuple[np.ndarray, int]], batch_size: int, kind: str = "probability"
+               ) -> np.ndarray:
+        """The target class's probability (softmax/sigmoid) or raw logit for every input of the stream."""
+        out = []
+        for inputs, targets in self._batches(stream, batch_size):
+            logits = self._run("logits", inputs, targets)
+            values = probabilities(logits, self.info.output_activation) if kind == "probability" else logits
+            out.append(values[np.arange(len(targets)), targets])
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def input_gradients(self, stream: Iterable[tuple[np.ndarray, int]], batch_size: int) -> Iterator[np.ndarray]:
+        """Plain dS/dinput [3,H,W] for every input of the stream, in order."""
+        for inputs, targets in self._batches(stream, batch_size):
+            yield from self._run("plain_input_gradients", inputs, targets)
+
+    # -- what a removed pixel becomes (in normalised input space) ------------------------------------------
+
+    def fill(self, x: np.ndarray, how: str) -> np.ndarray:
+        """mean: the preprocessing mean colour (0 after normalisation); zero: black; blur: Gaussian-blurred x."""
+        if how == "mean":
+            return np.zeros_like(x)
+        if how == "zero":
+            return np.broadcast_to(-self.mean / self.std, x.shape).astype(np.float32)
+        return np.stack([cv2.GaussianBlur(channel, (0, 0), BLUR_SIGMA) for channel in x])
+
+    def times_map(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The image multiplied by `weights` [H,W] before normalisation: ((x*std + mean) * E - mean) / std."""
+        return ((x * self.std + self.mean) * weights - self.mean) / self.std

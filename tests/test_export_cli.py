@@ -10,6 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from onnxcam.exporter.sources import load_model  # noqa: E402
 from onnxcam.runner.cli import main  # noqa: E402
 from onnxcam.runner.explain_graph import read_graph_info  # noqa: E402
 
@@ -100,7 +101,7 @@ def test_export_cli_writes_self_describing_graph(capsys, tmp_path):
     out = tmp_path / "toy.onnx"
     code = main(["export", "--model", "toy_models:relu_net", "--out", str(out), "--input-size", "64x48",
                  "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--labels", str(labels), "--multilabel",
-                 "--no-guided"])
+                 "--no-guided", "--saliency"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "target layer: 4 (ReLU, output [16, 32, 24]) [auto]" in printed
@@ -108,12 +109,20 @@ def test_export_cli_writes_self_describing_graph(capsys, tmp_path):
     info = read_graph_info(out)
     assert info.preprocessing.size == (64, 48) and info.preprocessing.mean == (0.5, 0.5, 0.5)
     assert info.labels == [f"thing {i}" for i in range(5)]
-    assert info.output_activation == "sigmoid" and info.outputs == ["logits", "activations", "gradients"]
+    outputs = ["logits", "activations", "gradients", "plain_input_gradients"]
+    assert info.output_activation == "sigmoid" and info.outputs == outputs
     assert info.gap_linear_head is True and info.target_layer == "4"
     assert info.parity["gradients"]["relative_error"] < 1e-5
     assert info.versions["torch"] == torch.__version__
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "activations", "gradients"]
+    assert [o.name for o in session.get_outputs()] == outputs
+    x, target = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(2)), torch.tensor([1, -1, 4])
+    plain = session.run(["plain_input_gradients"], {"input": x.numpy(), "target": target.numpy()})[0]
+    model = load_model("toy_models:relu_net").model
+    logits = model(x.requires_grad_(True))
+    chosen = torch.where(target < 0, logits.argmax(dim=1), target)
+    expected = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), x)[0].numpy()
+    np.testing.assert_allclose(plain, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     assert main(["info", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "target layer     4 -> activations [16, 32, 24]" in shown

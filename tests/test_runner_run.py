@@ -270,6 +270,21 @@ def test_list_entries_cannot_write_outside_the_output_dir(toy, tmp_path, capsys)
     (lambda m: m["output"].update(heatmaps="tiff"), "output.heatmaps: expected one of npy, png, none, got 'tiff'"),
     (lambda m: m.pop("output"), "output: missing; this key is required"),
     (lambda m: m["images"].update(list="files.txt"), "images: give exactly one of root"),
+    (lambda m: m.update(methods=["occlusion"], occlusion={"patch": 8, "stride": 16}),
+     "occlusion: stride 16 is larger than patch 8, which leaves pixels unscored"),
+    (lambda m: m.update(scorecam={"batch_size": 8}), "scorecam: options for a method that is not in methods"),
+    (lambda m: m.update(methods=[{"occlusion": {"patch": 8}}], occlusion={"patch": 8}),
+     "occlusion: options given twice, here and in methods; keep one"),
+    (lambda m: m.update(methods=[{"occlusion": {"fill": "grey"}}]),
+     "methods.occlusion.fill: expected one of mean, zero, blur, got 'grey'"),
+    (lambda m: m.update(evaluate={"metrics": ["average_dorp"]}),
+     "evaluate.metrics: unknown metric 'average_dorp'; did you mean 'average_drop'?"),
+    (lambda m: m.update(evaluate={"metrics": ["pointing_game"]}), "evaluate.boxes: pointing_game needs a boxes file"),
+    (lambda m: m.update(evaluate={"deletion": {"steps": 1}}),
+     "evaluate.deletion.steps: expected an integer between 2 and 1000, got 1"),
+    (lambda m: m.update(evaluate={"metrics": ["deletion"], "insertion": {"steps": 5}}),
+     "evaluate.insertion: options for a metric that is not in evaluate.metrics"),
+    (lambda m: m.update(evaluate={"boxes": "nope.csv"}), "evaluate.boxes: "),
 ])
 def test_manifest_mistakes_are_one_line(toy, tmp_path, capsys, edit, expected):
     write_images(tmp_path / "images", 1)
@@ -296,6 +311,11 @@ def test_model_errors_are_one_line(exported, toy, tmp_path, capsys):
     no_guided = exported("toy_models:relu_net", guided=False)[1].path
     code, out = run_cli(capsys, write_manifest(tmp_path, no_guided, tmp_path / "images", methods=["guided_gradcam"]))
     assert code == 2 and "exported with --no-guided; re-export without it" in out
+    code, out = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images", methods=["smoothgrad"]))
+    assert code == 2 and "'smoothgrad' needs plain_input_gradients" in out and "re-export with --saliency" in out
+    code, out = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images", methods=["occlusion"],
+                                               occlusion={"patch": 300, "stride": 16}))
+    assert code == 2 and "occlusion.patch: 300 is larger than the model input [224, 224]" in out
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     code, out = run_cli(capsys, write_manifest(tmp_path, tmp_path / "junk.onnx", tmp_path / "images"))
     assert code == 2 and len(out.strip().splitlines()) == 1 and "junk.onnx" in out

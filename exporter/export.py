@@ -22,6 +22,7 @@ from torch import nn
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-3
+INPUT_GRADIENT_FACTOR, INPUT_GRADIENT_COSINE = 10, 0.9999
 EXPORTER_VERSION = "0.1.0"
 
 
@@ -70,6 +71,24 @@ def _to_onnx(graph: torch.fx.GraphModule, example: torch.Tensor, output_names: l
     return program.model_proto
 
 
+def _parity_problem(name: str, figure: dict[str, float], tolerance: float) -> str:
+    """Why an output fails the export gate ("" if it passes).
+
+    Input gradients jump where a ReLU/ReLU6 input or a max-pool window sits on a tie, and float32 ONNX Runtime
+    and float64 PyTorch settle such near-ties differently now and then; that moves one receptive-field patch
+    (plain input gradients of efficientnet-lite0: 3.9e-3 norm-wise, 5e-7 once both take the same decisions,
+    see tests/kink_reference.py). So input gradients may be INPUT_GRADIENT_FACTOR times looser provided the
+    cosine similarity shows the rest agrees; every other output is held to `tolerance`.
+    """
+    error = figure["relative_error"]
+    if name.endswith("input_gradients"):
+        if error > INPUT_GRADIENT_FACTOR * tolerance or figure["cosine"] < INPUT_GRADIENT_COSINE:
+            return (f"relative error {error:.2e} (limit {INPUT_GRADIENT_FACTOR * tolerance:.0e}), cosine "
+                    f"{figure['cosine']:.6f} (limit {INPUT_GRADIENT_COSINE})")
+        return ""
+    return f"relative error {error:.2e} > {tolerance:.0e}" if error > tolerance else ""
+
+
 def _gap_linear_head(model: nn.Module, reference: dict[str, torch.Tensor]) -> bool:
     """True when logits == Linear(mean_hw(A)) for the model's last Linear: then CAM is exact."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -115,10 +134,10 @@ def export_explain_graph(
                       strict=True))
     figures = compare(actual, {name: value.numpy() for name, value in reference.items()})
     log(f"parity vs PyTorch (float64), relative error: {format_parity(figures)}")
-    worst = max(figures.items(), key=lambda item: item[1]["relative_error"])
-    if worst[1]["relative_error"] > tolerance:
-        raise ExportError(f"parity check failed: {worst[0]} relative error {worst[1]['relative_error']:.2e} "
-                          f"> {tolerance:.0e}; not writing {out}")
+    for name, figure in figures.items():
+        problem = _parity_problem(name, figure, tolerance)
+        if problem:
+            raise ExportError(f"parity check failed: {name} {problem}; not writing {out}")
 
     if len(labels) != num_classes:
         raise ExportError(f"--labels: {len(labels)} names for a model with {num_classes} classes")

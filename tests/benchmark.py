@@ -1,12 +1,18 @@
 """Benchmark (`make bench`): onnxcam vs pytorch-grad-cam, side by side, same model, images and batch size.
 
-    python tests/benchmark.py [--model torchvision:resnet50] [--images 128] [--batch-size 16] [--method gradcam]
+    python tests/benchmark.py [--part all|gradcam|perturbation] [--model torchvision:resnet50] [--images 128]
+                              [--batch-size 16] [--perturbation-model efficientnet-lite0] [--perturbation-images 4]
 
 End to end = read JPEG -> overlay JPEG written. onnxcam runs its CLI pipeline in a subprocess (so its peak
 RSS is its own); pytorch-grad-cam runs the usual loop: decode, preprocess, GradCAM, show_cam_on_image,
 imwrite. Compute only = preprocessed batches -> maps at input size. pytorch-grad-cam is measured on
 the model as users load it (parameters require grad, so backward also computes every weight gradient)
 and with its parameters frozen. On a machine with CUDA, both also run on the GPU.
+
+The perturbation part prints what each perturbation method and each faithfulness metric costs per image in an
+onnxcam run (from run.json), then times onnxcam's Score-CAM, average drop + increase in confidence and occlusion
+against pytorch-grad-cam's ScoreCAM, DropInConfidence + IncreaseInConfidence and Captum's Occlusion on the same
+preprocessed photographs, with the largest difference between the maps.
 """
 
 from __future__ import annotations
@@ -24,14 +30,19 @@ import cv2
 import numpy as np
 import torch
 import yaml
+from captum.attr import Occlusion
 from onnxcam.exporter.export import export_explain_graph
 from onnxcam.exporter.sources import load_model
 from onnxcam.runner.explain_graph import read_graph_info
+from onnxcam.runner.faithfulness import Evaluation, Row, explanation
+from onnxcam.runner.forwards import Forwards, probabilities
 from onnxcam.runner.methods import METHODS, normalise, resize_maps
 from onnxcam.runner.preprocess import to_input
 from onnxcam.runner.session import ExplainSession
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import GradCAM, ScoreCAM
+from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
 from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from sample_photos import write_photos
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,20 +112,127 @@ def grad_cam_compute(model, layer, batches: list[np.ndarray], device: str) -> fl
     return sum(len(x) for x in batches) / (time.perf_counter() - start)
 
 
+def exported(spec: str, **options) -> tuple[object, Path]:
+    torch.manual_seed(0)
+    loaded = load_model(spec)
+    graph = ROOT / "exports" / f"bench-{spec.replace(':', '-')}{'-saliency' if options else ''}.onnx"
+    if not graph.exists():
+        export_explain_graph(loaded, "auto", graph, guided=False, log=lambda _: None, **options)
+    return loaded, graph
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def perturbation_costs(graph: Path, images: Path, out: Path, workers: int) -> None:
+    """One onnxcam run with every perturbation method and metric; prints run.json's cost per image."""
+    manifest = out.parent / f"{out.name}.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "model": str(graph), "images": {"root": str(images)},
+        "methods": ["gradcam", "saliency", "smoothgrad", "occlusion", "scorecam"],
+        "occlusion": {"patch": 32, "stride": 16}, "smoothgrad": {"samples": 25},
+        "evaluate": {"metrics": ["average_drop", "increase_in_confidence", "top_removal", "deletion", "insertion"]},
+        "output": {"dir": str(out), "heatmaps": "none", "overlays": False},
+        "runtime": {"providers": ["cpu"], "batch_size": 8, "workers": workers}}))
+    subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
+                   capture_output=True)
+    report = json.loads((out / "run.json").read_text())
+    print(f"\n[cpu] onnxcam run on {report['images']} photos: cost per image and target ({report['provider']}, "
+          f"evaluate batch 64)")
+    print(f"  {'':24} {'ms/image':>10} {'model passes':>13}")
+    for kind in ("methods", "metrics"):
+        for name, cost in report["cost"][kind].items():
+            print(f"  {kind[:-1] + ' ' + name:24} {cost['ms_per_row']:10.1f} {cost['passes_per_row']:13.1f}")
+    print("  (each metric is measured on every method's map; average_drop and increase_in_confidence share one pass)")
+
+
+def perturbation_side_by_side(loaded, graph: Path, inputs: np.ndarray) -> None:
+    info = read_graph_info(graph)
+    forwards = Forwards(graph, ["cpu"], info)
+    session = ExplainSession(graph, ["logits", "activations", "gradients"], ["cpu"])
+    out = session.run(inputs, np.full(len(inputs), -1))
+    targets = out["logits"].argmax(axis=1)
+    out |= {"input": inputs, "target": targets}
+    model = loaded.model.eval().requires_grad_(False)
+    layer = model.get_submodule(info.target_layer)
+    if loaded.spec == "efficientnet-lite0":  # its ReLU6 module is called twice; onnxcam taps the head call
+        from test_runner_parity import _HeadCallOnly
+
+        model._swish = _HeadCallOnly(model._swish, info.activation_shape[0])
+        layer = model._swish.head
+    tensor, n = torch.from_numpy(inputs), len(inputs)
+    rows = []
+
+    ours_s, ours = timed(METHODS["scorecam"], out, {"batch_size": 64}, forwards)
+    with ScoreCAM(model=model, target_layers=[layer]) as reference:
+        reference.batch_size = 64
+        theirs_s, theirs = timed(reference, input_tensor=tensor, targets=[ClassifierOutputTarget(int(t))
+                                                                          for t in targets])
+    delta = np.abs(normalise(resize_maps(ours, inputs.shape[2:])) - theirs).max()
+    rows.append(("Score-CAM", "pytorch-grad-cam ScoreCAM", ours_s, theirs_s, f"max |delta| {delta:.1e}"))
+
+    maps = np.stack([explanation(m, inputs.shape[2:]) for m in METHODS["gradcam"](out, {})])
+    scores = probabilities(out["logits"], info.output_activation)[np.arange(n), targets]
+    metric_rows = [Row(inputs[i], maps[i], int(targets[i]), float(scores[i])) for i in range(n)]
+    evaluation = Evaluation({"average_drop": {}, "increase_in_confidence": {}})
+    ours_s, _ = timed(evaluation.evaluate, metric_rows, forwards, {})
+    softmax_targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+    theirs_s, _ = timed(lambda: (DropInConfidence()(tensor, maps, softmax_targets, model),
+                                 IncreaseInConfidence()(tensor, maps, softmax_targets, model)))
+    rows.append(("average drop + increase", "pytorch-grad-cam Drop/IncreaseInConfidence", ours_s, theirs_s, ""))
+
+    ours_s, ours = timed(METHODS["occlusion"], out, {"patch": 32, "stride": 16, "fill": "mean", "batch_size": 64},
+                         forwards)
+    occlusion = Occlusion(lambda x: torch.softmax(model(x), dim=1))
+    theirs_s, theirs = timed(lambda: occlusion.attribute(tensor, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16),
+                                                         baselines=0, target=torch.from_numpy(targets),
+                                                         perturbations_per_eval=64).numpy()[:, 0])
+    delta = np.abs(normalise(ours) - normalise(theirs)).max()
+    rows.append(("occlusion 32/16", "Captum Occlusion", ours_s, theirs_s, f"max |delta| {delta:.1e}"))
+
+    print(f"\n[cpu] side by side on {n} photos ({loaded.spec}, layer {info.target_layer}, "
+          f"{info.activation_shape[0]} channels), seconds per image")
+    print(f"  {'':26} {'onnxcam':>9} {'reference':>10}  {'':8} reference")
+    for name, reference_name, ours_s, theirs_s, note in rows:
+        print(f"  {name:26} {ours_s / n:9.2f} {theirs_s / n:10.2f}  {theirs_s / ours_s:5.1f}x   {reference_name}"
+              f"{'; ' + note if note else ''}")
+
+
+def perturbation_part(args) -> None:
+    loaded, graph = exported(args.perturbation_model, saliency=True)
+    info = read_graph_info(graph)
+    print(f"\nperturbation methods and metrics: {args.perturbation_model}, {args.perturbation_images} photos, "
+          f"torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = dataset(tmp, args.perturbation_images)
+        perturbation_costs(graph, tmp / "images", tmp / "out", args.workers)
+        inputs = np.stack([to_input(cv2.imread(str(p)), info.preprocessing)[0] for p in paths])
+        perturbation_side_by_side(loaded, graph, inputs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="all", choices=["all", "gradcam", "perturbation"])
     parser.add_argument("--model", default="torchvision:resnet50")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--method", default="gradcam", choices=["gradcam"])
+    parser.add_argument("--perturbation-model", default="efficientnet-lite0")
+    parser.add_argument("--perturbation-images", type=int, default=4)
     args = parser.parse_args()
+    if args.part in ("all", "gradcam"):
+        gradcam_part(args)
+    if args.part in ("all", "perturbation"):
+        perturbation_part(args)
 
-    torch.manual_seed(0)
-    loaded = load_model(args.model)
-    graph = ROOT / "exports" / f"bench-{args.model.replace(':', '-')}.onnx"
-    if not graph.exists():
-        export_explain_graph(loaded, "auto", graph, guided=False, log=lambda _: None)
+
+def gradcam_part(args) -> None:
+    loaded, graph = exported(args.model)
     info = read_graph_info(graph)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"model {args.model}, layer {info.target_layer}, {args.images} JPEG photos, batch {args.batch_size}, "

@@ -169,3 +169,17 @@ def test_bundled_model_is_pretrained(exported):
     logits = session.run(["logits"], {"input": x, "target": np.array([-1])})[0][0]
     top5 = [loaded.labels[i] for i in np.argsort(logits)[::-1][:5]]
     assert {"tabby", "tiger cat", "Egyptian cat"} & set(top5), top5
+
+
+def test_parity_gate_allows_input_gradient_kinks_only():
+    from onnxcam.exporter.export import _parity_problem
+
+    def figure(error, cos=1.0):
+        return {"relative_error": error, "max_error": error, "cosine": cos}
+
+    assert _parity_problem("plain_input_gradients", figure(3.9e-3, 0.999993), 1e-3) == ""
+    assert _parity_problem("input_gradients", figure(5e-3), 1e-3) == ""
+    assert "limit 1e-02" in _parity_problem("input_gradients", figure(2e-2), 1e-3)
+    assert "cosine 0.999000" in _parity_problem("plain_input_gradients", figure(1e-4, 0.999), 1e-3)
+    assert _parity_problem("gradients", figure(2e-3), 1e-3) == "relative error 2.00e-03 > 1e-03"
+    assert _parity_problem("logits", figure(1e-4), 1e-3) == ""

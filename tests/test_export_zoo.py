@@ -47,7 +47,7 @@ def test_gradients_match_autograd(spec, exported):
         target = torch.randint(0, info.num_classes, (batch,), generator=generator)
         target[0] = -1
         expected = reference_outputs(loaded.model, result.layer.name, result.layer.calls, x, target, guided=True)
-        actual = dict(zip(OUTPUTS, session.run(None, {"input": x.numpy(), "target": target.numpy()}), strict=True))
+        actual = dict(zip(OUTPUTS[:4], session.run(None, {"input": x.numpy(), "target": target.numpy()}), strict=True))
         assert actual["activations"].shape == (batch, *info.activation_shape)
         for name in ("logits", "activations", "gradients"):
             error = relative_error(actual[name], expected[name].numpy())
@@ -63,3 +63,22 @@ def test_gradients_match_autograd(spec, exported):
         assert kinks.decisions_used > 0
         top1 = np.argmax(actual["logits"][0])
         assert np.argmax(expected["logits"][0].numpy()) == top1
+
+
+def test_plain_input_gradients_match_autograd(exported):
+    """--saliency on resnet18 (ReLU and max-pool kinks): plain dS/dx to TOLERANCE against autograd taking ONNX
+    Runtime's kink decisions. Against eager PyTorch a tie settled the other way weighs more than for guided
+    gradients (plain gradients cancel, so their norm is smaller): 1.2e-3 seen, held to the export gate's 1e-2."""
+    loaded, result = exported("torchvision:resnet18", saliency=True)
+    assert read_graph_info(result.path).outputs == list(OUTPUTS)
+    kinks = KinkFollowingReference(result.graph, result.path)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 3, *loaded.input_size, generator=generator)
+    target = torch.tensor([-1, 3, 999])
+    expected = reference_outputs(loaded.model, result.layer.name, result.layer.calls, x, target, guided=False,
+                                 saliency=True)["plain_input_gradients"].numpy()
+    actual, same_kinks = kinks(x.numpy(), target.numpy())
+    plain = actual["plain_input_gradients"]
+    assert relative_error(plain, same_kinks["plain_input_gradients"]) <= TOLERANCE
+    assert relative_error(plain, expected) <= 1e-2 and cosine(plain, expected) >= EAGER_GUIDED_COSINE
+    assert cosine(plain, actual["input_gradients"]) < 0.9, "plain and guided gradients must differ"

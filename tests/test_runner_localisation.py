@@ -122,7 +122,7 @@ def test_gradcam_points_at_the_object_and_beats_a_random_map(trained, capsys):
     random = np.random.default_rng(7)
     random_rows = []
     for row, (_, klass) in zip(rows, labels, strict=True):
-        x = to_input(cv2.imread(str(images / row["image"]))[:, :, ::-1].copy(), info.preprocessing)[0]
+        x = to_input(cv2.imread(str(images / row["image"])), info.preprocessing)[0]
         score = probabilities(session.run(x[None], np.array([klass]))["logits"], "softmax")[0, klass]
         random_rows.append(Row(x, random.uniform(0, 1, (SIZE, SIZE)).astype(np.float32), klass, float(score)))
     random_drop = np.mean([r["average_drop"] for r in

@@ -59,7 +59,7 @@ def _case(loaded, result, batch: np.ndarray) -> Case:
 def toy(exported) -> Case:
     loaded, result = exported("toy_models:relu_net", saliency=True)
     info = read_graph_info(result.path)
-    batch = np.stack([to_input(smooth_image(150, 200, seed)[:, :, ::-1].copy(), info.preprocessing)[0]
+    batch = np.stack([to_input(smooth_image(150, 200, seed), info.preprocessing)[0]
                       for seed in range(3)])
     return _case(loaded, result, batch)
 

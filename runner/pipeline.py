@@ -184,14 +184,7 @@ class Run:
             inputs = np.stack([job.tensor for job, _ in batch])
             out = self.session.run(inputs, np.array([target for _, target in batch], np.int64))
         except Exception as error:  # noqa: BLE001 - ORT raises its own types (e.g. out of memory)
-            message = f"ONNX Runtime failed on this batch ({_one_line(error)})"
-            failed = {id(job): job for job, _ in batch}
-            for job in failed.values():
-                job.error, job.pending = message, 0
-            remaining = [(job, target) for job, target in pairs if id(job) not in failed]  # their other targets
-            pairs.clear()
-            pairs.extend(remaining)
-            return list(failed.values())
+            return self._fail(batch, pairs, f"ONNX Runtime failed on this batch ({_one_line(error)})")
         self.summary.model_seconds += time.perf_counter() - start
         scores = probabilities(out["logits"], self.info.output_activation)
         finished, kept, chosen = [], [], []
@@ -213,9 +206,24 @@ class Run:
         if kept:
             out = {name: value[kept] for name, value in out.items()}
             out |= {"input": inputs[kept], "target": np.array(chosen, np.int64)}
-            for k, result in enumerate(self._explain(out, scores[kept, chosen])):
+            try:
+                results = self._explain(out, scores[kept, chosen])
+            except Exception as error:  # noqa: BLE001 - an extra pass can fail too (out of memory on a big batch)
+                return self._fail(batch, pairs, f"a method or metric failed on this batch ({_one_line(error)})")
+            for k, result in enumerate(results):
                 batch[kept[k]][0].results.append(result)
         return finished
+
+    @staticmethod
+    def _fail(batch: list[tuple[ImageJob, int]], pairs: deque, message: str) -> list[ImageJob]:
+        """Every image of the batch becomes an error row, its other targets dropped; the run goes on."""
+        failed = {id(job): job for job, _ in batch}
+        for job in failed.values():
+            job.error, job.pending = message, 0
+        remaining = [(job, target) for job, target in pairs if id(job) not in failed]
+        pairs.clear()
+        pairs.extend(remaining)
+        return list(failed.values())
 
     def _explain(self, out: dict[str, np.ndarray], scores: np.ndarray) -> list[TargetResult]:
         """Every method's maps (and, with evaluate, their metrics) for the kept (image, class) pairs of a batch."""

@@ -142,10 +142,10 @@ def perturbation_costs(graph: Path, images: Path, out: Path, workers: int) -> No
     report = json.loads((out / "run.json").read_text())
     print(f"\n[cpu] onnxcam run on {report['images']} photos: cost per image and target ({report['provider']}, "
           f"evaluate batch 64)")
-    print(f"  {'':24} {'ms/image':>10} {'model passes':>13}")
+    print(f"  {'':30} {'ms/image':>10} {'model passes':>13}")
     for kind in ("methods", "metrics"):
         for name, cost in report["cost"][kind].items():
-            print(f"  {kind[:-1] + ' ' + name:24} {cost['ms_per_row']:10.1f} {cost['passes_per_row']:13.1f}")
+            print(f"  {kind[:-1] + ' ' + name:30} {cost['ms_per_row']:10.1f} {cost['passes_per_row']:13.1f}")
     print("  (each metric is measured on every method's map; average_drop and increase_in_confidence share one pass)")
 
 

@@ -30,8 +30,8 @@ def demo_layout(exported, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
 def test_shipped_manifest_runs(demo_layout, manifest, capsys):
     assert main(["run", str(demo_layout / "manifests" / manifest.name), "--quiet"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert " 0 errors" in last, last
+    done = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("onnxcam run: done:"))
+    assert " 0 errors" in done, done
 
 
 def test_demo_gradcam_sits_on_the_cat(demo_layout, capsys):

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_grad_cam")
 
 from captum.attr import Occlusion, Saliency  # noqa: E402
+from onnxcam.exporter.parity import cosine, relative_error  # noqa: E402
 from onnxcam.runner.explain_graph import read_graph_info  # noqa: E402
 from onnxcam.runner.faithfulness import Evaluation, Row, explanation  # noqa: E402
 from onnxcam.runner.forwards import Forwards  # noqa: E402
@@ -103,11 +104,22 @@ def test_occlusion_matches_captum(toy, patch, stride, fill):
     _assert_maps_match(normalise(ours), normalise(theirs[:, 0]), f"occlusion {patch}/{stride}/{fill}")
 
 
+def _assert_gradients_match(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
+    """Input gradients jump at ReLU/max-pool ties, which float32 ONNX Runtime and PyTorch can settle differently:
+    seen, one 8x8 patch (59 of 150528 values) on one image, 1.8e-3 norm-wise (plain gradients cancel, so a patch
+    weighs more than for guided ones). So: every value but such patches (>= 99.5%) to 1e-4, and cosine >= 0.9999."""
+    close = np.isclose(ours, theirs, rtol=1e-4, atol=1e-5 * np.abs(theirs).max()).mean()
+    similarity = cosine(ours, theirs)
+    print(f"{what}: {close:.2%} of values within 1e-4, cosine {similarity:.7f}, norm-wise "
+          f"{relative_error(ours, theirs):.1e}")
+    assert close >= 0.995 and similarity >= 0.9999, f"{what}: {close:.2%} close, cosine {similarity:.6f}"
+
+
 def test_saliency_matches_captum(toy):
     ours = METHODS["saliency"](toy.out, {})
     theirs = Saliency(toy.model).attribute(torch.from_numpy(toy.batch), target=torch.from_numpy(toy.targets),
                                            abs=True).detach().numpy().max(axis=1)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * theirs.max())
+    _assert_gradients_match(ours, theirs, "saliency vs Captum")
 
 
 def test_smoothgrad_is_the_mean_absolute_gradient_over_its_noisy_copies(toy):
@@ -117,8 +129,7 @@ def test_smoothgrad_is_the_mean_absolute_gradient_over_its_noisy_copies(toy):
     for i, x in enumerate(toy.batch):
         noisy = torch.from_numpy(np.stack(list(noisy_inputs(x, options["noise"], options["samples"]))))
         gradients = Saliency(toy.model).attribute(noisy, target=int(toy.targets[i]), abs=True).detach().numpy()
-        np.testing.assert_allclose(ours[i], gradients.mean(axis=0).max(axis=0), rtol=1e-4,
-                                   atol=1e-5 * gradients.max())
+        _assert_gradients_match(ours[i], gradients.mean(axis=0).max(axis=0), f"smoothgrad image {i}")
     again = METHODS["smoothgrad"](toy.out, options, toy.forwards)
     np.testing.assert_array_equal(ours, again)  # seeded by the image: a rerun gives the same map
     plain = METHODS["smoothgrad"](toy.out, {"noise": 0.0, "samples": 1, "batch_size": 4}, toy.forwards)

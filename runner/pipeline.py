@@ -129,7 +129,8 @@ class Run:
         self.identity = self._check_same_run()
 
     def _check_same_run(self) -> dict[str, str]:
-        """Rows in output.dir may only be resumed by a run of the same model file and the same targets."""
+        """Rows in output.dir may only be resumed by a run of the same model file, targets and evaluate settings,
+        and with the same options for every method both runs have (adding or dropping a method is fine)."""
         digest = hashlib.sha256()
         with open(self.manifest.model, "rb") as model:
             for block in iter(lambda: model.read(1 << 20), b""):
@@ -139,14 +140,18 @@ class Run:
         identity = {"model_sha256": digest.hexdigest(), "targets": json.dumps(
             {"kind": targets.kind, "k": targets.k, "classes": targets.classes, "threshold": targets.threshold,
              "labels": str(targets.labels_file or "")}),
-            "evaluate": json.dumps(evaluation and {"metrics": evaluation.metrics, "boxes": str(evaluation.boxes)})}
+            "evaluate": json.dumps(evaluation and {"metrics": evaluation.metrics, "boxes": str(evaluation.boxes)}),
+            "methods": json.dumps(self.manifest.methods)}
         stamp = self.output_dir / RUN_STAMP
         if stamp.exists() and (self.output_dir / "index.csv").exists():
             previous = json.loads(stamp.read_text())
-            changed = [key for key in identity if previous.get(key) != identity[key]]
+            changed = [key for key in identity if key != "methods" and previous.get(key) != identity[key]]
+            before = json.loads(previous.get("methods", "{}"))
+            changed += [f"other {name} options" for name, options in self.manifest.methods.items()
+                        if name in before and before[name] != options]
             if changed:
                 what = {"model_sha256": "another model file", "targets": "other targets",
-                        "evaluate": "other evaluate settings"}[changed[0]]
+                        "evaluate": "other evaluate settings"}.get(changed[0], changed[0])
                 raise ModelError(f"output.dir: {self.output_dir} holds a run with {what}; resuming would mix "
                                  "them: pick a new output.dir, or delete that one to start over")
         return identity

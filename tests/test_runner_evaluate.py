@@ -155,3 +155,17 @@ def test_a_failed_extra_pass_becomes_error_rows(toy, tmp_path, monkeypatch):
     assert {row["error"] for row in rows if row["status"] == "error"} == {
         "a method or metric failed on this batch (out of memory)"}
     assert all(row["deletion"] for row in rows if row["status"] == "ok") and len(rows) == 2 + 4 * 2
+
+
+def test_resuming_with_other_method_options_is_refused(toy, tmp_path, capsys):
+    write_images(tmp_path / "images", 1, size=(40, 40))
+    manifest = write_manifest(tmp_path, toy, tmp_path / "images", methods=["gradcam", "occlusion"],
+                              occlusion={"patch": 112, "stride": 112})
+    assert _run(capsys, manifest)[0] == 0
+    more = write_manifest(tmp_path, toy, tmp_path / "images", methods=["gradcam", "occlusion", "saliency"],
+                          occlusion={"patch": 112, "stride": 112})
+    assert _run(capsys, more)[0] == 0, "adding a method is allowed"
+    changed = write_manifest(tmp_path, toy, tmp_path / "images", methods=["occlusion"],
+                             occlusion={"patch": 112, "stride": 56})
+    code, printed = _run(capsys, changed)
+    assert code == 2 and "holds a run with other occlusion options" in printed

@@ -10,7 +10,7 @@ MANIFEST ?= manifests/demo.yaml
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: setup test lint export info run demo-images demo bench clean
+.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
+# The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 3 minutes.
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow"
+
 export: setup
 	$(BIN)/onnxcam export --model $(MODEL) --layer $(LAYER) --out $(OUT) $(EXPORT_FLAGS)
 
@@ -36,7 +40,7 @@ run: setup
 	$(BIN)/onnxcam run $(MANIFEST) $(RUN_FLAGS)
 
 demo-images: setup
-	$(BIN)/python tests/sample_photos.py demo/images
+	$(BIN)/python scripts/sample_photos.py demo/images
 
 # The main job on the bundled default: export efficientnet-lite0, explain scikit-image's photographs, then
 # measure how faithful four methods are on the photographs with object boxes.
@@ -50,7 +54,11 @@ demo: export demo-images
 
 # onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test.
 bench: setup
-	cd tests && ../$(BIN)/python benchmark.py $(BENCH_FLAGS)
+	$(BIN)/python scripts/benchmark.py $(BENCH_FLAGS)
+
+# Resuming a 1,000,000-image x 2-method index: peak RSS and seconds to the first new image; not a test.
+bench-resume: export
+	$(BIN)/python scripts/resume_benchmark.py --model $(OUT) $(BENCH_FLAGS)
 
 clean:
 	rm -rf exports out demo

@@ -17,13 +17,13 @@ from onnxcam.exporter.layers import LayerInfo, probe_layers, resolve_layer
 from onnxcam.exporter.parity import compare, format_parity
 from onnxcam.exporter.reference import reference_outputs
 from onnxcam.exporter.sources import LoadedModel
-from onnxcam.runner.explain_graph import INPUTS, REQUIRED_OUTPUTS, GraphInfo, Preprocessing
+from onnxcam.runner import __version__
+from onnxcam.runner.model.graph import INPUTS, REQUIRED_OUTPUTS, GraphInfo, Preprocessing
 from torch import nn
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-3
 INPUT_GRADIENT_FACTOR, INPUT_GRADIENT_COSINE = 10, 0.9999
-EXPORTER_VERSION = "0.1.0"
 
 
 @dataclass
@@ -39,7 +39,7 @@ def _versions() -> dict[str, str]:
     import onnxscript
     import torchvision
 
-    return {"onnxcam": EXPORTER_VERSION, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"onnxcam": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "onnx": onnx.__version__, "onnxscript": onnxscript.__version__, "onnxruntime": ort.__version__}
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import onnx
-from onnxcam.runner.explain_graph import read_graph_info
+from onnxcam.runner.model.graph import read_graph_info
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -51,27 +51,29 @@ def run_info(args: argparse.Namespace) -> int:
 def run_manifest(args: argparse.Namespace) -> int:
     """Run a manifest; exit 0 when the run finished (error rows included), 2 for a manifest or model error."""
     from onnxcam.runner.manifest import ManifestError, load_manifest
-    from onnxcam.runner.pipeline import Run
-    from onnxcam.runner.session import ModelError
+    from onnxcam.runner.model.backend import ModelError
+    from onnxcam.runner.outputs.files import OutputDirError
+    from onnxcam.runner.run import Run
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop ends the run like Ctrl-C
     try:
         run = Run(load_manifest(args.manifest), quiet=args.quiet)
-    except (ManifestError, ModelError) as error:
+        with run.opened():
+            for note in run.backend.notes:
+                print(f"onnxcam run: {note}")
+            if not args.quiet:
+                print(f"onnxcam run: {run.info.model} ({run.manifest.model.name}), methods {', '.join(run.methods)}, "
+                      f"provider {run.backend.provider}, batch {run.manifest.batch_size}")
+            s = run.run()
+    except (ManifestError, ModelError, OutputDirError) as error:
         print(f"onnxcam run: error: {error}")
         return 2
-    for note in run.session.notes:
-        print(f"onnxcam run: {note}")
-    if not args.quiet:
-        print(f"onnxcam run: {run.info.model} ({run.manifest.model.name}), methods {', '.join(run.methods)}, "
-              f"provider {run.session.provider}, batch {run.manifest.batch_size}")
-    s = run.run()
     out = run.output_dir
     state = "interrupted after" if s.interrupted else "done:"
     resumed = f" ({s.already_done} already done)" if s.already_done else ""
     rate = s.images / s.seconds if s.seconds else 0.0
     print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
-          f"{s.seconds:.1f} s ({rate:.1f} images/s, {s.provider}); index {out / 'index.csv'}, report "
+          f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.backend.provider}); index {out / 'index.csv'}, report "
           f"{out / 'run.json'}")
     if s.table:
         print(f"onnxcam run: faithfulness, mean ± std (rows) over index.csv; {out / 'summary.csv'}, curves in "

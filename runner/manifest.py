@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from onnxcam.runner.faithfulness import METRICS, Evaluation
-from onnxcam.runner.methods import METHODS, Option
+from onnxcam.runner.evaluate.metrics import METRICS, Evaluation
+from onnxcam.runner.methods import METHODS
+from onnxcam.runner.options import Option, defaults
+from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
 
 DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp", "**/*.tif", "**/*.tiff")
 COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
@@ -54,7 +56,7 @@ class Manifest:
     methods: dict[str, dict[str, Any]]  # name -> options, in the manifest's order
     output_dir: Path
     overlays: Overlays | None
-    heatmaps: str  # npy | png | none
+    heatmaps: str  # a key of HEATMAP_FORMATS, or none
     providers: str | list[str]
     batch_size: int
     workers: int
@@ -159,7 +161,7 @@ def _options(reader: _Reader, value: Any, key: str, spec: dict[str, Option]) -> 
             reader.integer(given, where, int(option.low), int(option.high))
         else:
             reader.number(given, where, option.low, option.high)
-    return {name: option.default for name, option in spec.items()} | value
+    return defaults(spec) | value
 
 
 def _methods(reader: _Reader, value: Any, sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -256,7 +258,7 @@ def load_manifest(path: str | Path) -> Manifest:
             overlays_value = {}
         options = reader.mapping(overlays_value, "output.overlays", ("format", "quality", "colormap", "alpha"))
         overlays = Overlays(
-            format=reader.choice(options.get("format", "jpg"), "output.overlays.format", ("jpg", "png")),
+            format=reader.choice(options.get("format", "jpg"), "output.overlays.format", tuple(OVERLAY_FORMATS)),
             quality=reader.integer(options.get("quality", 90), "output.overlays.quality", 1, 100),
             colormap=reader.choice(options.get("colormap", "jet"), "output.overlays.colormap", tuple(COLORMAPS)),
             alpha=reader.number(options.get("alpha", 0.4), "output.overlays.alpha", 0.0, 1.0),
@@ -282,7 +284,7 @@ def load_manifest(path: str | Path) -> Manifest:
         methods=_methods(reader, top["methods"], {name: top[name] for name in with_options if name in top}),
         output_dir=(path.parent / Path(output["dir"]).expanduser()).resolve(),
         overlays=overlays,
-        heatmaps=reader.choice(output.get("heatmaps", "npy"), "output.heatmaps", ("npy", "png", "none")),
+        heatmaps=reader.choice(output.get("heatmaps", "npy"), "output.heatmaps", (*HEATMAP_FORMATS, "none")),
         providers=providers,
         batch_size=reader.integer(runtime.get("batch_size", 32), "runtime.batch_size", 1, 4096),
         workers=reader.integer(runtime.get("workers", 4), "runtime.workers", 1, 256),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -43,3 +46,39 @@ def write_manifest(folder: Path, model: Path, images: Path | dict, methods=("gra
 def read_index(out: Path) -> list[dict[str, str]]:
     with open(out / "index.csv", encoding="utf-8", newline="") as file:
         return list(csv.DictReader(file))
+
+
+class FlakyBackend:
+    """A model backend that hands every call to `inner` except the `fail_at`-th call asking for `outputs`
+    (any call when None), which raises RuntimeError(message): a batch that fails on the device."""
+
+    def __init__(self, inner, fail_at: int, message: str, outputs: tuple[str, ...] | None = None):
+        self.inner, self.fail_at, self.message, self.outputs = inner, fail_at, message, outputs
+        self.provider, self.notes, self.calls = inner.provider, inner.notes, 0
+
+    def run(self, outputs, inputs, targets):
+        if self.outputs is None or tuple(outputs) == self.outputs:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError(self.message)
+        return self.inner.run(outputs, inputs, targets)
+
+
+# A shell without job control starts background jobs with SIGINT ignored, and children inherit that (so would
+# this test's run under `make test &`); the wrapper restores Python's Ctrl-C handling first.
+RUN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "from onnxcam.runner.cli import main; sys.exit(main(['run', sys.argv[1]]))")
+
+
+def start_run(manifest: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN, str(manifest)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_rows(index: Path, rows: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if index.exists() and index.read_bytes().count(b"\n") > rows:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the run did not write {rows} rows in time: {process.poll()}")

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from onnxcam.exporter.sources import load_model  # noqa: E402
 from onnxcam.runner.cli import main  # noqa: E402
-from onnxcam.runner.explain_graph import read_graph_info  # noqa: E402
+from onnxcam.runner.model.graph import read_graph_info  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -130,6 +130,7 @@ def test_export_cli_writes_self_describing_graph(capsys, tmp_path):
     assert "parity           gradients" in shown and "sigmoid" in shown
 
 
+@pytest.mark.slow
 def test_gap_linear_flag(exported):
     assert exported("torchvision:resnet18")[1].info.gap_linear_head is True
     assert exported("torchvision:vgg11")[1].info.gap_linear_head is False
@@ -157,6 +158,7 @@ def test_cli_process_exit_code_and_single_line(tmp_path):
     assert "unknown torchvision classification model 'nope'" in result.stdout
 
 
+@pytest.mark.slow
 def test_bundled_model_is_pretrained(exported):
     import skimage.data
 

@@ -6,10 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # exports and runs real models: `make test` only
+
 from kink_reference import KinkFollowingReference  # noqa: E402
 from onnxcam.exporter.parity import cosine, relative_error  # noqa: E402
 from onnxcam.exporter.reference import reference_outputs  # noqa: E402
-from onnxcam.runner.explain_graph import OUTPUTS, read_graph_info  # noqa: E402
+from onnxcam.runner.model.graph import OUTPUTS, read_graph_info  # noqa: E402
 
 ZOO = {
     "torchvision:resnet18": "layer4",

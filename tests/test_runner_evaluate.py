@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from onnxcam.runner.boxes import POINTING_TOLERANCE
 from onnxcam.runner.cli import main
-from runner_helpers import read_index, write_images, write_manifest
+from onnxcam.runner.evaluate.metrics import POINTING_TOLERANCE
+from runner_helpers import FlakyBackend, read_index, write_images, write_manifest
 
 METHODS = ["gradcam", "scorecam", "occlusion", "saliency", "smoothgrad", "guided_backprop"]
 METRICS = ["average_drop", "increase_in_confidence", "top_removal", "deletion", "insertion", "pointing_game"]
@@ -130,28 +130,20 @@ def test_resumed_run_summarises_every_row_and_refuses_other_settings(toy, tmp_pa
     assert code == 2 and "holds a run with other evaluate settings" in printed
 
 
-def test_a_failed_extra_pass_becomes_error_rows(toy, tmp_path, monkeypatch):
+def test_a_failed_extra_pass_becomes_error_rows(toy, tmp_path):
     from onnxcam.runner.manifest import load_manifest
-    from onnxcam.runner.pipeline import Run
+    from onnxcam.runner.model.backend import OnnxRuntimeBackend
+    from onnxcam.runner.run import Run
 
     write_images(tmp_path / "images", 6, size=(40, 40))
     manifest = write_manifest(tmp_path, toy, tmp_path / "images", methods=["gradcam", "occlusion"],
                               occlusion={"patch": 112, "stride": 112}, evaluate={"metrics": ["deletion"]},
                               runtime={"providers": ["cpu"], "batch_size": 2, "workers": 2})
-    run = Run(load_manifest(manifest), quiet=True)
-    calls, real = {"n": 0}, run.forwards._run
-
-    def flaky(output, inputs, targets):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("out of memory")
-        return real(output, inputs, targets)
-
-    monkeypatch.setattr(run.forwards, "_run", flaky)
-    summary = run.run()
+    backend = FlakyBackend(OnnxRuntimeBackend(toy, ["cpu"]), 3, "out of memory", outputs=("logits",))
+    tally = Run(load_manifest(manifest), quiet=True, backend=backend).run()
     rows = read_index(tmp_path / "out")
     errors = {row["image"] for row in rows if row["status"] == "error"}
-    assert len(errors) == 2 and summary.errors == 2 and summary.images == 6
+    assert len(errors) == 2 and tally.errors == 2 and tally.images == 6
     assert {row["error"] for row in rows if row["status"] == "error"} == {
         "a method or metric failed on this batch (out of memory)"}
     assert all(row["deletion"] for row in rows if row["status"] == "ok") and len(rows) == 2 + 4 * 2

@@ -1,36 +1,61 @@
 """Faithfulness metrics on a model whose scores are known in closed form, against straight ports of the papers' code."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from onnxcam.runner.boxes import pointing_game, read_boxes
-from onnxcam.runner.explain_graph import GraphInfo, Preprocessing
-from onnxcam.runner.faithfulness import Evaluation, Row, area_under_curve, explanation
-from onnxcam.runner.forwards import Cost, Forwards
+from onnxcam.runner.costs import Cost
+from onnxcam.runner.evaluate.boxes import read_boxes
+from onnxcam.runner.evaluate.metrics import (
+    Evaluation,
+    MetricRow,
+    Scoring,
+    area_under_curve,
+    explanation,
+    pointing_game,
+    points_at,
+)
+from onnxcam.runner.model.graph import GraphInfo, Preprocessing
+from onnxcam.runner.model.passes import ExtraPasses
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class LinearModel(Forwards):
-    """Two classes; logit 1 = sum(w * x), logit 0 = 0, so P(class 1) = sigmoid(w . x)."""
+class LinearBackend:
+    """A model backend in NumPy: two classes, logit 1 = sum(w * x), logit 0 = 0, so P(class 1) = sigmoid(w . x)."""
+
+    provider, notes = "numpy", []
+
+    def __init__(self, weights: np.ndarray):
+        self.weights, self.seen = weights, []
+
+    def run(self, outputs, inputs, targets):
+        assert outputs == ("logits",)
+        self.seen.extend(inputs.copy())
+        logit = (inputs * self.weights).sum(axis=(1, 2, 3))
+        return {"logits": np.stack([np.zeros_like(logit), logit], axis=1)}
+
+
+class LinearModel(ExtraPasses):
+    """The extra passes of the metrics, through LinearBackend."""
 
     def __init__(self, weights: np.ndarray):
         info = GraphInfo(Preprocessing(size=weights.shape[1:], mean=MEAN, std=STD), labels=["no", "yes"],
                          target_layer="", activation_shape=(1, 1, 1), output_activation="softmax", outputs=[],
                          gap_linear_head=False, model="linear")
-        super().__init__(Path("unused.onnx"), ["cpu"], info)
-        self.weights, self.seen = weights, []
+        self.linear = LinearBackend(weights)
+        super().__init__(self.linear, info)
 
-    def _run(self, output, inputs, targets):
-        self.passes += len(inputs)
-        self.seen.extend(inputs.copy())
-        logit = (inputs * self.weights).sum(axis=(1, 2, 3))
-        return np.stack([np.zeros_like(logit), logit], axis=1)
+    @property
+    def seen(self) -> list[np.ndarray]:
+        return self.linear.seen
 
     def probability(self, x: np.ndarray) -> float:
-        return float(1 / (1 + np.exp(-(x * self.weights).sum())))
+        return float(1 / (1 + np.exp(-(x * self.linear.weights).sum())))
+
+
+def score(evaluation: Evaluation, rows: list[MetricRow], model: LinearModel, costs=None) -> list[dict]:
+    return evaluation.score(rows, Scoring(model, evaluation.batch_size), runs_model=True, costs=costs)
 
 
 @pytest.fixture
@@ -44,7 +69,7 @@ def setting():
 
 
 def _row(model, x, e):
-    return Row(x, e.astype(np.float32), 1, model.probability(x))
+    return MetricRow(1, model.probability(x), x, e.astype(np.float32))
 
 
 def _rise(model, x, e, steps, substrate, insert):
@@ -70,11 +95,11 @@ def test_deletion_and_insertion_match_rise(setting, metric, baseline, steps):
     e = explanation(contribution, contribution.shape)
     evaluation = Evaluation({metric: {"steps": steps, "baseline": baseline}})
     costs = {}
-    (result,) = evaluation.evaluate([_row(model, x, e)], model, costs)
+    (result,) = score(evaluation, [_row(model, x, e)], model, costs)
     auc, curve = _rise(model, x, e, steps, model.fill(x, baseline), insert=metric == "insertion")
     np.testing.assert_allclose(result[f"{metric}_curve"], curve, rtol=1e-5)
     assert result[metric] == pytest.approx(auc, rel=1e-5)
-    assert costs[metric].passes == len(curve) - 1, "the image's own score is reused, not run again"
+    assert costs[metric].model_passes == len(curve) - 1, "the image's own score is reused, not run again"
 
 
 def test_a_faithful_map_deletes_faster_and_inserts_faster_than_its_reverse(setting):
@@ -82,7 +107,7 @@ def test_a_faithful_map_deletes_faster_and_inserts_faster_than_its_reverse(setti
     evaluation = Evaluation({"deletion": {"steps": 20, "baseline": "mean"},
                              "insertion": {"steps": 20, "baseline": "mean"}})
     good, bad = (explanation(m, m.shape) for m in (contribution, -contribution))
-    faithful, reverse = evaluation.evaluate([_row(model, x, good), _row(model, x, bad)], model, {})
+    faithful, reverse = score(evaluation, [_row(model, x, good), _row(model, x, bad)], model, {})
     assert faithful["deletion"] < reverse["deletion"] - 0.05
     assert faithful["insertion"] > reverse["insertion"] + 0.05
 
@@ -91,7 +116,7 @@ def test_average_drop_and_increase_multiply_the_image_before_normalisation(setti
     model, x, contribution = setting
     e = explanation(contribution, contribution.shape)
     row = _row(model, x, e)
-    (result,) = Evaluation({"average_drop": {}, "increase_in_confidence": {}}).evaluate([row], model, {})
+    (result,) = score(Evaluation({"average_drop": {}, "increase_in_confidence": {}}), [row], model, {})
     mean, std = np.array(MEAN)[:, None, None], np.array(STD)[:, None, None]
     multiplied = ((x * std + mean) * e - mean) / std
     np.testing.assert_allclose(model.seen[0], multiplied, atol=1e-5)
@@ -105,7 +130,7 @@ def test_top_removal_fills_exactly_the_top_fraction(setting, fill):
     model, x, contribution = setting
     e = explanation(contribution, contribution.shape)
     row = _row(model, x, e)
-    (result,) = Evaluation({"top_removal": {"fraction": 0.25, "fill": fill}}).evaluate([row], model, {})
+    (result,) = score(Evaluation({"top_removal": {"fraction": 0.25, "fill": fill}}), [row], model, {})
     edited = model.seen[0]
     changed = np.abs(edited - x).max(axis=0) > 0
     top = e >= np.sort(e.ravel())[-30]  # 25% of 120 pixels
@@ -142,18 +167,20 @@ def test_area_under_curve_is_the_trapezoid_over_unit_width():
 
 
 def test_cost_report_per_row():
-    cost = Cost(rows=4, seconds=0.2, passes=84)
+    cost = Cost(rows=4, seconds=0.2, model_passes=84)
     assert cost.report() == {"rows": 4, "seconds": 0.2, "ms_per_row": 50.0, "passes_per_row": 21.0}
 
 
 def test_pointing_game_tolerance_and_classes():
     boxes = [(100, 100, 150, 140, 3), (10, 10, 20, 20, None)]
-    assert pointing_game((165, 120), boxes, 3) == 100  # 15 px right of the box
-    assert pointing_game((166, 120), boxes, 3) == 0
-    assert pointing_game((120, 84), boxes, 3) == 0
-    assert pointing_game((120, 120), boxes, 4) == 0  # box of another class; the class-less box still counts
-    assert pointing_game((30, 30), boxes, 4) == 100
-    assert pointing_game((30, 30), [(0, 0, 5, 5, 1)], 2) is None  # no box for that class: not counted
+    rows = [MetricRow(3, 0.5, image="a.jpg", peak=(165, 120)), MetricRow(3, 0.5, image="b.jpg", peak=(165, 120))]
+    assert pointing_game(rows, Scoring(boxes={"a.jpg": boxes})) == [{"pointing_game": 100}, {"pointing_game": None}]
+    assert points_at((165, 120), boxes, 3) == 100  # 15 px right of the box
+    assert points_at((166, 120), boxes, 3) == 0
+    assert points_at((120, 84), boxes, 3) == 0
+    assert points_at((120, 120), boxes, 4) == 0  # box of another class; the class-less box still counts
+    assert points_at((30, 30), boxes, 4) == 100
+    assert points_at((30, 30), [(0, 0, 5, 5, 1)], 2) is None  # no box for that class: not counted
 
 
 def test_read_boxes(tmp_path):

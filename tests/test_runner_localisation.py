@@ -14,15 +14,21 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # exports and runs real models: `make test` only
+
 from onnxcam.exporter.export import export_explain_graph  # noqa: E402
 from onnxcam.exporter.sources import LoadedModel  # noqa: E402
-from onnxcam.runner.boxes import pointing_game  # noqa: E402
 from onnxcam.runner.cli import main  # noqa: E402
-from onnxcam.runner.explain_graph import read_graph_info  # noqa: E402
-from onnxcam.runner.faithfulness import Evaluation, Row  # noqa: E402
-from onnxcam.runner.forwards import Forwards, probabilities  # noqa: E402
-from onnxcam.runner.preprocess import to_input  # noqa: E402
-from onnxcam.runner.session import ExplainSession  # noqa: E402
+from onnxcam.runner.evaluate.metrics import (  # noqa: E402
+    Evaluation,
+    MetricRow,
+    Scoring,
+    points_at,  # noqa: E402
+)
+from onnxcam.runner.inputs.preprocess import to_input  # noqa: E402
+from onnxcam.runner.model.backend import OnnxRuntimeBackend  # noqa: E402
+from onnxcam.runner.model.graph import probabilities, read_graph_info  # noqa: E402
+from onnxcam.runner.model.passes import ExtraPasses  # noqa: E402
 from runner_helpers import read_index, write_manifest  # noqa: E402
 
 COLOURS = {"red": (0.9, 0.15, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.1, 0.2, 0.9)}  # RGB
@@ -113,20 +119,20 @@ def test_gradcam_points_at_the_object_and_beats_a_random_map(trained, capsys):
 
     pointing = np.mean([float(row["pointing_game"]) for row in rows])
     centre = (SIZE * SCALE // 2, SIZE * SCALE // 2)
-    centre_hits = np.mean([pointing_game(centre, [(*b[1:5], None)], 0) for b in boxes])
+    centre_hits = np.mean([points_at(centre, [(*b[1:5], None)], 0) for b in boxes])
     gradcam_drop = np.mean([float(row["average_drop"]) for row in rows])
 
     info = read_graph_info(model)
-    session = ExplainSession(model, ["logits"], ["cpu"])
-    forwards = Forwards(model, ["cpu"], info)
+    backend = OnnxRuntimeBackend(model, ["cpu"])
+    passes = ExtraPasses(backend, info)
     random = np.random.default_rng(7)
     random_rows = []
     for row, (_, klass) in zip(rows, labels, strict=True):
         x = to_input(cv2.imread(str(images / row["image"])), info.preprocessing)[0]
-        score = probabilities(session.run(x[None], np.array([klass]))["logits"], "softmax")[0, klass]
-        random_rows.append(Row(x, random.uniform(0, 1, (SIZE, SIZE)).astype(np.float32), klass, float(score)))
+        score = probabilities(backend.run(("logits",), x[None], np.array([klass]))["logits"], "softmax")[0, klass]
+        random_rows.append(MetricRow(klass, float(score), x, random.uniform(0, 1, (SIZE, SIZE)).astype(np.float32)))
     random_drop = np.mean([r["average_drop"] for r in
-                           Evaluation({"average_drop": {}}).evaluate(random_rows, forwards, {})])
+                           Evaluation({"average_drop": {}}).score(random_rows, Scoring(passes), runs_model=True)])
     print(f"pointing game: Grad-CAM {pointing:.1f}%, centre {centre_hits:.1f}%; average drop: Grad-CAM "
           f"{gradcam_drop:.1f}%, random map {random_drop:.1f}%\n{printed}")
     assert pointing >= 90 and pointing > centre_hits

@@ -12,6 +12,8 @@ from onnxcam.runner.cli import main
 from runner_helpers import read_index
 from sample_photos import write_photos
 
+pytestmark = pytest.mark.slow  # the bundled pretrained model's export and the demo runs: `make test` only
+
 MANIFESTS = sorted((Path(__file__).parent.parent / "manifests").glob("*.yaml"))
 CAT_FACE = (110, 20, 360, 290)  # x0, y0, x1, y1 of chelsea's head in the 451x300 photo
 

@@ -8,8 +8,10 @@ import struct
 import cv2
 import numpy as np
 import pytest
-from onnxcam.runner.images import ImageError, header_size, safe_key
-from onnxcam.runner.methods import METHODS, normalise
+from onnxcam.runner.inputs.decode import ImageError, header_size
+from onnxcam.runner.inputs.listing import safe_key
+from onnxcam.runner.methods import METHODS
+from onnxcam.runner.methods.maps import normalise
 from onnxcam.runner.progress import Progress
 
 RNG = np.random.default_rng(0)

@@ -15,33 +15,23 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_grad_cam")
 
 from captum.attr import GuidedBackprop  # noqa: E402
-from onnxcam.runner.explain_graph import read_graph_info  # noqa: E402
-from onnxcam.runner.images import decode_image  # noqa: E402
-from onnxcam.runner.methods import METHODS, normalise, resize_maps  # noqa: E402
-from onnxcam.runner.preprocess import to_input  # noqa: E402
-from onnxcam.runner.session import ExplainSession  # noqa: E402
+from onnxcam.runner.inputs.decode import decode_image  # noqa: E402
+from onnxcam.runner.inputs.preprocess import to_input  # noqa: E402
+from onnxcam.runner.methods import METHODS  # noqa: E402
+from onnxcam.runner.methods.maps import normalise, resize_maps  # noqa: E402
+from onnxcam.runner.model.backend import OnnxRuntimeBackend  # noqa: E402
+from onnxcam.runner.model.graph import read_graph_info  # noqa: E402
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from reference_model import reference_model  # noqa: E402
 from sample_photos import write_photos  # noqa: E402
 
 TOLERANCE = 1e-3
 REFERENCES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "hirescam": HiResCAM,
               "layercam": LayerCAM, "eigencam": EigenCAM}
 # Random-weight mobilenet_v3_small is no use here: its last feature map is ~1e-7, so every map is float noise.
-MODELS = ("efficientnet-lite0", "torchvision:resnet18", "torchvision:vgg11")
-
-
-class _HeadCallOnly(torch.nn.Module):
-    """efficientnet-lite0 calls one ReLU6 module twice (stem and head). pytorch-grad-cam hooks every call
-    and uses the first (the 112x112 stem); onnxcam taps the last call, the head. This gives the head call its
-    own module so that pytorch-grad-cam sees the same layer."""
-
-    def __init__(self, activation: torch.nn.Module, head_channels: int):
-        super().__init__()
-        self.stem, self.head, self.head_channels = activation, type(activation)(), head_channels
-
-    def forward(self, x):
-        return self.head(x) if x.shape[1] == self.head_channels else self.stem(x)
+MODELS = (pytest.param("efficientnet-lite0", marks=pytest.mark.slow), "torchvision:resnet18",
+          pytest.param("torchvision:vgg11", marks=pytest.mark.slow))
 
 
 @pytest.fixture(scope="module")
@@ -52,31 +42,23 @@ def photos(tmp_path_factory) -> list[Path]:
     return write_photos(tmp_path_factory.mktemp("photos"), ("chelsea", "coffee", "astronaut", "immunohistochemistry"))
 
 
-def _reference_model(loaded, result) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A copy of the model for the reference libraries, and its target layer module."""
-    model = copy.deepcopy(loaded.model)
-    if loaded.spec == "efficientnet-lite0":
-        model._swish = _HeadCallOnly(model._swish, result.info.activation_shape[0])
-        return model, model._swish.head
-    return model, model.get_submodule(result.layer.name)
-
-
 @pytest.fixture(scope="module", params=MODELS)
 def case(request, exported, photos):
     loaded, result = exported(request.param)
     info = read_graph_info(result.path)
     batch = np.stack([to_input(decode_image(p, 10**8), info.preprocessing)[0] for p in photos])
-    session = ExplainSession(result.path, ["logits", "activations", "gradients", "input_gradients"], ["cpu"])
-    out = session.run(batch, np.full(len(batch), -1))
+    backend = OnnxRuntimeBackend(result.path, ["cpu"])
+    outputs = ("logits", "activations", "gradients", "input_gradients")
+    out = backend.run(outputs, batch, np.full(len(batch), -1))
     targets = out["logits"].argmax(axis=1)
     targets[-1] = np.argsort(out["logits"][-1])[-2]  # one image explains its second class
-    out = session.run(batch, targets)
+    out = backend.run(outputs, batch, targets)
     return loaded, result, batch, targets, out
 
 
 def _pytorch_grad_cam(method, case) -> np.ndarray:
     loaded, result, batch, targets, _ = case
-    model, layer = _reference_model(loaded, result)
+    model, layer = reference_model(loaded, result.layer.name, result.info.activation_shape[0])
     with REFERENCES[method](model=model, target_layers=[layer]) as reference:
         return reference(input_tensor=torch.from_numpy(batch).requires_grad_(),
                          targets=[ClassifierOutputTarget(int(t)) for t in targets])
@@ -121,7 +103,7 @@ def test_guided_backprop_matches_captum(case):
     loaded, result, batch, targets, out = case
     if loaded.spec == "efficientnet-lite0":
         pytest.skip("Captum's GuidedBackprop hooks nn.ReLU only; lite0's ReLU6 is covered by the exporter tests")
-    model = _reference_model(loaded, result)[0]
+    model = reference_model(loaded, result.layer.name, result.info.activation_shape[0])[0]
     exact, float32 = (
         normalise(GuidedBackprop(m).attribute(torch.from_numpy(batch).to(dtype), target=torch.from_numpy(targets))
                   .detach().numpy())

@@ -17,13 +17,14 @@ pytest.importorskip("pytorch_grad_cam")
 
 from captum.attr import Occlusion, Saliency  # noqa: E402
 from onnxcam.exporter.parity import cosine, relative_error  # noqa: E402
-from onnxcam.runner.explain_graph import read_graph_info  # noqa: E402
-from onnxcam.runner.faithfulness import Evaluation, Row, explanation  # noqa: E402
-from onnxcam.runner.forwards import Forwards  # noqa: E402
-from onnxcam.runner.methods import METHODS, normalise, resize_maps  # noqa: E402
-from onnxcam.runner.perturbation import noisy_inputs  # noqa: E402
-from onnxcam.runner.preprocess import to_input  # noqa: E402
-from onnxcam.runner.session import ExplainSession  # noqa: E402
+from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation  # noqa: E402
+from onnxcam.runner.inputs.preprocess import to_input  # noqa: E402
+from onnxcam.runner.methods import METHODS  # noqa: E402
+from onnxcam.runner.methods.maps import normalise, resize_maps  # noqa: E402
+from onnxcam.runner.methods.perturbation import noisy_inputs  # noqa: E402
+from onnxcam.runner.model.backend import OnnxRuntimeBackend  # noqa: E402
+from onnxcam.runner.model.graph import read_graph_info  # noqa: E402
+from onnxcam.runner.model.passes import ExtraPasses  # noqa: E402
 from pytorch_grad_cam import ScoreCAM  # noqa: E402
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget  # noqa: E402
@@ -41,19 +42,19 @@ class Case:
     batch: np.ndarray
     targets: np.ndarray
     out: dict[str, np.ndarray]
-    forwards: Forwards
+    passes: ExtraPasses
 
 
 def _case(loaded, result, batch: np.ndarray) -> Case:
     info = read_graph_info(result.path)
-    outputs = [o for o in ALL_OUTPUTS if o in info.outputs]
-    session = ExplainSession(result.path, outputs, ["cpu"])
-    targets = session.run(batch, np.full(len(batch), -1))["logits"].argmax(axis=1)
+    outputs = tuple(o for o in ALL_OUTPUTS if o in info.outputs)
+    backend = OnnxRuntimeBackend(result.path, ["cpu"])
+    targets = backend.run(("logits",), batch, np.full(len(batch), -1))["logits"].argmax(axis=1)
     targets[-1] = (targets[-1] + 1) % info.num_classes  # one image explains another class than its top-1
-    out = session.run(batch, targets) | {"input": batch, "target": targets}
+    out = backend.run(outputs, batch, targets) | {"input": batch, "target": targets}
     model = loaded.model.eval()
     return Case(model, model.get_submodule(result.layer.name), result.path, batch, targets, out,
-                Forwards(result.path, ["cpu"], info))
+                ExtraPasses(backend, info))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def _assert_maps_match(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:
 
 
 def test_scorecam_matches_pytorch_grad_cam(toy):
-    ours = METHODS["scorecam"](toy.out, {"batch_size": 64}, toy.forwards)
+    ours = METHODS["scorecam"](toy.out, {"batch_size": 64}, toy.passes)
     assert ours.shape == toy.out["activations"].shape[:1] + toy.out["activations"].shape[2:]
     _assert_maps_match(normalise(resize_maps(ours, toy.batch.shape[2:])), _scorecam_reference(toy), "toy scorecam")
 
@@ -90,12 +91,13 @@ def _softmax_model(model):
     return lambda x: torch.softmax(model(x), dim=1)
 
 
-@pytest.mark.parametrize(("patch", "stride", "fill"), [(32, 16, "mean"), (48, 40, "zero")])
+@pytest.mark.parametrize(("patch", "stride", "fill"), [pytest.param(32, 16, "mean", marks=pytest.mark.slow),
+                                                     (48, 40, "zero")])
 def test_occlusion_matches_captum(toy, patch, stride, fill):
     """(48, 40) leaves the last window cut off at the edge, as Captum does."""
     ours = METHODS["occlusion"](toy.out, {"patch": patch, "stride": stride, "fill": fill, "batch_size": 64},
-                                toy.forwards)
-    baselines = torch.from_numpy(np.stack([toy.forwards.fill(x, fill) for x in toy.batch]))
+                                toy.passes)
+    baselines = torch.from_numpy(np.stack([toy.passes.fill(x, fill) for x in toy.batch]))
     theirs = Occlusion(_softmax_model(toy.model)).attribute(
         torch.from_numpy(toy.batch), sliding_window_shapes=(3, patch, patch), strides=(3, stride, stride),
         baselines=baselines, target=torch.from_numpy(toy.targets), perturbations_per_eval=64).detach().numpy()
@@ -125,29 +127,29 @@ def test_saliency_matches_captum(toy):
 def test_smoothgrad_is_the_mean_absolute_gradient_over_its_noisy_copies(toy):
     """The same noisy inputs through PyTorch autograd: what Captum's NoiseTunnel(Saliency) computes with them."""
     options = {"noise": 0.2, "samples": 6, "batch_size": 4}
-    ours = METHODS["smoothgrad"](toy.out, options, toy.forwards)
+    ours = METHODS["smoothgrad"](toy.out, options, toy.passes)
     for i, x in enumerate(toy.batch):
         noisy = torch.from_numpy(np.stack(list(noisy_inputs(x, options["noise"], options["samples"]))))
         gradients = Saliency(toy.model).attribute(noisy, target=int(toy.targets[i]), abs=True).detach().numpy()
         _assert_gradients_match(ours[i], gradients.mean(axis=0).max(axis=0), f"smoothgrad image {i}")
-    again = METHODS["smoothgrad"](toy.out, options, toy.forwards)
+    again = METHODS["smoothgrad"](toy.out, options, toy.passes)
     np.testing.assert_array_equal(ours, again)  # seeded by the image: a rerun gives the same map
-    plain = METHODS["smoothgrad"](toy.out, {"noise": 0.0, "samples": 1, "batch_size": 4}, toy.forwards)
+    plain = METHODS["smoothgrad"](toy.out, {"noise": 0.0, "samples": 1, "batch_size": 4}, toy.passes)
     np.testing.assert_allclose(plain, METHODS["saliency"](toy.out, {}), rtol=1e-5, atol=1e-8)
 
 
 def test_average_drop_and_increase_match_pytorch_grad_cam(toy):
-    """pytorch-grad-cam multiplies the normalised tensor by the map and reports max(0, Y - O) unscaled; the issue's
+    """pytorch-grad-cam multiplies the normalised tensor by the map and reports max(0, Y - O) unscaled; onnxcam's
     definition multiplies the image before normalisation and divides by Y. With mean 0 and std 1 the two products
     coincide, so the per-image figures must agree once ours is multiplied back by Y / 100."""
     info = read_graph_info(toy.path)
     plain = dataclasses.replace(info, preprocessing=dataclasses.replace(info.preprocessing, mean=(0, 0, 0),
                                                                         std=(1, 1, 1)))
-    forwards = Forwards(toy.path, ["cpu"], plain)
+    passes = ExtraPasses(OnnxRuntimeBackend(toy.path, ["cpu"]), plain)
     maps = np.stack([explanation(m, toy.batch.shape[2:]) for m in METHODS["gradcam"](toy.out, {})])
     scores = np.exp(toy.out["logits"]) / np.exp(toy.out["logits"]).sum(axis=1, keepdims=True)
-    rows = [Row(toy.batch[i], maps[i], int(t), float(scores[i, t])) for i, t in enumerate(toy.targets)]
-    ours = Evaluation({"average_drop": {}, "increase_in_confidence": {}}).evaluate(rows, forwards, {})
+    rows = [MetricRow(int(t), float(scores[i, t]), toy.batch[i], maps[i]) for i, t in enumerate(toy.targets)]
+    ours = Evaluation({"average_drop": {}, "increase_in_confidence": {}}).score(rows, Scoring(passes), runs_model=True)
     targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in toy.targets]
     arguments = (torch.from_numpy(toy.batch), maps, targets, toy.model)
     drop, increase = DropInConfidence()(*arguments), IncreaseInConfidence()(*arguments)

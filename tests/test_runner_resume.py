@@ -8,11 +8,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from runner_helpers import read_index, write_images, write_manifest
+from runner_helpers import read_index, start_run, wait_for_rows, write_images, write_manifest
 
 IMAGES, TARGETS, METHODS = 400, 2, ("gradcam", "hirescam")
 
@@ -20,26 +19,6 @@ IMAGES, TARGETS, METHODS = 400, 2, ("gradcam", "hirescam")
 @pytest.fixture(scope="module")
 def toy(exported) -> Path:
     return exported("toy_models:relu_net")[1].path
-
-
-# A shell without job control starts background jobs with SIGINT ignored, and children inherit that (so would
-# this test's run under `make test &`); the wrapper restores Python's Ctrl-C handling first.
-RUN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-       "from onnxcam.runner.cli import main; sys.exit(main(['run', sys.argv[1]]))")
-
-
-def start_run(manifest: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN, str(manifest)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_rows(index: Path, rows: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if index.exists() and index.read_bytes().count(b"\n") > rows:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"the run did not write {rows} rows in time: {process.poll()}")
 
 
 def assert_complete(out: Path) -> None:
@@ -58,7 +37,8 @@ def manifest(toy, tmp_path) -> Path:
     return write_manifest(tmp_path, toy, tmp_path / "images", methods=METHODS, targets={"topk": TARGETS})
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("stop", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                  pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGKILL])
 def test_stopped_run_resumes(manifest, stop):
     out = manifest.parent / "out"
     process = start_run(manifest)
@@ -112,6 +92,7 @@ def _peak_rss_kb(manifest: Path) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_is_flat_in_the_number_of_images(toy, tmp_path):
     """Peak RSS for 2,000 images is within 20% of that for 200 (bounded queues, streamed listing)."""
     peaks = {}

@@ -13,9 +13,9 @@ import pytest
 from onnxcam.runner.cli import main
 from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.methods import METHODS
-from onnxcam.runner.session import ExplainSession, ModelError
+from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
 from PIL import Image
-from runner_helpers import read_index, smooth_image, write_images, write_manifest
+from runner_helpers import FlakyBackend, read_index, smooth_image, write_images, write_manifest
 
 CAM_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "cam"]
 
@@ -69,12 +69,12 @@ def test_heatmap_is_the_upsampled_map_and_overlay_the_blend(toy, tmp_path, capsy
                                       "overlays": {"format": "png", "colormap": "turbo", "alpha": 0.3}})
     assert run_cli(capsys, manifest)[0] == 0
     run = load_manifest(manifest)
-    session = ExplainSession(toy, ["logits", "activations", "gradients"], ["cpu"])
-    from onnxcam.runner.explain_graph import read_graph_info
-    from onnxcam.runner.preprocess import to_input
+    backend = OnnxRuntimeBackend(toy, ["cpu"])
+    from onnxcam.runner.inputs.preprocess import to_input
+    from onnxcam.runner.model.graph import read_graph_info
 
     tensor, _ = to_input(image, read_graph_info(toy).preprocessing)
-    low = METHODS["layercam"](session.run(tensor[None], np.array([-1])), {})[0]
+    low = METHODS["layercam"](backend.run(("activations", "gradients"), tensor[None], np.array([-1])), {})[0]
     expected = cv2.resize(low, (50, 70), interpolation=cv2.INTER_LINEAR)
     expected = (expected - expected.min()) / (expected.max() - expected.min())
     heat = np.load(run.output_dir / "a.png.layercam.{}.npy".format(read_index(run.output_dir)[0]["target_class"]))
@@ -126,6 +126,7 @@ def test_explicit_classes_by_index_and_name(exported, tmp_path, capsys):
     assert not np.allclose(*maps.values())
 
 
+@pytest.mark.slow
 def test_class_names_resolve_against_the_labels(exported, tmp_path, capsys):
     path = exported("efficientnet-lite0")[1].path
     write_images(tmp_path / "images", 1)
@@ -156,13 +157,13 @@ def test_threshold_on_a_multilabel_model(exported, tmp_path, capsys):
     manifest = write_manifest(tmp_path, multilabel, tmp_path / "images", targets={"threshold": 0.5})
     assert run_cli(capsys, manifest)[0] == 0
     rows = read_index(tmp_path / "out")
-    from onnxcam.runner.explain_graph import read_graph_info
-    from onnxcam.runner.preprocess import to_input
+    from onnxcam.runner.inputs.preprocess import to_input
+    from onnxcam.runner.model.graph import read_graph_info
 
-    session = ExplainSession(multilabel, ["logits"], ["cpu"])
+    backend = OnnxRuntimeBackend(multilabel, ["cpu"])
     pre = read_graph_info(multilabel).preprocessing
     for image in sorted(tmp_path.joinpath("images").iterdir()):
-        logits = session.run(to_input(cv2.imread(str(image)), pre)[0][None], np.array([-1]))["logits"][0]
+        logits = backend.run(("logits",), to_input(cv2.imread(str(image)), pre)[0][None], np.array([-1]))["logits"][0]
         expected = sorted(str(c) for c in np.flatnonzero(1 / (1 + np.exp(-logits)) >= 0.5))
         mine = [row for row in rows if row["image"] == image.name]
         if expected:
@@ -322,12 +323,12 @@ def test_model_errors_are_one_line(exported, toy, tmp_path, capsys):
 
 
 def test_cpu_only_machine_auto_picks_cpu_and_says_why(toy):
-    session = ExplainSession(toy, ["logits"], "auto")
-    assert session.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
-    if session.provider == "CPUExecutionProvider":
-        assert session.notes and session.notes[0].startswith("CUDA not used")
-    with pytest.raises(ModelError) if session.provider == "CPUExecutionProvider" else _no_error():
-        ExplainSession(toy, ["logits"], ["cuda"])
+    backend = OnnxRuntimeBackend(toy, "auto", [("logits",)])
+    assert backend.provider in ("CUDAExecutionProvider", "CPUExecutionProvider")
+    if backend.provider == "CPUExecutionProvider":
+        assert backend.notes and backend.notes[0].startswith("CUDA not used")
+    with pytest.raises(ModelError) if backend.provider == "CPUExecutionProvider" else _no_error():
+        OnnxRuntimeBackend(toy, ["cuda"], [("logits",)])
 
 
 class _no_error:
@@ -340,47 +341,34 @@ class _no_error:
 
 def test_cuda_provider_matches_cpu(toy):
     """Exercised on a GPU machine (IO binding path); skipped where CUDA cannot run."""
-    cuda = ExplainSession(toy, ["logits", "activations", "gradients", "input_gradients"], "auto")
+    outputs = ("logits", "activations", "gradients", "input_gradients")
+    cuda = OnnxRuntimeBackend(toy, "auto", [outputs])
     if cuda.provider != "CUDAExecutionProvider":
         pytest.skip("no usable CUDA provider here: " + "; ".join(cuda.notes))
-    cpu = ExplainSession(toy, cuda.outputs, ["cpu"])
+    cpu = OnnxRuntimeBackend(toy, ["cpu"])
     batch = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)
     targets = np.array([-1, 0, 1, 2, 3, 4, -1, 2])
-    for name, value in cuda.run(batch, targets).items():
-        expected = cpu.run(batch, targets)[name]
+    for name, value in cuda.run(outputs, batch, targets).items():
+        expected = cpu.run(outputs, batch, targets)[name]
         assert np.linalg.norm(value - expected) <= 1e-4 * np.linalg.norm(expected), name
 
 
-def test_a_failing_batch_or_write_becomes_error_rows_and_the_run_goes_on(toy, tmp_path, monkeypatch):
-    from onnxcam.runner import render
-    from onnxcam.runner.pipeline import Run
+def test_a_failing_batch_or_write_becomes_error_rows_and_the_run_goes_on(toy, tmp_path):
+    from onnxcam.runner.run import Run
 
-    write_images(tmp_path / "images", 10)
+    write_images(tmp_path / "images", 9)
+    write_images(tmp_path / "images" / "sub", 1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_text("a file where sub/'s outputs would go")
     manifest = load_manifest(write_manifest(tmp_path, toy, tmp_path / "images", targets={"topk": 2},
                                             runtime={"providers": ["cpu"], "batch_size": 3, "workers": 2}))
-    run = Run(manifest, quiet=True)
-    calls = {"n": 0}
-    real_run, real_write = run.session.run, render.write_atomic
-
-    def flaky_run(batch, targets):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("CUDA out of memory\nsecond line")
-        return real_run(batch, targets)
-
-    def flaky_write(path, data):
-        if path.name.startswith("img00009.png"):
-            raise OSError(28, "No space left on device")
-        real_write(path, data)
-
-    monkeypatch.setattr(run.session, "run", flaky_run)
-    monkeypatch.setattr(render, "write_atomic", flaky_write)
-    summary = run.run()
+    backend = FlakyBackend(OnnxRuntimeBackend(toy, ["cpu"]), 2, "CUDA out of memory\nsecond line")
+    tally = Run(manifest, quiet=True, backend=backend).run()
     rows = read_index(tmp_path / "out")
     errors = {row["image"]: row["error"] for row in rows if row["status"] == "error"}
     assert "ONNX Runtime failed on this batch (CUDA out of memory second line)" in errors.values()
-    assert errors["img00009.png"] == "cannot write outputs ([Errno 28] No space left on device)"
-    assert summary.images == 10 and summary.errors == len(errors) >= 2
+    assert errors["sub/img00000.png"].startswith("cannot write outputs ([Errno 17] File exists: ")
+    assert tally.images == 10 and tally.errors == len(errors) >= 2
     keys = [(row["image"], row["target_class"], row["method"]) for row in rows]
     assert len(keys) == len(set(keys)) and len({row["image"] for row in rows}) == 10
     for image in {row["image"] for row in rows} - set(errors):

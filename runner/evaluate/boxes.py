@@ -1,4 +1,4 @@
-"""Object boxes for the pointing game (Zhang et al. 2018): a hit when a map's peak falls on the object."""
+"""Object boxes for the pointing game: the boxes CSV, read once per run."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from pathlib import Path
 
 from onnxcam.runner.targets import class_index
 
-POINTING_TOLERANCE = 15  # pixels, at the original image size
-
-Box = tuple[float, float, float, float, int | None]
+ObjectBox = tuple[float, float, float, float, int | None]  # x0, y0, x1, y1 in original pixels, class or None
 
 
-def read_boxes(path: Path, labels: list[str]) -> dict[str, list[Box]]:
+def read_boxes(path: Path, labels: list[str]) -> dict[str, list[ObjectBox]]:
     """image,x0,y0,x1,y1[,class] rows (header optional), in original image pixels; class by index or name."""
-    boxes: dict[str, list[Box]] = {}
+    boxes: dict[str, list[ObjectBox]] = {}
     with open(path, encoding="utf-8", newline="") as rows:
         for number, row in enumerate(csv.reader(rows), start=1):
             if not row or row[0].startswith("#"):
@@ -33,15 +31,3 @@ def read_boxes(path: Path, labels: list[str]) -> dict[str, list[Box]]:
             klass = class_index(row[5].strip(), labels, where) if len(row) == 6 and row[5].strip() else None
             boxes.setdefault(row[0].strip().replace("\\", "/"), []).append((x0, y0, x1, y1, klass))
     return boxes
-
-
-def pointing_game(peak: tuple[int, int], boxes: list[Box], target: int) -> float | None:
-    """100 when the peak lies within POINTING_TOLERANCE pixels of a box of the target class (a box without a
-    class counts for every class), 0 when not, None when the image has no such box (the row is not counted)."""
-    relevant = [box for box in boxes if box[4] is None or box[4] == target]
-    if not relevant:
-        return None
-    x, y = peak
-    t = POINTING_TOLERANCE
-    hit = any(x0 - t <= x <= x1 + t and y0 - t <= y <= y1 + t for x0, y0, x1, y1, _ in relevant)
-    return 100.0 if hit else 0.0

@@ -1,6 +1,6 @@
 """Benchmark (`make bench`): onnxcam vs pytorch-grad-cam, side by side, same model, images and batch size.
 
-    python tests/benchmark.py [--part all|gradcam|perturbation] [--model torchvision:resnet50] [--images 128]
+    python scripts/benchmark.py [--part all|gradcam|perturbation] [--model torchvision:resnet50] [--images 128]
                               [--batch-size 16] [--perturbation-model efficientnet-lite0] [--perturbation-images 4]
 
 End to end = read JPEG -> overlay JPEG written. onnxcam runs its CLI pipeline in a subprocess (so its peak
@@ -33,19 +33,22 @@ import yaml
 from captum.attr import Occlusion
 from onnxcam.exporter.export import export_explain_graph
 from onnxcam.exporter.sources import load_model
-from onnxcam.runner.explain_graph import read_graph_info
-from onnxcam.runner.faithfulness import Evaluation, Row, explanation
-from onnxcam.runner.forwards import Forwards, probabilities
-from onnxcam.runner.methods import METHODS, normalise, resize_maps
-from onnxcam.runner.preprocess import to_input
-from onnxcam.runner.session import ExplainSession
+from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation
+from onnxcam.runner.inputs.preprocess import to_input
+from onnxcam.runner.methods import METHODS
+from onnxcam.runner.methods.maps import normalise, resize_maps
+from onnxcam.runner.model.backend import OnnxRuntimeBackend
+from onnxcam.runner.model.graph import probabilities, read_graph_info
+from onnxcam.runner.model.passes import ExtraPasses
 from pytorch_grad_cam import GradCAM, ScoreCAM
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+from reference_model import reference_model
 from sample_photos import write_photos
 
 ROOT = Path(__file__).resolve().parent.parent
+MAIN_OUTPUTS = ("logits", "activations", "gradients")
 
 
 def dataset(folder: Path, count: int) -> list[Path]:
@@ -92,12 +95,13 @@ def grad_cam_end_to_end(model, layer, paths: list[Path], pre, batch: int, device
     return len(paths) / (time.perf_counter() - start)
 
 
-def onnxcam_compute(session: ExplainSession, batches: list[np.ndarray], method: str) -> float:
-    session.run(batches[0], np.full(len(batches[0]), -1))  # warm-up
+def onnxcam_compute(backend: OnnxRuntimeBackend, batches: list[np.ndarray], method: str) -> float:
+    """Preprocessed batches -> maps at input size, with the method's default options."""
+    backend.run(MAIN_OUTPUTS, batches[0], np.full(len(batches[0]), -1))  # warm-up
     start = time.perf_counter()
     for x in batches:
-        out = session.run(x, np.full(len(x), -1))
-        normalise(resize_maps(METHODS[method](out, METHODS[method].options), x.shape[2:]))
+        out = backend.run(MAIN_OUTPUTS, x, np.full(len(x), -1))
+        normalise(resize_maps(METHODS[method](out, METHODS[method].defaults), x.shape[2:]))
     return sum(len(x) for x in batches) / (time.perf_counter() - start)
 
 
@@ -151,22 +155,17 @@ def perturbation_costs(graph: Path, images: Path, out: Path, workers: int) -> No
 
 def perturbation_side_by_side(loaded, graph: Path, inputs: np.ndarray) -> None:
     info = read_graph_info(graph)
-    forwards = Forwards(graph, ["cpu"], info)
-    session = ExplainSession(graph, ["logits", "activations", "gradients"], ["cpu"])
-    out = session.run(inputs, np.full(len(inputs), -1))
+    backend = OnnxRuntimeBackend(graph, ["cpu"])
+    passes = ExtraPasses(backend, info)
+    out = backend.run(MAIN_OUTPUTS, inputs, np.full(len(inputs), -1))
     targets = out["logits"].argmax(axis=1)
     out |= {"input": inputs, "target": targets}
-    model = loaded.model.eval().requires_grad_(False)
-    layer = model.get_submodule(info.target_layer)
-    if loaded.spec == "efficientnet-lite0":  # its ReLU6 module is called twice; onnxcam taps the head call
-        from test_runner_parity import _HeadCallOnly
-
-        model._swish = _HeadCallOnly(model._swish, info.activation_shape[0])
-        layer = model._swish.head
+    model, layer = reference_model(loaded, info.target_layer, info.activation_shape[0])
+    model.eval().requires_grad_(False)
     tensor, n = torch.from_numpy(inputs), len(inputs)
     rows = []
 
-    ours_s, ours = timed(METHODS["scorecam"], out, {"batch_size": 64}, forwards)
+    ours_s, ours = timed(METHODS["scorecam"], out, {"batch_size": 64}, passes)
     with ScoreCAM(model=model, target_layers=[layer]) as reference:
         reference.batch_size = 64
         theirs_s, theirs = timed(reference, input_tensor=tensor, targets=[ClassifierOutputTarget(int(t))
@@ -176,16 +175,16 @@ def perturbation_side_by_side(loaded, graph: Path, inputs: np.ndarray) -> None:
 
     maps = np.stack([explanation(m, inputs.shape[2:]) for m in METHODS["gradcam"](out, {})])
     scores = probabilities(out["logits"], info.output_activation)[np.arange(n), targets]
-    metric_rows = [Row(inputs[i], maps[i], int(targets[i]), float(scores[i])) for i in range(n)]
+    metric_rows = [MetricRow(int(targets[i]), float(scores[i]), inputs[i], maps[i]) for i in range(n)]
     evaluation = Evaluation({"average_drop": {}, "increase_in_confidence": {}})
-    ours_s, _ = timed(evaluation.evaluate, metric_rows, forwards, {})
+    ours_s, _ = timed(evaluation.score, metric_rows, Scoring(passes), runs_model=True)
     softmax_targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
     theirs_s, _ = timed(lambda: (DropInConfidence()(tensor, maps, softmax_targets, model),
                                  IncreaseInConfidence()(tensor, maps, softmax_targets, model)))
     rows.append(("average drop + increase", "pytorch-grad-cam Drop/IncreaseInConfidence", ours_s, theirs_s, ""))
 
     ours_s, ours = timed(METHODS["occlusion"], out, {"patch": 32, "stride": 16, "fill": "mean", "batch_size": 64},
-                         forwards)
+                         passes)
     occlusion = Occlusion(lambda x: torch.softmax(model(x), dim=1))
     theirs_s, theirs = timed(lambda: occlusion.attribute(tensor, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16),
                                                          baselines=0, target=torch.from_numpy(targets),
@@ -247,8 +246,8 @@ def gradcam_part(args) -> None:
             providers = ["cuda"] if device == "cuda" else ["cpu"]
             ours, peak, provider = onnxcam_end_to_end(graph, tmp / "images", tmp / f"out-{device}",
                                                       args.batch_size, args.workers, providers, args.method)
-            session = ExplainSession(graph, ["logits", "activations", "gradients"], providers)
-            ours_compute = onnxcam_compute(session, batches, args.method)
+            backend = OnnxRuntimeBackend(graph, providers, [MAIN_OUTPUTS])
+            ours_compute = onnxcam_compute(backend, batches, args.method)
             model = load_model(args.model).model.to(device)
             model.load_state_dict(loaded.model.state_dict())
             reference = {}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from onnxcam.runner.explain_graph import Preprocessing
+from onnxcam.runner.model.graph import Preprocessing
 
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels
+Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels: the part of the image the model saw
 
 
-def model_region(width: int, height: int, pre: Preprocessing) -> Box:
+def model_region(width: int, height: int, pre: Preprocessing) -> Region:
     """The part of the image that fills the model input: all of it (stretch) or the centre crop.
 
     center_crop follows torchvision: resize the shorter side to size / crop_fraction, crop `size`.
@@ -23,19 +23,20 @@ def model_region(width: int, height: int, pre: Preprocessing) -> Box:
     return x0, y0, x0 + crop_width, y0 + crop_height
 
 
-def to_input(image_bgr: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, Box]:
+def to_input(image_bgr: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, Region]:
     """[3,H,W] float32 input and the region it covers. Downscaling uses area averaging (like an antialiased
     resize), upscaling bilinear interpolation."""
     height, width = image_bgr.shape[:2]
-    box = model_region(width, height, pre)
-    region = image_bgr[box[1]:box[3], box[0]:box[2]]
+    region = model_region(width, height, pre)
+    x0, y0, x1, y1 = region
+    seen = image_bgr[y0:y1, x0:x1]
     out_height, out_width = pre.size
-    shrinking = out_width * out_height < region.shape[0] * region.shape[1]
-    resized = cv2.resize(region, (out_width, out_height),
+    shrinking = out_width * out_height < seen.shape[0] * seen.shape[1]
+    resized = cv2.resize(seen, (out_width, out_height),
                          interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     if pre.channel_order == "RGB":
         resized = resized[:, :, ::-1]
     scale = np.float32(1 / 255) / np.asarray(pre.std, np.float32)
     shift = np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)
     tensor = resized.astype(np.float32) * scale - shift
-    return np.ascontiguousarray(tensor.transpose(2, 0, 1)), box
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1)), region

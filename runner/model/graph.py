@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 INPUTS = ("input", "target")
@@ -71,3 +72,11 @@ def read_graph_info(path: str | Path) -> GraphInfo:
     """Read the metadata only (the weights stay on disk)."""
     model = onnx.load(str(path), load_external_data=False)
     return GraphInfo.from_metadata({p.key: p.value for p in model.metadata_props}, source=str(path))
+
+
+def probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
+    """The model's scores: softmax over classes, or an element-wise sigmoid for multi-label models."""
+    if activation == "sigmoid":
+        return 1 / (1 + np.exp(-logits))
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

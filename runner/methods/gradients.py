@@ -10,33 +10,10 @@ perturbation.py; they also get `input`, `target` and the model's extra passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import cv2
 import numpy as np
-from onnxcam.runner import perturbation
-from onnxcam.runner.forwards import FILLS
+from onnxcam.runner.methods.maps import normalise, resize_maps
 
 EPS = 1e-7
-
-
-def normalise(maps: np.ndarray) -> np.ndarray:
-    """Per-map min-max scaling to exactly [0, 1] over all but the first axis; a constant map becomes 0.
-
-    (pytorch-grad-cam divides by max + 1e-7 instead, which leaves maps of small magnitude short of 1.)
-    """
-    axes = tuple(range(1, maps.ndim))
-    shifted = maps - maps.min(axis=axes, keepdims=True)
-    span = shifted.max(axis=axes, keepdims=True)
-    return shifted / np.where(span > 0, span, 1)
-
-
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of [N,h,w] maps to [N,*size] (size = (height, width))."""
-    height, width = size
-    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
 def _weighted(weights: np.ndarray, activations: np.ndarray) -> np.ndarray:
@@ -122,58 +99,3 @@ def guided_gradcam(out: dict[str, np.ndarray], **_) -> np.ndarray:
 def saliency(out: dict[str, np.ndarray], **_) -> np.ndarray:
     """Simonyan et al. 2014: max over colour channels of |dS/dx| (plain autograd, as Captum's Saliency)."""
     return np.abs(out["plain_input_gradients"]).max(axis=1)
-
-
-@dataclass(frozen=True)
-class Option:
-    default: bool | int | float | str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Method:
-    compute: Callable[..., np.ndarray]
-    needs: tuple[str, ...] = ("activations", "gradients")  # explain-graph outputs of the main pass
-    passes: str = ""  # output of the extra passes a perturbation method runs: logits | plain_input_gradients
-    guided: bool = False  # returns RGB [N,3,H,W]
-    needs_gap_head: bool = False
-    options: dict[str, Option] = field(default_factory=dict)
-    check: Callable[[dict[str, Any]], str] | None = None  # options -> what is wrong with them ("" if nothing)
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return {name: option.default for name, option in self.options.items()}
-
-    def __call__(self, outputs: dict[str, np.ndarray], options: dict[str, Any], forwards=None) -> np.ndarray:
-        extra = {"forwards": forwards} if self.passes else {}
-        return self.compute(outputs, **options, **extra).astype(np.float32, copy=False)
-
-
-def _stride_within_patch(options: dict[str, Any]) -> str:
-    if options["stride"] > options["patch"]:
-        return f"stride {options['stride']} is larger than patch {options['patch']}, which leaves pixels unscored"
-    return ""
-
-
-_BATCH = Option(64, 1, 4096)
-METHODS: dict[str, Method] = {
-    "cam": Method(cam, needs_gap_head=True),
-    "gradcam": Method(gradcam, options={"guided_weights": Option(False)}),
-    "gradcam++": Method(gradcam_plus_plus),
-    "xgradcam": Method(xgradcam),
-    "hirescam": Method(hirescam),
-    "layercam": Method(layercam),
-    "eigencam": Method(eigencam, needs=("activations",)),
-    "guided_backprop": Method(guided_backprop, needs=("input_gradients",), guided=True),
-    "guided_gradcam": Method(guided_gradcam, needs=("activations", "gradients", "input_gradients"), guided=True),
-    "saliency": Method(saliency, needs=("plain_input_gradients",)),
-    "smoothgrad": Method(perturbation.smoothgrad, needs=(), passes="plain_input_gradients", options={
-        "noise": Option(0.15, 0.0, 10.0), "samples": Option(25, 1, 10_000), "batch_size": Option(16, 1, 4096)}),
-    "occlusion": Method(perturbation.occlusion, needs=(), passes="logits", check=_stride_within_patch, options={
-        "patch": Option(32, 1, 4096), "stride": Option(16, 1, 4096), "fill": Option("mean", choices=FILLS),
-        "batch_size": _BATCH}),
-    "scorecam": Method(perturbation.scorecam, needs=("activations",), passes="logits",
-                       options={"batch_size": _BATCH}),
-}

@@ -1,4 +1,4 @@
-"""Perturbation methods: maps built from extra passes through the model (see forwards.py).
+"""Perturbation methods: maps built from extra passes through the model (see model/passes.py).
 
 Each takes the explain graph's outputs of a batch plus `input` [N,3,H,W] and `target` [N] (the class
 explained, top-1 resolved) and returns [N,h,w] maps: Score-CAM at the target layer's resolution,
@@ -11,7 +11,8 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
-from onnxcam.runner.forwards import Forwards, probabilities
+from onnxcam.runner.model.graph import probabilities
+from onnxcam.runner.model.passes import ExtraPasses
 
 
 def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -28,7 +29,7 @@ def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
     return matrix
 
 
-def scorecam(out: dict[str, np.ndarray], forwards: Forwards, batch_size: int = 64) -> np.ndarray:
+def scorecam(out: dict[str, np.ndarray], passes: ExtraPasses, batch_size: int = 64) -> np.ndarray:
     """Wang et al. 2020, as pytorch-grad-cam's ScoreCAM: every channel A_c, upsampled (bilinear, corners
     aligned) and min-max scaled, masks the (normalised) input; the softmax over channels of the target's
     logits on those masked inputs weights the channels; map = ReLU(sum_c w_c A_c)."""
@@ -44,7 +45,7 @@ def scorecam(out: dict[str, np.ndarray], forwards: Forwards, batch_size: int = 6
                 mask = (mask - low) / (mask.max() - low + 1e-8)
                 yield inputs[i] * mask.astype(np.float32), int(targets[i])
 
-    logits = forwards.scores(masked(), batch_size, kind="logit").reshape(n, channels).astype(np.float64)
+    logits = passes.scores(masked(), batch_size, kind="logit").reshape(n, channels).astype(np.float64)
     weights = np.exp(logits - logits.max(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
     return np.maximum(np.einsum("nc,nchw->nhw", weights, activations), 0)
@@ -55,24 +56,24 @@ def _window_starts(size: int, patch: int, stride: int) -> range:
     return range(0, -(-(size - patch) // stride) * stride + 1, stride)
 
 
-def occlusion(out: dict[str, np.ndarray], forwards: Forwards, patch: int = 32, stride: int = 16,
+def occlusion(out: dict[str, np.ndarray], passes: ExtraPasses, patch: int = 32, stride: int = 16,
               fill: str = "mean", batch_size: int = 64) -> np.ndarray:
     """Zeiler & Fergus 2014, as Captum's Occlusion: each pixel gets the mean drop in the target's probability
     over the windows (patch x patch, moved by stride) that cover it, the window filled as `fill` says."""
     inputs, targets = out["input"], out["target"]
     n, _, height, width = inputs.shape
     windows = [(y, x) for y in _window_starts(height, patch, stride) for x in _window_starts(width, patch, stride)]
-    original = probabilities(out["logits"], forwards.info.output_activation)[np.arange(n), targets]
+    original = probabilities(out["logits"], passes.info.output_activation)[np.arange(n), targets]
 
     def occluded() -> Iterator[tuple[np.ndarray, int]]:
         for i in range(n):
-            baseline = forwards.fill(inputs[i], fill)
+            baseline = passes.fill(inputs[i], fill)
             for y, x in windows:
                 image = inputs[i].copy()
                 image[:, y:y + patch, x:x + patch] = baseline[:, y:y + patch, x:x + patch]
                 yield image, int(targets[i])
 
-    scores = forwards.scores(occluded(), batch_size).reshape(n, len(windows))
+    scores = passes.scores(occluded(), batch_size).reshape(n, len(windows))
     total = np.zeros((n, height, width), np.float64)
     count = np.zeros((height, width), np.float64)
     for k, (y, x) in enumerate(windows):
@@ -90,7 +91,7 @@ def noisy_inputs(x: np.ndarray, noise: float, samples: int) -> Iterator[np.ndarr
         yield x + rng.normal(0, sigma, x.shape).astype(np.float32)
 
 
-def smoothgrad(out: dict[str, np.ndarray], forwards: Forwards, noise: float = 0.15, samples: int = 25,
+def smoothgrad(out: dict[str, np.ndarray], passes: ExtraPasses, noise: float = 0.15, samples: int = 25,
                batch_size: int = 16) -> np.ndarray:
     """Smilkov et al. 2017, as Captum's NoiseTunnel(Saliency): the mean over noisy copies of |dS/dx|, then the
     maximum over colour channels."""
@@ -102,6 +103,6 @@ def smoothgrad(out: dict[str, np.ndarray], forwards: Forwards, noise: float = 0.
                 yield sample, int(targets[i])
 
     total = np.zeros(inputs.shape, np.float64)
-    for k, gradient in enumerate(forwards.input_gradients(noisy(), batch_size)):
+    for k, gradient in enumerate(passes.input_gradients(noisy(), batch_size)):
         total[k // samples] += np.abs(gradient)
     return (total / samples).max(axis=1)

@@ -3,63 +3,34 @@
 Perturbed inputs are streamed: a generator yields (input [3,H,W], class) pairs, which are copied into
 one reusable batch buffer and run `batch_size` at a time, so memory does not depend on how many
 perturbations a method needs (Score-CAM: one per channel; deletion: one per step).
-Each kind of pass has its own session over the same file, cut down to the outputs it needs
-(`logits` only, or `plain_input_gradients` only), so no pass pays for backward ops it does not use.
+Each pass asks the backend for the one output it needs (`logits`, or `plain_input_gradients`); the ONNX
+Runtime backend runs each such request on the graph cut down to it, so no pass pays for backward ops it
+does not use.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-from onnxcam.runner.explain_graph import GraphInfo
-from onnxcam.runner.session import ExplainSession
+from onnxcam.runner.model.backend import Backend
+from onnxcam.runner.model.graph import GraphInfo, probabilities
 
 FILLS = ("mean", "zero", "blur")
 BLUR_SIGMA = 5.0  # pixels at model input size (Gaussian, as RISE's insertion substrate)
 
 
-def probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
-    """Softmax over classes, or an element-wise sigmoid for multi-label models."""
-    if activation == "sigmoid":
-        return 1 / (1 + np.exp(-logits))
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+class ExtraPasses:
+    """Runs streams of perturbed inputs through the model; counts the inputs run and the seconds spent."""
 
-
-@dataclass
-class Cost:
-    """What a method or metric cost over a run: rows computed, seconds, extra model passes."""
-
-    rows: int = 0
-    seconds: float = 0.0
-    passes: int = 0
-
-    def report(self) -> dict[str, float]:
-        rows = max(self.rows, 1)
-        return {"rows": self.rows, "seconds": round(self.seconds, 3),
-                "ms_per_row": round(1000 * self.seconds / rows, 3), "passes_per_row": round(self.passes / rows, 2)}
-
-
-class Forwards:
-    """Runs streams of perturbed inputs through the model; counts passes and seconds for run.json."""
-
-    def __init__(self, path: Path, providers: str | list[str], info: GraphInfo):
-        self.path, self.providers, self.info = path, providers, info
+    def __init__(self, backend: Backend, info: GraphInfo):
+        self.backend, self.info = backend, info
         pre = info.preprocessing
         self.mean = np.array(pre.mean, np.float32)[:, None, None]
         self.std = np.array(pre.std, np.float32)[:, None, None]
-        self._sessions: dict[str, ExplainSession] = {}
-        self.passes, self.seconds = 0, 0.0
-
-    def _session(self, output: str) -> ExplainSession:
-        if output not in self._sessions:
-            self._sessions[output] = ExplainSession(self.path, [output], self.providers)
-        return self._sessions[output]
+        self.count, self.seconds = 0, 0.0
 
     def _batches(self, stream: Iterable[tuple[np.ndarray, int]], batch_size: int
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -79,9 +50,9 @@ class Forwards:
 
     def _run(self, output: str, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        result = self._session(output).run(inputs, targets)[output]
+        result = self.backend.run((output,), inputs, targets)[output]
         self.seconds += time.perf_counter() - start
-        self.passes += len(inputs)
+        self.count += len(inputs)
         return result
 
     def scores(self, stream: Iterable[tuple[np.ndarray, int]], batch_size: int, kind: str = "probability"

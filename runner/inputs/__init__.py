@@ -1,0 +1,1 @@
+"""Inputs: finding image files, decoding them, and turning them into model input tensors."""

@@ -1,0 +1,113 @@
+"""The model backend: what the stages need of a model, and its ONNX Runtime implementation.
+
+A backend runs batches of (`input` [N,3,H,W] float32, `target` [N] int64) through the explain graph and
+returns the outputs asked for, by name, as NumPy arrays. The stages call nothing else, so another runtime
+(or a NumPy model in the tests) is one class with a `run` method and a `provider` name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnx
+import onnx.utils
+import onnxruntime as ort
+from onnxcam.runner.model.graph import INPUTS
+
+ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class ModelError(ValueError):
+    """The model file cannot serve this run (one line naming the fix)."""
+
+
+class Backend(Protocol):
+    provider: str  # what runs the model, as reported on the first line and in run.json
+    notes: list[str]  # why it runs there (e.g. why not CUDA), printed before the run
+
+    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """The named outputs of the explain graph for one batch."""
+        ...
+
+
+def _cuda_unavailable_reason() -> str | None:
+    if ORT_NAMES["cuda"] not in ort.get_available_providers():
+        return f"this onnxruntime build ({ort.__version__}) has no CUDA provider; pip install onnxruntime-gpu"
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver (libcuda.so.1 not found)"
+    return None
+
+
+def _pruned(path: Path, outputs: tuple[str, ...]) -> bytes:
+    """The graph cut down to `outputs`, so ORT does not compute what the run does not use."""
+    model = onnx.load(str(path))
+    if tuple(o.name for o in model.graph.output) == outputs:
+        return model.SerializeToString()
+    inputs = [i.name for i in model.graph.input]
+    extracted = onnx.utils.Extractor(model).extract_model(inputs, list(outputs))
+    extracted.metadata_props.extend(model.metadata_props)
+    return extracted.SerializeToString()
+
+
+class OnnxRuntimeBackend:
+    """One ORT session per set of outputs asked for, each over the graph cut down to that set (the extra
+    passes that need only `logits` do not pay for backward ops). The sets named at construction get their
+    sessions at once, so a file ONNX Runtime cannot load fails before any work starts. CUDA runs with IO binding.
+    """
+
+    def __init__(self, path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (),
+                 threads: int = 0):
+        self.path, self.threads = path, threads
+        self.notes: list[str] = []
+        wanted = ["cuda", "cpu"] if providers == "auto" else list(providers)
+        if "cuda" in wanted:
+            reason = _cuda_unavailable_reason()
+            if reason:
+                if providers != "auto" and wanted == ["cuda"]:
+                    raise ModelError(f"runtime.providers: CUDA requested but unusable: {reason}; add cpu or use auto")
+                self.notes.append(f"CUDA not used: {reason}")
+                wanted.remove("cuda")
+            elif hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* pip packages, when installed
+        self.wanted = wanted
+        self._sessions: dict[tuple[str, ...], ort.InferenceSession] = {}
+        self.provider = ORT_NAMES[wanted[0]]
+        for outputs in output_sets:
+            self._session(tuple(outputs))
+
+    def _session(self, outputs: tuple[str, ...]) -> ort.InferenceSession:
+        if outputs not in self._sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.log_severity_level = 3
+            try:
+                session = ort.InferenceSession(_pruned(self.path, outputs), options,
+                                               providers=[ORT_NAMES[p] for p in self.wanted])
+            except Exception as error:  # noqa: BLE001 - ORT raises several types for a bad model file
+                raise ModelError(f"{self.path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None
+            provider = session.get_providers()[0]
+            if not self._sessions:
+                self.provider = provider
+                if "cuda" in self.wanted and provider != ORT_NAMES["cuda"]:
+                    self.notes.append("CUDA provider failed to initialise; running on CPU")
+            self._sessions[outputs] = session
+        return self._sessions[outputs]
+
+    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        session = self._session(tuple(outputs))
+        feeds = dict(zip(INPUTS, (inputs, targets.astype(np.int64)), strict=True))
+        if session.get_providers()[0] != ORT_NAMES["cuda"]:
+            return dict(zip(outputs, session.run(list(outputs), feeds), strict=True))
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return dict(zip(outputs, binding.copy_outputs_to_cpu(), strict=True))

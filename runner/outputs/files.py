@@ -1,0 +1,39 @@
+"""Files under output.dir: atomic writes whose temporary names are unique across processes and hosts, and
+the guard that keeps every output path inside output.dir."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+class OutputDirError(ValueError):
+    """output.dir cannot take this run (in use, another run's results, not writable): one line naming the fix."""
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside `path`, unique across threads, processes and machines sharing the folder."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside the target, then rename: a crash never leaves half a file, and several
+    writers (threads, processes, nodes) can write into one folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = temporary_name(path)
+    try:
+        with open(partial, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def inside(folder: Path, relative: str) -> Path:
+    """folder / relative, refusing a path that would leave the folder (ValueError, one line)."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder):
+        raise ValueError(f"output path {relative!r} would leave output.dir; rename the file")
+    return path

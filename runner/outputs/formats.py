@@ -1,0 +1,45 @@
+"""Output formats: how a heatmap or an overlay becomes the bytes of a file.
+
+A format is one encoder plus one entry in HEATMAP_FORMATS or OVERLAY_FORMATS (the key is the file
+extension); the manifest accepts exactly the keys of these tables.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+
+def _encoded(extension: str, image: np.ndarray, params: list[int] | None = None) -> bytes:
+    ok, data = cv2.imencode(extension, image, params or [])
+    if not ok:
+        raise OSError(f"OpenCV could not encode a {extension[1:]} image")
+    return data.tobytes()
+
+
+def heatmap_npy(values: np.ndarray, guided: bool) -> bytes:
+    """float16 values in [0,1]: [H,W], or [H,W,3] RGB for guided methods."""
+    buffer = io.BytesIO()
+    np.save(buffer, values.astype(np.float16))
+    return buffer.getvalue()
+
+
+def heatmap_png(values: np.ndarray, guided: bool) -> bytes:
+    """8-bit grey, or 8-bit colour for guided methods."""
+    image = np.round(values * 255).astype(np.uint8)
+    return _encoded(".png", image[:, :, ::-1] if guided else image)
+
+
+def overlay_jpg(image_bgr: np.ndarray, quality: int) -> bytes:
+    return _encoded(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+
+
+def overlay_png(image_bgr: np.ndarray, quality: int) -> bytes:
+    return _encoded(".png", image_bgr)
+
+
+HEATMAP_FORMATS: dict[str, Callable[[np.ndarray, bool], bytes]] = {"npy": heatmap_npy, "png": heatmap_png}
+OVERLAY_FORMATS: dict[str, Callable[[np.ndarray, int], bytes]] = {"jpg": overlay_jpg, "png": overlay_png}

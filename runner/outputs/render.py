@@ -1,0 +1,50 @@
+"""Maps -> heatmaps at the original image size, their peaks, and overlays on the photograph."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from onnxcam.runner.inputs.preprocess import Region
+from onnxcam.runner.manifest import COLORMAPS, Overlays
+from onnxcam.runner.methods.maps import normalise
+
+
+def to_image_size(map_: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:
+    """A [h,w] or [3,H,W] map resized bilinearly onto the region the model saw; zero outside it."""
+    x0, y0, x1, y1 = region
+    planar = map_.ndim == 3
+    resized = cv2.resize(map_.transpose(1, 2, 0) if planar else map_, (x1 - x0, y1 - y0),
+                         interpolation=cv2.INTER_LINEAR)
+    if (x0, y0, x1, y1) == (0, 0, width, height):
+        return resized
+    full = np.zeros((height, width, *resized.shape[2:]), np.float32)
+    full[y0:y1, x0:x1] = resized
+    return full
+
+
+def heatmap(map_: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:
+    """CAM-family map -> [H,W] float32 in [0,1] at the original image size."""
+    return normalise(to_image_size(map_, region, width, height)[None])[0]
+
+
+def guided_image(gradients: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:
+    """Guided gradients [3,H,W] (RGB) -> [H,W,3] RGB in [0,1], as pytorch-grad-cam's deprocess_image:
+    centred, scaled to 0.1 standard deviations around grey."""
+    rgb = to_image_size(gradients, region, width, height)
+    rgb = (rgb - rgb.mean()) / (rgb.std() + 1e-5) * 0.1 + 0.5
+    return np.clip(rgb, 0, 1)
+
+
+def peak(values: np.ndarray, guided: bool) -> tuple[int, int]:
+    """(x, y) of the strongest point: the heatmap maximum, or the largest |gradient| over channels."""
+    strength = np.abs(values - 0.5).max(axis=2) if guided else values
+    y, x = np.unravel_index(int(np.argmax(strength)), strength.shape)
+    return int(x), int(y)
+
+
+def overlay(image_bgr: np.ndarray, values: np.ndarray, guided: bool, style: Overlays) -> np.ndarray:
+    """Colormapped heatmap blended over the photo (alpha = heatmap weight); guided maps as their own image."""
+    if guided:
+        return np.round(values[:, :, ::-1] * 255).astype(np.uint8)
+    colored = cv2.applyColorMap(np.round(values * 255).astype(np.uint8), COLORMAPS[style.colormap])
+    return cv2.addWeighted(colored, style.alpha, image_bgr, 1 - style.alpha, 0)

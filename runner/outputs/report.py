@@ -1,0 +1,37 @@
+"""run.json: what a run did (counts, speed, provider, errors, costs) and with what (manifest, model, versions)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+from onnxcam.runner import __version__
+from onnxcam.runner.outputs.files import write_atomic
+
+if TYPE_CHECKING:
+    from onnxcam.runner.run import Run
+
+
+def write_run_json(run: Run) -> None:
+    s, m, costs = run.tally, run.manifest, run.tally.costs
+    report = {
+        "manifest": str(m.path), "model": str(m.model), "model_spec": run.info.model,
+        "target_layer": run.info.target_layer, "methods": m.methods, "targets": m.targets.kind,
+        "images": s.images, "ok": s.ok, "errors": s.errors, "rows": s.rows,
+        "already_done": s.already_done, "interrupted": s.interrupted,
+        "wall_s": round(s.seconds, 3), "model_s": round(costs.model_seconds, 3),
+        "images_per_s": round(s.images / s.seconds, 2) if s.seconds else 0.0,
+        "provider": run.backend.provider, "provider_notes": run.backend.notes, "batch_size": m.batch_size,
+        "workers": m.workers, "error_samples": s.error_samples,
+        "evaluate": m.evaluate and {"metrics": m.evaluate.metrics, "boxes": str(m.evaluate.boxes or ""),
+                                    "batch_size": m.evaluate.batch_size},
+        "cost": costs.report(),
+        "extra_passes_s": round(costs.extra_pass_seconds, 3),
+        "versions": {"onnxcam": __version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+                     "opencv": cv2.__version__, "python": platform.python_version()},
+    }
+    write_atomic(run.output_dir / "run.json", json.dumps(report, indent=2).encode())

@@ -1,0 +1,171 @@
+"""A run of a manifest: set-up, then an engine schedules the stages, then the reports.
+
+Set-up checks everything a user can get wrong before any work starts: the model serves the methods
+(ModelError), the manifest's targets and boxes fit the model (ManifestError), output.dir is free, writable and
+holds no other run's results (OutputDirError). The run is the driver: it alone appends to index.csv, adds up
+costs and shows progress, whichever engine computes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from onnxcam.runner.costs import Costs
+from onnxcam.runner.engines.local import LocalEngine
+from onnxcam.runner.evaluate import aggregate, curves
+from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
+from onnxcam.runner.manifest import Manifest
+from onnxcam.runner.methods import METHODS
+from onnxcam.runner.model.backend import Backend, ModelError, OnnxRuntimeBackend
+from onnxcam.runner.model.graph import GraphInfo, read_graph_info
+from onnxcam.runner.outputs import report
+from onnxcam.runner.outputs.files import OutputDirError
+from onnxcam.runner.outputs.index import IndexFile
+from onnxcam.runner.outputs.lock import RunLock
+from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
+from onnxcam.runner.progress import Progress
+from onnxcam.runner.stages import build_stages
+from onnxcam.runner.stages.explain import main_outputs
+
+MAX_ERRORS_IN_REPORT = 100
+MISSING_OUTPUT_FIX = {"input_gradients": "was exported with --no-guided; re-export without it",
+                      "plain_input_gradients": "was exported without --saliency; re-export with --saliency"}
+
+
+@dataclass
+class Tally:
+    """What a run did, for the last line and run.json."""
+
+    images: int = 0
+    ok: int = 0
+    errors: int = 0
+    rows: int = 0
+    already_done: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    costs: Costs = field(default_factory=Costs)
+    error_samples: list[dict[str, str]] = field(default_factory=list)
+    table: str = ""  # the faithfulness summary, as printed
+
+
+def check_model(manifest: Manifest, info: GraphInfo) -> None:
+    """Every method of the manifest can run on this explain graph (ModelError naming the fix if not)."""
+    for name, options in manifest.methods.items():
+        method = METHODS[name]
+        if method.needs_gap_head and not info.gap_linear_head:
+            raise ModelError(f"{manifest.path}: methods: 'cam' needs a model whose head is global-average-pool -> "
+                             f"linear, and {manifest.model.name} ({info.model}) is not; use gradcam")
+        for output in (*method.needs, method.extra_pass_output):
+            if output in MISSING_OUTPUT_FIX and output not in info.outputs:
+                raise ModelError(f"{manifest.path}: methods: '{name}' needs {output}, and {manifest.model.name} "
+                                 f"{MISSING_OUTPUT_FIX[output]}")
+        if "patch" in options and options["patch"] > min(info.preprocessing.size):
+            raise ModelError(f"{manifest.path}: {name}.patch: {options['patch']} is larger than the model input "
+                             f"{list(info.preprocessing.size)}; use a smaller patch")
+
+
+def output_sets(manifest: Manifest) -> list[tuple[str, ...]]:
+    """The sets of outputs the run asks the model for: the main pass, then each kind of extra pass."""
+    extra = {METHODS[name].extra_pass_output for name in manifest.methods} - {""}
+    if manifest.evaluate and manifest.evaluate.wanted(runs_model=True):
+        extra.add("logits")
+    return [main_outputs(manifest.methods), *((output,) for output in sorted(extra))]
+
+
+class Run:
+    def __init__(self, manifest: Manifest, quiet: bool = False, stream: TextIO | None = None,
+                 backend: Backend | None = None):
+        self.manifest, self.quiet, self.stream = manifest, quiet, stream
+        try:
+            self.info = read_graph_info(manifest.model)
+        except Exception as error:  # noqa: BLE001 - a protobuf parse error or missing metadata
+            raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
+        check_model(manifest, self.info)
+        self.backend = backend or OnnxRuntimeBackend(manifest.model, manifest.providers, output_sets(manifest))
+        self.stages = build_stages(manifest, self.info, self.backend)
+        self.methods = list(manifest.methods)
+        self.output_dir = manifest.output_dir
+        self.identity = run_identity(manifest)
+        self.index: IndexFile | None = None
+        self.tally = Tally()
+
+    def _refs(self) -> Iterator[ImageRef]:
+        m = self.manifest
+        return list_images(m.images_list) if m.images_list else walk_images(m.images_root, m.include)
+
+    def _todo(self, done: set[str]) -> Iterator[ImageRef]:
+        """Listed images not done yet, each once (memory grows only with the keys of images not done)."""
+        seen: set[str] = set()
+        for ref in self._refs():
+            if ref.key not in done and ref.key not in seen:
+                seen.add(ref.key)
+                yield ref
+
+    @contextmanager
+    def opened(self) -> Iterator[Run]:
+        """Holds output.dir for the run: its lock, the stamp check and the resumed index. Every problem with the
+        folder raises OutputDirError here, before any work starts."""
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise OutputDirError(f"output.dir: {self.output_dir} is a file, not a folder; pick another output.dir")
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputDirError(f"output.dir: {self.output_dir}: cannot create it ({error.strerror or error}); "
+                                 "pick a folder you can write to") from None
+        with RunLock(self.output_dir):
+            check_stamp(self.output_dir, self.identity)
+            self.index = IndexFile(self.output_dir / "index.csv", self.methods)
+            try:
+                write_stamp(self.output_dir, self.identity)
+                yield self
+            finally:
+                self.index.close()
+                self.index = None
+
+    def run(self) -> Tally:
+        """Runs every image not done yet; opens output.dir first unless `opened()` already holds it."""
+        if self.index is None:
+            with self.opened():
+                return self.run()
+        start = time.monotonic()
+        self.tally.already_done = len(self.index.done)
+        self.progress = Progress(sum(1 for _ in self._todo(self.index.done)), self.quiet, self.stream)
+        engine = LocalEngine(self.manifest.batch_size, self.manifest.workers)
+        try:
+            self.tally.interrupted = engine.run(self.stages, self._todo(self.index.done), self)
+        finally:
+            self.index.flush()
+            self.progress.close()
+        if self.manifest.evaluate:
+            self._summarise()
+        self.tally.seconds = time.monotonic() - start
+        report.write_run_json(self)
+        return self.tally
+
+    # -- the sink: what the engine hands back ----------------------------------------------------------------
+
+    def add_rows(self, rows: list[dict[str, object]]) -> None:
+        self.index.append(rows)
+        tally, failed = self.tally, rows[0]["status"] == "error"
+        tally.images += 1
+        tally.errors += failed
+        tally.ok += not failed
+        tally.rows += len(rows)
+        if failed and len(tally.error_samples) < MAX_ERRORS_IN_REPORT:
+            tally.error_samples.append({"image": rows[0]["image"], "error": rows[0]["error"]})
+        self.progress.update(1, int(failed))
+
+    def add_costs(self, costs: Costs) -> None:
+        self.tally.costs.add(costs)
+
+    def _summarise(self) -> None:
+        """summary.csv, the table printed at the end, and the mean curves, over every row of index.csv."""
+        metrics = list(self.manifest.evaluate.metrics)
+        table = aggregate.read_figures(self.output_dir / "index.csv", self.methods, metrics)
+        aggregate.write_summary_csv(self.output_dir / "summary.csv", table, metrics)
+        curves.plot_all_curves(self.output_dir / "curves", table)
+        self.tally.table = aggregate.format_table(table, metrics)

@@ -1,0 +1,35 @@
+"""The stages compute; they know nothing of threads, processes or machines (the engines schedule them).
+
+    ImageRef --read--> DecodedImage --explain (a batch)--> ImageResult --write--> index rows
+
+`read` decodes and preprocesses one file, `explain` runs a batch of decoded images through the model and
+the methods (and the metrics that run the model), `write` renders and writes one image's files and returns
+its index rows. Each is a callable built once per worker from the manifest and the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxcam.runner.manifest import Manifest
+from onnxcam.runner.model.backend import Backend
+from onnxcam.runner.model.graph import GraphInfo
+from onnxcam.runner.stages.explain import ExplainStage
+from onnxcam.runner.stages.read import ReadStage
+from onnxcam.runner.stages.write import WriteStage
+from onnxcam.runner.targets import TargetPlan
+
+
+@dataclass
+class Stages:
+    read: ReadStage
+    explain: ExplainStage
+    write: WriteStage
+
+
+def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend) -> Stages:
+    """The three stages of a run; raises ManifestError where the manifest and the model disagree."""
+    plan = TargetPlan(manifest.targets, info.labels, info.output_activation)
+    return Stages(read=ReadStage(info.preprocessing, manifest.max_pixels),
+                  explain=ExplainStage(backend, info, plan, manifest.methods, manifest.evaluate, manifest.batch_size),
+                  write=WriteStage(manifest, info.labels))

@@ -1,0 +1,138 @@
+"""The batch stage: decoded images -> per image and target, every method's map and (with evaluate) the scores
+of the metrics that run the model, plus what it all cost.
+
+Each image first runs with its initial targets (top-1, named classes, or its labels-file class); `topk` and
+`threshold` targets then add follow-up passes for the further classes, which go first in the queue so an
+image finishes within the call. Pairs (image, target) run through the model `batch_size` at a time. A failed
+model batch, method or metric turns the images of that batch into error rows; the others go on. Results come
+back in the order the images finished (those that could not run first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from onnxcam.runner.costs import Cost, Costs
+from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation
+from onnxcam.runner.methods import METHODS
+from onnxcam.runner.model.backend import Backend
+from onnxcam.runner.model.graph import OUTPUTS, GraphInfo, probabilities
+from onnxcam.runner.model.passes import ExtraPasses
+from onnxcam.runner.stages.items import BatchResult, DecodedImage, ImageResult, TargetResult, one_line
+from onnxcam.runner.targets import TOP1, TargetPlan
+
+Pair = tuple[ImageResult, int]
+
+
+def main_outputs(methods: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The explain-graph outputs the main pass must return for these methods (logits always)."""
+    needed = {output for name in methods for output in METHODS[name].needs}
+    return ("logits", *(output for output in OUTPUTS[1:] if output in needed))
+
+
+class ExplainStage:
+    def __init__(self, backend: Backend, info: GraphInfo, plan: TargetPlan, methods: dict[str, dict[str, Any]],
+                 evaluation: Evaluation | None, batch_size: int):
+        self.backend, self.info, self.plan, self.methods = backend, info, plan, methods
+        self.evaluation, self.batch_size = evaluation, batch_size
+        self.outputs = main_outputs(methods)
+        self.passes = ExtraPasses(backend, info)
+        self.scoring = Scoring(self.passes, evaluation.batch_size) if evaluation else None
+
+    def __call__(self, images: list[DecodedImage]) -> BatchResult:
+        finished: list[ImageResult] = []
+        pending: dict[int, int] = {}  # id(result) -> pairs not run yet
+        pairs: deque[Pair] = deque()
+        for image in images:
+            result = ImageResult(image, error=image.error)
+            if not result.error:
+                try:
+                    targets = self.plan.initial(image.ref.key)
+                    pending[id(result)] = len(targets)
+                    pairs.extend((result, target) for target in targets)
+                    continue
+                except KeyError:
+                    result.error = f"no row for this image in {self.plan.targets.labels_file.name}"
+            finished.append(result)
+        costs, extra_seconds = Costs(), self.passes.seconds
+        while pairs:
+            chunk = [pairs.popleft() for _ in range(min(self.batch_size, len(pairs)))]
+            finished += self._run_chunk(chunk, pairs, pending, costs)
+        costs.extra_pass_seconds = self.passes.seconds - extra_seconds
+        return BatchResult(finished, costs)
+
+    def _run_chunk(self, chunk: list[Pair], pairs: deque[Pair], pending: dict[int, int], costs: Costs
+                   ) -> list[ImageResult]:
+        """Runs one model batch of (image, target) pairs; returns the images whose every target is now done."""
+        start = time.perf_counter()
+        try:
+            inputs = np.stack([result.decoded.tensor for result, _ in chunk])
+            out = self.backend.run(self.outputs, inputs, np.array([target for _, target in chunk], np.int64))
+        except Exception as error:  # noqa: BLE001 - ORT raises its own types (e.g. out of memory)
+            return _fail(chunk, pairs, f"ONNX Runtime failed on this batch ({one_line(error)})")
+        costs.model_seconds += time.perf_counter() - start
+        scores = probabilities(out["logits"], self.info.output_activation)
+        finished, kept, chosen = [], [], []
+        for i, (result, target) in enumerate(chunk):
+            top = int(np.argmax(scores[i]))
+            if result.pred is None:
+                result.pred = (top, float(scores[i, top]))
+            keep = True
+            if target == TOP1 and self.plan.needs_scores:
+                keep, more = self.plan.follow_up(scores[i])
+                pending[id(result)] += len(more)
+                pairs.extendleft((result, c) for c in reversed(more))
+            if keep:
+                kept.append(i)
+                chosen.append(top if target == TOP1 else target)
+            pending[id(result)] -= 1
+            if pending[id(result)] == 0:
+                finished.append(result)
+        if not kept:
+            return finished
+        out = {name: value[kept] for name, value in out.items()}
+        out |= {"input": inputs[kept], "target": np.array(chosen, np.int64)}
+        try:
+            targets = self._explain(out, scores[kept, chosen], costs)
+        except Exception as error:  # noqa: BLE001 - an extra pass can fail too (out of memory on a big batch)
+            return _fail(chunk, pairs, f"a method or metric failed on this batch ({one_line(error)})")
+        for k, target_result in zip(kept, targets, strict=True):
+            chunk[k][0].targets.append(target_result)
+        return finished
+
+    def _explain(self, out: dict[str, np.ndarray], scores: np.ndarray, costs: Costs) -> list[TargetResult]:
+        """Every method's maps (and, with evaluate, the model-run metrics) for the kept (image, class) pairs."""
+        maps = {}
+        for name, options in self.methods.items():
+            start, passes = time.perf_counter(), self.passes.count
+            maps[name] = METHODS[name](out, options, self.passes)
+            cost = costs.methods.setdefault(name, Cost())
+            cost.rows += len(scores)
+            cost.seconds += time.perf_counter() - start
+            cost.model_passes += self.passes.count - passes
+        results = [TargetResult(int(out["target"][k]), float(scores[k]), {name: maps[name][k].copy() for name in maps})
+                   for k in range(len(scores))]
+        if self.evaluation and self.evaluation.wanted(runs_model=True):
+            size = out["input"].shape[2:]
+            pairs = [(result, name) for result in results for name in maps]
+            rows = [MetricRow(result.target_class, result.score, out["input"][k], explanation(maps[name][k], size))
+                    for k, result in enumerate(results) for name in maps]
+            values = self.evaluation.score(rows, self.scoring, runs_model=True, costs=costs.metrics)
+            for (result, name), metrics in zip(pairs, values, strict=True):
+                result.metrics[name] = metrics
+        return results
+
+
+def _fail(chunk: list[Pair], pairs: deque[Pair], message: str) -> list[ImageResult]:
+    """Every image of the chunk becomes an error row, its other targets dropped; the rest of the batch goes on.
+    Returns those images (all finished now)."""
+    failed = {id(result): result for result, _ in chunk}
+    for result in failed.values():
+        result.error, result.targets = message, []
+    remaining = [(result, target) for result, target in pairs if id(result) not in failed]
+    pairs.clear()
+    pairs.extend(remaining)
+    return list(failed.values())

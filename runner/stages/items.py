@@ -1,0 +1,51 @@
+"""What flows between the stages: a decoded image, its results per target, and a batch's results and costs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnxcam.runner.costs import Costs
+from onnxcam.runner.inputs.listing import ImageRef
+from onnxcam.runner.inputs.preprocess import Region
+
+
+@dataclass
+class DecodedImage:
+    ref: ImageRef
+    image: np.ndarray | None = None  # 8-bit BGR [H,W,3] at the original size
+    tensor: np.ndarray | None = None  # the model input [3,H,W]
+    region: Region = (0, 0, 0, 0)  # the part of the image the model saw
+    error: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.image.shape[1], self.image.shape[0]) if self.image is not None else (0, 0)
+
+
+@dataclass
+class TargetResult:
+    target_class: int
+    score: float
+    maps: dict[str, np.ndarray]  # method -> its map (model or target-layer resolution)
+    metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # method -> metric column -> value
+
+
+@dataclass
+class ImageResult:
+    decoded: DecodedImage
+    error: str = ""  # why the image has no results (decoding, the labels file, a failed batch)
+    pred: tuple[int, float] | None = None  # the model's top-1 class and score
+    targets: list[TargetResult] = field(default_factory=list)  # none: a threshold selected no class
+
+
+@dataclass
+class BatchResult:
+    images: list[ImageResult]
+    costs: Costs
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (at most 300 characters), for an error row."""
+    text = " ".join(str(error).split())
+    return text[:300] or type(error).__name__

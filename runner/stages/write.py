@@ -1,0 +1,90 @@
+"""The write stage: one image's results -> its heatmap and overlay files under output.dir, and its index rows
+(with the metrics scored on the rendered map, such as the pointing game). Any failure while writing turns the
+image into one error row; nothing here touches index.csv itself, which only the run's driver appends to."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnxcam.runner.evaluate.boxes import read_boxes
+from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring
+from onnxcam.runner.manifest import Manifest, ManifestError
+from onnxcam.runner.methods import METHODS
+from onnxcam.runner.outputs import render
+from onnxcam.runner.outputs.files import inside, write_atomic
+from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
+from onnxcam.runner.stages.items import ImageResult, TargetResult, one_line
+
+IndexRow = dict[str, object]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, np.ndarray):
+        return " ".join(f"{v:.4g}" for v in value)
+    return f"{value:.6g}"
+
+
+class WriteStage:
+    def __init__(self, manifest: Manifest, labels: list[str]):
+        self.output_dir, self.labels = manifest.output_dir, labels
+        self.methods = list(manifest.methods)
+        self.heatmaps, self.overlays = manifest.heatmaps, manifest.overlays
+        self.evaluation: Evaluation | None = manifest.evaluate
+        boxes = {}
+        if self.evaluation and self.evaluation.boxes:
+            try:
+                boxes = read_boxes(self.evaluation.boxes, labels)
+            except ValueError as error:
+                raise ManifestError(f"{manifest.path}: {error}") from None
+        self.scoring = Scoring(boxes=boxes)
+
+    def __call__(self, result: ImageResult) -> list[IndexRow]:
+        if result.error:
+            return [self._row(result, status="error", error=result.error)]
+        if not result.targets:
+            return [self._row(result, status="no_target")]
+        try:
+            return [self._write(result, target, method) for target in result.targets for method in self.methods]
+        except Exception as error:  # noqa: BLE001 - a full disk or an odd image must not stop the run
+            return [self._row(result, status="error", error=f"cannot write outputs ({one_line(error)})")]
+
+    def _write(self, result: ImageResult, target: TargetResult, method: str) -> IndexRow:
+        decoded = result.decoded
+        (width, height), guided = decoded.size, METHODS[method].guided
+        render_map = render.guided_image if guided else render.heatmap
+        values = render_map(target.maps[method], decoded.region, width, height)
+        stem = f"{decoded.ref.key}.{method}.{target.target_class}"
+        paths = {"heatmap_path": "", "overlay_path": ""}
+        if self.heatmaps != "none":
+            paths["heatmap_path"] = f"{stem}.{self.heatmaps}"
+            self._save(paths["heatmap_path"], HEATMAP_FORMATS[self.heatmaps](values, guided))
+        if self.overlays is not None:
+            paths["overlay_path"] = f"{stem}.{self.overlays.format}"
+            picture = render.overlay(decoded.image, values, guided, self.overlays)
+            self._save(paths["overlay_path"], OVERLAY_FORMATS[self.overlays.format](picture, self.overlays.quality))
+        x, y = render.peak(values, guided)
+        return self._row(result, target_class=target.target_class, target_label=self.labels[target.target_class],
+                         target_score=f"{target.score:.6g}", method=method, peak_x=x, peak_y=y, **paths,
+                         **self._metric_cells(result, target, method, (x, y)))
+
+    def _save(self, relative: str, data: bytes) -> None:
+        write_atomic(inside(self.output_dir, relative), data)
+
+    def _metric_cells(self, result: ImageResult, target: TargetResult, method: str, peak: tuple[int, int]
+                      ) -> dict[str, str]:
+        if not self.evaluation:
+            return {}
+        values = dict(target.metrics.get(method, {}))
+        if self.evaluation.wanted(runs_model=False):
+            row = MetricRow(target.target_class, target.score, image=result.decoded.ref.key, peak=peak)
+            values |= self.evaluation.score([row], self.scoring, runs_model=False)[0]
+        return {key: _cell(value) for key, value in values.items()}
+
+    def _row(self, result: ImageResult, **values) -> IndexRow:
+        width, height = result.decoded.size
+        row: IndexRow = {"image": result.decoded.ref.key, "status": "ok", "width": width or "", "height": height or ""}
+        if result.pred is not None:
+            row.update(pred_class=result.pred[0], pred_label=self.labels[result.pred[0]],
+                       pred_score=f"{result.pred[1]:.6g}")
+        return row | values

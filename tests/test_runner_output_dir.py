@@ -1,0 +1,152 @@
+"""output.dir: one run at a time (the lock), a dead run's lock blocks nothing, resume streams and cuts out what is
+not complete or not first, temporary names never collide, and every mistake about the folder is one line."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from onnxcam.runner.cli import main
+from onnxcam.runner.manifest import load_manifest
+from onnxcam.runner.outputs.files import OutputDirError, temporary_name, write_atomic
+from onnxcam.runner.outputs.index import COLUMNS, IndexFile
+from onnxcam.runner.outputs.lock import LOCK_NAME, RunLock
+from onnxcam.runner.run import Run
+from runner_helpers import read_index, start_run, wait_for_rows, write_images, write_manifest
+
+
+@pytest.fixture(scope="module")
+def toy(exported) -> Path:
+    return exported("toy_models:relu_net")[1].path
+
+
+def run_cli(capsys, manifest: Path) -> tuple[int, list[str]]:
+    code = main(["run", str(manifest), "--quiet"])
+    return code, capsys.readouterr().out.strip().splitlines()
+
+
+def keys(out: Path) -> collections.Counter:
+    return collections.Counter((row["image"], row["target_class"], row["method"]) for row in read_index(out))
+
+
+def test_a_second_run_on_the_same_folder_exits_2_naming_the_holder(toy, tmp_path):
+    write_images(tmp_path / "images", 300)
+    manifest = write_manifest(tmp_path, toy, tmp_path / "images", methods=["gradcam", "hirescam"])
+    first = start_run(manifest)
+    wait_for_rows(tmp_path / "out" / "index.csv", 8, first)
+    second = subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest)], capture_output=True,
+                            text=True, timeout=120)
+    lines = second.stdout.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stdout + second.stderr
+    assert f"is in use by pid {first.pid} on " in lines[0] and "running since 20" in lines[0], lines[0]
+    assert "wait for that run to end, or pick another output.dir" in lines[0]
+    assert first.wait(timeout=300) == 0
+    counts = keys(tmp_path / "out")
+    assert len(counts) == 300 * 2 and max(counts.values()) == 1, "every (image, target, method) exactly once"
+    assert (tmp_path / "out" / LOCK_NAME).read_text() == "", "the lock file is left empty"
+
+
+@pytest.mark.slow
+def test_the_lock_of_a_killed_run_blocks_nothing(toy, tmp_path, capsys):
+    write_images(tmp_path / "images", 300)
+    manifest = write_manifest(tmp_path, toy, tmp_path / "images")
+    process = start_run(manifest)
+    wait_for_rows(tmp_path / "out" / "index.csv", 8, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    holder = json.loads((tmp_path / "out" / LOCK_NAME).read_text())
+    assert holder["pid"] == process.pid, "the dead run's note is still there"
+    code, lines = run_cli(capsys, manifest)
+    assert code == 0 and "already done)" in lines[-1], lines
+    counts = keys(tmp_path / "out")
+    assert len(counts) == 300 and max(counts.values()) == 1
+    assert not list((tmp_path / "out").glob(".*.partial")), "no temporary files left"
+
+
+def test_a_lock_note_from_a_lost_node_blocks_nothing(toy, tmp_path, capsys):
+    write_images(tmp_path / "images", 2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_NAME).write_text(json.dumps({"host": "node-17", "pid": 4242, "since": "yesterday"}))
+    code, lines = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images"))
+    assert code == 0 and lines[-1].startswith("onnxcam run: done: 2 images"), lines
+
+
+def test_a_run_in_the_same_process_is_refused_too(toy, tmp_path):
+    write_images(tmp_path / "images", 2)
+    manifest = load_manifest(write_manifest(tmp_path, toy, tmp_path / "images"))
+    (tmp_path / "out").mkdir()
+    with RunLock(tmp_path / "out"), pytest.raises(OutputDirError, match="is in use by pid"):
+        Run(manifest, quiet=True).run()
+    assert Run(manifest, quiet=True).run().images == 2, "released when the holder ends"
+
+
+def test_output_dir_mistakes_are_one_line(toy, tmp_path, capsys):
+    write_images(tmp_path / "images", 2)
+    manifest = write_manifest(tmp_path, toy, tmp_path / "images")
+    out = tmp_path / "out"
+    out.write_text("a file, not a folder")
+    code, lines = run_cli(capsys, manifest)
+    assert code == 2 and lines == [f"onnxcam run: error: output.dir: {out} is a file, not a folder; pick another "
+                                   "output.dir"]
+    out.unlink()
+    out.mkdir()
+    cases = [
+        (b"name,size\na.jpg,3\n", "is not an onnxcam index of this version (columns differ); move it away"),
+        (",".join(COLUMNS).encode() + b"\r\n\xff\xfe,ok\r\n", "is not an onnxcam index (not UTF-8 text)"),
+        (",".join(COLUMNS).encode() + b"\r\na.jpg,ok\r\n", "is not an onnxcam index (a row has 2 fields, not 24)"),
+    ]
+    for content, message in cases:
+        (out / "index.csv").write_bytes(content)
+        code, lines = run_cli(capsys, manifest)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("onnxcam run: error: output.dir: "), lines
+        assert message in lines[0]
+        assert (out / "index.csv").read_bytes() == content, "a foreign index is left as it was"
+    (out / "index.csv").write_text(",".join(COLUMNS) + "\r\n")
+    (out / ".onnxcam-run.json").write_text("{not json")
+    code, lines = run_cli(capsys, manifest)
+    assert code == 2 and len(lines) == 1 and "onnxcam-run.json is damaged; delete the folder" in lines[0], lines
+
+
+def _row(image: str, target: str, method: str, status: str = "ok") -> dict[str, str]:
+    return {"image": image, "status": status, "target_class": target, "method": method}
+
+
+def test_resume_keeps_the_first_complete_copy_of_each_image(tmp_path):
+    """A folder written twice at once by runs before the lock existed has every image's rows twice; a torn line
+    and an incomplete image sit among them. Resume keeps each complete image once, byte for byte."""
+    path = tmp_path / "index.csv"
+    index = IndexFile(path, ["gradcam", "layercam"])
+    complete = [[_row(f"{name}.jpg", "3", "gradcam"), _row(f"{name}.jpg", "3", "layercam")] for name in "abc"]
+    for rows in [complete[0], complete[1], complete[0], [_row("d.jpg", "1", "gradcam")], complete[2], complete[1],
+                 [_row("e.jpg", "", "", status="error")], complete[2]]:
+        index.append(rows)
+    index.close()
+    with open(path, "ab") as file:
+        file.write(b"f.jpg,ok,,1,1,")  # torn
+    lines = path.read_bytes().splitlines(keepends=True)
+    resumed = IndexFile(path, ["layercam", "gradcam"])
+    resumed.close()
+    assert resumed.done == {"a.jpg", "b.jpg", "c.jpg", "e.jpg"}
+    assert path.read_bytes() == b"".join(lines[i] for i in (0, 1, 2, 3, 4, 8, 9, 12)), "first copies, as they were"
+    again = IndexFile(path, ["gradcam", "layercam"])
+    again.close()
+    assert again.done == resumed.done and path.read_bytes() == b"".join(lines[i] for i in (0, 1, 2, 3, 4, 8, 9, 12))
+
+
+def test_temporary_names_are_unique_and_concurrent_writes_are_whole(tmp_path):
+    target = tmp_path / "same.bin"
+    assert len({temporary_name(target) for _ in range(1000)}) == 1000
+    payloads = [bytes([k]) * 200_000 for k in range(16)]
+    threads = [threading.Thread(target=write_atomic, args=(target, payload)) for payload in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert target.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["same.bin"], "no temporary file left behind"

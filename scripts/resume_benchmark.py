@@ -2,10 +2,11 @@
 holds a large index.csv. A script, not a test; run it with nothing else running.
 
     python scripts/resume_benchmark.py [--model exports/efficientnet-lite0.onnx] [--images 1000000] [--new 4]
-                                       [--torn] [--folder DIR]
+                                       [--torn] [--walk] [--folder DIR]
 
 Writes, into a scratch folder: a list file naming `--images` done images (they need not exist: done images are
-never opened) followed by `--new` real photographs, an index.csv holding two methods' rows for every done image
+never opened) followed by `--new` real photographs (with `--walk`: a folder holding an empty file for every done
+image and the photographs, which the run walks), an index.csv holding two methods' rows for every done image
 (as a real run writes them), the run stamp, and the manifest. Then runs `onnxcam run` in its own process and
 prints its peak RSS (VmHWM), the seconds from its start to the first new image's rows in index.csv, and the
 index's size. `--torn` cuts the index's last line in half, so the resume must also rewrite the file.
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--new", type=int, default=4)
     parser.add_argument("--torn", action="store_true")
+    parser.add_argument("--walk", action="store_true", help="images in a folder (empty files) instead of a list")
     parser.add_argument("--folder", type=Path, help="scratch folder (default: a temporary one, removed at the end)")
     args = parser.parse_args()
     if not args.model.is_file():
@@ -72,11 +74,19 @@ def main() -> None:
     folder = args.folder or Path(tempfile.mkdtemp(prefix="onnxcam-resume-"))
     try:
         photos = write_photos(folder / "new")[:args.new]
-        with open(folder / "files.txt", "w", encoding="utf-8") as listing:
-            listing.writelines(f"{done_key(i)}\n" for i in range(args.images))
-            listing.writelines(f"new/{photo.name}\n" for photo in photos)
+        if args.walk:
+            for i in range(args.images):
+                if i % 1000 == 0:
+                    (folder / done_key(i)).parent.mkdir(parents=True)
+                (folder / done_key(i)).touch()
+            images = {"root": ".", "include": ["photos/**/*.jpg", "new/*.jpg"]}
+        else:
+            with open(folder / "files.txt", "w", encoding="utf-8") as listing:
+                listing.writelines(f"{done_key(i)}\n" for i in range(args.images))
+                listing.writelines(f"new/{photo.name}\n" for photo in photos)
+            images = {"list": "files.txt"}
         (folder / "manifest.yaml").write_text(yaml.safe_dump({
-            "model": str(args.model.resolve()), "images": {"list": "files.txt"}, "methods": list(METHODS),
+            "model": str(args.model.resolve()), "images": images, "methods": list(METHODS),
             "output": {"dir": "out"}, "runtime": {"providers": ["cpu"], "batch_size": 8, "workers": 2}}))
         out = folder / "out"
         out.mkdir(exist_ok=True)
@@ -85,7 +95,7 @@ def main() -> None:
         write_index(index, args.images)
         if args.torn:
             with open(index, "ab") as file:
-                file.write(b"new/half-written.jpg,ok,,500,")
+                file.write(b"photos/half-written.jpg,ok,,500,")
         write_stamp(out, run_identity(load_manifest(folder / "manifest.yaml")))
         size = index.stat().st_size
         print(f"index.csv: {args.images:,} done images x {len(METHODS)} methods, {size / 1e6:.0f} MB "

@@ -66,7 +66,7 @@ def metadata_only_graph(path: Path) -> Path:
 def decoded(seed: int) -> DecodedImage:
     rng = np.random.default_rng(seed)
     tensor = rng.normal(0, 1, (3, SIZE, SIZE)).astype(np.float32)
-    return DecodedImage(ImageRef(f"img{seed}.png", Path(f"img{seed}.png")), np.zeros((SIZE, SIZE, 3), np.uint8),
+    return DecodedImage(ImageRef(f"img{seed}.png", f"img{seed}.png"), np.zeros((SIZE, SIZE, 3), np.uint8),
                         tensor, (0, 0, SIZE, SIZE))
 
 

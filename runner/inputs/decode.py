@@ -58,10 +58,11 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     raise ImageError("truncated JPEG (ends before the image data)")
 
 
-def decode_image(path: Path, max_pixels: int) -> np.ndarray:
+def decode_image(path: str | Path, max_pixels: int) -> np.ndarray:
     """Decode to 8-bit BGR [H,W,3], EXIF orientation applied; grey, alpha, 16-bit and CMYK are converted."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as error:
         raise ImageError(f"cannot read ({error.strerror or error})") from None
     if not data:

@@ -204,7 +204,7 @@ def _evaluate(reader: _Reader, value: Any) -> Evaluation | None:
     value = {} if value is True else value
     reader.mapping(value, "evaluate", ("metrics", "boxes", "batch_size", *(m for m in METRICS if METRICS[m].options)))
     boxes = reader.file(value["boxes"], "evaluate.boxes") if "boxes" in value else None
-    default = [m for m in METRICS if m != "pointing_game" or boxes]
+    default = [m for m in METRICS if boxes or not METRICS[m].needs_boxes]
     names = value.get("metrics", default)
     reader.typed(names, "evaluate.metrics", list, f"a list of metrics ({', '.join(METRICS)})")
     if not names:
@@ -216,8 +216,9 @@ def _evaluate(reader: _Reader, value: Any) -> Evaluation | None:
             raise reader.fail("evaluate.metrics", f"unknown metric '{name}'; {hint}")
     if len(set(names)) != len(names):
         raise reader.fail("evaluate.metrics", "a metric is listed twice")
-    if "pointing_game" in names and boxes is None:
-        raise reader.fail("evaluate.boxes", "pointing_game needs a boxes file (CSV: image,x0,y0,x1,y1[,class])")
+    for name in names:
+        if METRICS[name].needs_boxes and boxes is None:
+            raise reader.fail("evaluate.boxes", f"{name} needs a boxes file (CSV: image,x0,y0,x1,y1[,class])")
     for name in value:
         if name in METRICS and name not in names:
             raise reader.fail(f"evaluate.{name}", f"options for a metric that is not in evaluate.metrics; add {name}")

@@ -117,6 +117,8 @@ class Run:
             raise OutputDirError(f"output.dir: {self.output_dir}: cannot create it ({error.strerror or error}); "
                                  "pick a folder you can write to") from None
         with RunLock(self.output_dir):
+            for stale in self.output_dir.glob(".*.partial"):  # left by a killed run (index rewrite, stamp, reports)
+                stale.unlink(missing_ok=True)
             check_stamp(self.output_dir, self.identity)
             self.index = IndexFile(self.output_dir / "index.csv", self.methods)
             try:

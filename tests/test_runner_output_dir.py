@@ -108,9 +108,21 @@ def test_output_dir_mistakes_are_one_line(toy, tmp_path, capsys):
         assert message in lines[0]
         assert (out / "index.csv").read_bytes() == content, "a foreign index is left as it was"
     (out / "index.csv").write_text(",".join(COLUMNS) + "\r\n")
-    (out / ".onnxcam-run.json").write_text("{not json")
-    code, lines = run_cli(capsys, manifest)
-    assert code == 2 and len(lines) == 1 and "onnxcam-run.json is damaged; delete the folder" in lines[0], lines
+    for damaged in ("{not json", '{"methods": 5}', '["a", "list"]'):
+        (out / ".onnxcam-run.json").write_text(damaged)
+        code, lines = run_cli(capsys, manifest)
+        assert code == 2 and len(lines) == 1 and "onnxcam-run.json is damaged; delete the folder" in lines[0], lines
+
+
+def test_temporary_files_of_a_killed_run_are_cleared_and_a_torn_header_is_rewritten(toy, tmp_path, capsys):
+    write_images(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".index.csv.0123abcd.partial").write_bytes(b"half of a rewrite")
+    (out / "index.csv").write_bytes(b"image,status,err")
+    code, lines = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images"))
+    assert code == 0 and lines[-1].startswith("onnxcam run: done: 2 images"), lines
+    assert not list(out.glob(".*.partial")) and len(read_index(out)) == 2
 
 
 def _row(image: str, target: str, method: str, status: str = "ok") -> dict[str, str]:

@@ -163,6 +163,7 @@ class Metric:
     options: dict[str, Option] = field(default_factory=dict)
     curve: bool = False  # also fills `<name>_curve` (the score curve, space-separated)
     runs_model: bool = True  # scored in the batch stage with extra passes; else in the write stage
+    needs_boxes: bool = False  # needs evaluate.boxes (and is left out of the default metrics without it)
 
     def columns(self, name: str) -> tuple[str, ...]:
         return (name, f"{name}_curve") if self.curve else (name,)
@@ -176,7 +177,7 @@ METRICS: dict[str, Metric] = {
                        curve=True),
     "insertion": Metric(insertion, {"steps": Option(20, 2, 1000), "baseline": Option("blur", choices=FILLS)},
                         curve=True),
-    "pointing_game": Metric(pointing_game, runs_model=False),
+    "pointing_game": Metric(pointing_game, runs_model=False, needs_boxes=True),
 }
 CURVES = tuple(name for name, metric in METRICS.items() if metric.curve)
 COLUMNS = (*METRICS, *(f"{name}_curve" for name in CURVES))  # index.csv's metric columns

@@ -2,7 +2,7 @@
 
 A backend runs batches of (`input` [N,3,H,W] float32, `target` [N] int64) through the explain graph and
 returns the outputs asked for, by name, as NumPy arrays. The stages call nothing else, so another runtime
-(or a NumPy model in the tests) is one class with a `run` method and a `provider` name.
+(or a NumPy model in the tests) is one class with a `run` method, a `provider` name and its `notes`.
 """
 
 from __future__ import annotations

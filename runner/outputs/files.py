@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -17,14 +18,15 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside the target, then rename: a crash never leaves half a file, and several
-    writers (threads, processes, nodes) can write into one folder."""
+def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write `data` (bytes, or blocks of bytes) to a temporary name beside the target, then rename: a crash never
+    leaves half a file, and several writers (threads, processes, nodes) can write into one folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = temporary_name(path)
     try:
         with open(partial, "wb") as file:
-            file.write(data)
+            for block in [data] if isinstance(data, bytes) else data:
+                file.write(block)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)

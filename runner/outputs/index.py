@@ -4,7 +4,8 @@ All rows of one image go out in a single unbuffered write by the one process tha
 so a crash leaves whole images (and at worst one torn last line). On resume the file is streamed once: an
 image counts as done when its rows are an error row, a no-target row, or every manifest method for every
 target. Torn lines, incomplete images and any later copy of a done image are cut out by copying the file's
-other bytes, so memory grows with the number of done images (their keys), never with rows or columns.
+other bytes, so memory grows with the number of images (the done ones' keys, the byte ranges of the ones cut
+out), never with rows or columns.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from onnxcam.runner.evaluate.metrics import COLUMNS as METRIC_COLUMNS
-from onnxcam.runner.outputs.files import OutputDirError, temporary_name
+from onnxcam.runner.outputs.files import OutputDirError, write_atomic
 
 COLUMNS = ("image", "status", "error", "width", "height", "pred_class", "pred_label", "pred_score",
            "target_class", "target_label", "target_score", "method", "heatmap_path", "overlay_path",
@@ -73,14 +74,7 @@ class IndexFile:
     def _write_header(self) -> None:
         buffer = io.StringIO(newline="")
         csv.writer(buffer).writerow(COLUMNS)
-        self._replace_with([buffer.getvalue().encode("utf-8")])
-
-    def _replace_with(self, blocks) -> None:
-        partial = temporary_name(self.path)
-        with open(partial, "wb") as out:
-            for block in blocks:
-                out.write(block)
-        os.replace(partial, self.path)
+        write_atomic(self.path, buffer.getvalue().encode("utf-8"))
 
     def _resume(self, methods: list[str]) -> None:
         """Streams the index once; collects done keys and the byte ranges to cut out, then cuts them."""
@@ -92,30 +86,34 @@ class IndexFile:
             reader = csv.reader(lines)
             header = next(reader, None)
             if header is None:  # a torn header line: nothing was written after it
-                self._write_header()
-                return
-            if tuple(header) != COLUMNS:
+                cuts = None
+            elif tuple(header) != COLUMNS:
                 raise OutputDirError(f"output.dir: {self.path} is not an onnxcam index of this version (columns "
                                      "differ); move it away or pick another output.dir")
-            cuts: list[tuple[int, int]] = []  # [start, end) byte ranges of groups that are not kept
-            group: list[list[str]] = []
-            start = position = lines.position
-            for row in reader:
-                if len(row) != len(COLUMNS):
-                    raise OutputDirError(f"output.dir: {self.path} is not an onnxcam index (a row has {len(row)} "
-                                         f"fields, not {len(COLUMNS)}); move it away or pick another output.dir")
-                if group and row[IMAGE] != group[0][IMAGE]:
-                    self._close_group(group, methods, cuts, start, position)
-                    group, start = [], position
-                group.append(row)
-                position = lines.position
-            if group:
-                self._close_group(group, methods, cuts, start, lines.position)
-            if end < size:
-                cuts.append((end, size))
-            if cuts:
-                file.seek(0)
-                self._replace_with(self._kept_bytes(file, cuts))
+            else:
+                cuts = self._scan(reader, lines, methods) + ([(end, size)] if end < size else [])
+        if cuts is None:
+            self._write_header()
+        elif cuts:
+            write_atomic(self.path, self._kept_bytes(cuts))
+
+    def _scan(self, reader, lines: _Lines, methods: list[str]) -> list[tuple[int, int]]:
+        """Reads the rows after the header; returns the [start, end) byte ranges of the groups not kept."""
+        cuts: list[tuple[int, int]] = []
+        group: list[list[str]] = []
+        start = position = lines.position
+        for row in reader:
+            if len(row) != len(COLUMNS):
+                raise OutputDirError(f"output.dir: {self.path} is not an onnxcam index (a row has {len(row)} "
+                                     f"fields, not {len(COLUMNS)}); move it away or pick another output.dir")
+            if group and row[IMAGE] != group[0][IMAGE]:
+                self._close_group(group, methods, cuts, start, position)
+                group, start = [], position
+            group.append(row)
+            position = lines.position
+        if group:
+            self._close_group(group, methods, cuts, start, lines.position)
+        return cuts
 
     @staticmethod
     def _last_line_end(file: BinaryIO, size: int) -> int:
@@ -141,20 +139,20 @@ class IndexFile:
         else:
             cuts.append((start, end))
 
-    @staticmethod
-    def _kept_bytes(file: BinaryIO, cuts: list[tuple[int, int]]) -> Iterator[bytes]:
-        position = 0
-        for cut_start, cut_end in [*cuts, (None, None)]:
-            stop = cut_start
-            while stop is None or position < stop:
-                block = file.read(COPY_BLOCK if stop is None else min(COPY_BLOCK, stop - position))
-                if not block:
-                    return
-                position += len(block)
-                yield block
-            if cut_end is not None:
-                file.seek(cut_end)
-                position = cut_end
+    def _kept_bytes(self, cuts: list[tuple[int, int]]) -> Iterator[bytes]:
+        """The file's bytes outside the cuts, in blocks (the file is closed before it is replaced)."""
+        with open(self.path, "rb") as file:
+            position = 0
+            for cut_start, cut_end in [*cuts, (None, None)]:
+                while cut_start is None or position < cut_start:
+                    block = file.read(COPY_BLOCK if cut_start is None else min(COPY_BLOCK, cut_start - position))
+                    if not block:
+                        return
+                    position += len(block)
+                    yield block
+                if cut_end is not None:
+                    file.seek(cut_end)
+                    position = cut_end
 
     def append(self, rows: list[dict[str, object]]) -> None:
         buffer = io.StringIO(newline="")

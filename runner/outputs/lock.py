@@ -9,6 +9,7 @@ another is about to replace.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -19,11 +20,16 @@ from onnxcam.runner.outputs.files import OutputDirError
 
 LOCK_NAME = ".onnxcam.lock"
 
+HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # what a lock held by another process reports
+LOCKED_BYTE = 1 << 20  # Windows locks a byte range; one past the note, so that others can still read the note
+
 try:
     import fcntl
 
     def _try_lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # per open file: two runs in one process exclude each other
+        # flock locks an open file (two runs in one process exclude each other on a local disk; on NFS, Linux maps
+        # flock onto the server's per-process locks)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -31,20 +37,20 @@ except ImportError:  # Windows
     import msvcrt
 
     def _try_lock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
+        os.lseek(fd, LOCKED_BYTE, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
     def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
+        os.lseek(fd, LOCKED_BYTE, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 def _holder(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
     try:
+        os.lseek(fd, 0, os.SEEK_SET)
         who = json.loads(os.read(fd, 4096) or b"{}")
         return f"pid {who['pid']} on {who['host']}, running since {who['since']}"
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):
         return "another onnxcam run, starting"
 
 
@@ -63,16 +69,25 @@ class RunLock:
                                  "pick a folder you can write to") from None
         try:
             _try_lock(fd)
-        except OSError:
-            holder = _holder(fd)
+        except OSError as error:
+            holder = _holder(fd) if error.errno in HELD else None
             os.close(fd)
+            if holder is None:
+                raise OutputDirError(f"output.dir: {self.folder}: cannot lock {LOCK_NAME} ({error.strerror}); put "
+                                     "output.dir on a file system with file locks (a local disk, or NFS with its "
+                                     "lock service)") from None
             raise OutputDirError(f"output.dir: {self.folder} is in use by {holder}; wait for that run to end, or "
                                  "pick another output.dir") from None
-        since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since}).encode())
         self.fd = fd
+        since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": since}).encode())
+        except OSError as error:
+            self.__exit__()
+            raise OutputDirError(f"output.dir: {self.folder}: cannot write {LOCK_NAME} ({error.strerror}); free "
+                                 "space or pick a folder you can write to") from None
         return self
 
     def __exit__(self, *exc) -> None:

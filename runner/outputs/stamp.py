@@ -35,7 +35,9 @@ def check_stamp(folder: Path, identity: dict[str, str]) -> None:
         try:
             previous = json.loads(stamp.read_text(encoding="utf-8"))
             before = json.loads(previous.get("methods", "{}"))
-        except (ValueError, AttributeError):
+            if not isinstance(before, dict):
+                raise TypeError("methods")
+        except (OSError, ValueError, AttributeError, TypeError):
             raise OutputDirError(f"output.dir: {stamp} is damaged; delete the folder to start over, or pick a new "
                                  "output.dir") from None
         changed = [WHAT_DIFFERS[key] for key in WHAT_DIFFERS if previous.get(key) != identity[key]]
@@ -48,4 +50,8 @@ def check_stamp(folder: Path, identity: dict[str, str]) -> None:
 
 
 def write_stamp(folder: Path, identity: dict[str, str]) -> None:
-    write_atomic(folder / STAMP_NAME, json.dumps(identity).encode())
+    try:
+        write_atomic(folder / STAMP_NAME, json.dumps(identity).encode())
+    except OSError as error:
+        raise OutputDirError(f"output.dir: {folder / STAMP_NAME}: cannot write it ({error.strerror or error}); free "
+                             "space or pick a folder you can write to") from None

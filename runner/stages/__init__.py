@@ -4,7 +4,8 @@
 
 `read` decodes and preprocesses one file, `explain` runs a batch of decoded images through the model and
 the methods (and the metrics that run the model), `write` renders and writes one image's files and returns
-its index rows. Each is a callable built once per worker from the manifest and the model.
+its index rows. Each is a callable built from the manifest and the model, once per process (the local engine
+shares them between its threads).
 """
 
 from __future__ import annotations

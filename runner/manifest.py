@@ -21,6 +21,9 @@ DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp",
 COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
              "parula": 12, "rainbow": 4, "bone": 1}  # OpenCV COLORMAP_* values
 PROVIDERS = ("cuda", "cpu")
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+DEFAULT_MAX_SIDE = 2048
+UNITS = {"": 1, "b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
 
 
 class ManifestError(ValueError):
@@ -42,6 +45,13 @@ class Overlays:
     quality: int = 90
     colormap: str = "jet"
     alpha: float = 0.4
+    max_side: int | None = DEFAULT_MAX_SIDE  # the longer side of what is drawn at most; None: the image's own size
+
+
+@dataclass
+class Heatmaps:
+    format: str = "npy"  # a key of HEATMAP_FORMATS, or none
+    size: str = "model"  # model: the method's own map (compact), placed by index.csv's region; original: the image's
 
 
 @dataclass
@@ -56,11 +66,17 @@ class Manifest:
     methods: dict[str, dict[str, Any]]  # name -> options, in the manifest's order
     output_dir: Path
     overlays: Overlays | None
-    heatmaps: str  # a key of HEATMAP_FORMATS, or none
+    heatmaps: Heatmaps
     providers: str | list[str]
     batch_size: int
     workers: int
+    memory_budget: int  # bytes that images in flight may hold
     evaluate: Evaluation | None = None
+
+    @property
+    def max_side(self) -> int | None:
+        """The longer side of overlays, original-size heatmaps and the peak search (the overlays' setting)."""
+        return self.overlays.max_side if self.overlays else DEFAULT_MAX_SIDE
 
 
 class _Reader:
@@ -92,8 +108,8 @@ class _Reader:
             raise self.fail(key, f"expected {what}, got {_kind(value)} {value!r}")
         return value
 
-    def integer(self, value: Any, key: str, low: int, high: int | None = None) -> int:
-        self.typed(value, key, int, "an integer")
+    def integer(self, value: Any, key: str, low: int, high: int | None = None, what: str = "an integer") -> int:
+        self.typed(value, key, int, what)
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f">= {low}"
             raise self.fail(key, f"expected an integer {bound}, got {value}")
@@ -104,6 +120,21 @@ class _Reader:
         if not low <= value <= high:
             raise self.fail(key, f"expected a number between {low} and {high}, got {value}")
         return float(value)
+
+    def size_in_bytes(self, value: Any, key: str, low: int) -> int:
+        """An integer of bytes, or a string such as 2GB, 512MB (units of 1024)."""
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("kmgb")
+        unit = text[len(number):]
+        try:
+            count = int(float(number) * UNITS[unit]) if not isinstance(value, bool) else None
+        except (ValueError, KeyError):
+            count = None
+        if count is None:
+            raise self.fail(key, f"expected a size such as 2GB, 512MB or a number of bytes, got {value!r}")
+        if count < low:
+            raise self.fail(key, f"{value!r} is below the least useful budget, {low // 1024**2} MB; give more")
+        return count
 
     def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
         if value not in choices:
@@ -257,15 +288,28 @@ def load_manifest(path: str | Path) -> Manifest:
     if overlays_value is not False:
         if overlays_value is True:
             overlays_value = {}
-        options = reader.mapping(overlays_value, "output.overlays", ("format", "quality", "colormap", "alpha"))
+        options = reader.mapping(overlays_value, "output.overlays",
+                                 ("format", "quality", "colormap", "alpha", "max_side"))
+        max_side = options.get("max_side", DEFAULT_MAX_SIDE)
         overlays = Overlays(
             format=reader.choice(options.get("format", "jpg"), "output.overlays.format", tuple(OVERLAY_FORMATS)),
             quality=reader.integer(options.get("quality", 90), "output.overlays.quality", 1, 100),
             colormap=reader.choice(options.get("colormap", "jet"), "output.overlays.colormap", tuple(COLORMAPS)),
             alpha=reader.number(options.get("alpha", 0.4), "output.overlays.alpha", 0.0, 1.0),
+            max_side=None if max_side == "original" else reader.integer(max_side, "output.overlays.max_side", 16,
+                                                                        65_535, "a number of pixels or original"),
         )
+    heatmaps_value = output.get("heatmaps", "npy")
+    short = not isinstance(heatmaps_value, dict)  # heatmaps: npy, the same as {format: npy}
+    options = reader.mapping({"format": heatmaps_value} if short else heatmaps_value, "output.heatmaps",
+                             ("format", "size"))
+    heatmaps = Heatmaps(
+        format=reader.choice(options.get("format", "npy"), "output.heatmaps" if short else "output.heatmaps.format",
+                             (*HEATMAP_FORMATS, "none")),
+        size=reader.choice(options.get("size", "model"), "output.heatmaps.size", ("model", "original")))
 
-    runtime = reader.mapping(top.get("runtime", {}) or {}, "runtime", ("providers", "batch_size", "workers"))
+    runtime = reader.mapping(top.get("runtime", {}) or {}, "runtime",
+                             ("providers", "batch_size", "workers", "memory_budget"))
     providers = runtime.get("providers", "auto")
     if providers != "auto":
         reader.typed(providers, "runtime.providers", list, "auto or a list such as [cuda, cpu]")
@@ -285,9 +329,11 @@ def load_manifest(path: str | Path) -> Manifest:
         methods=_methods(reader, top["methods"], {name: top[name] for name in with_options if name in top}),
         output_dir=(path.parent / Path(output["dir"]).expanduser()).resolve(),
         overlays=overlays,
-        heatmaps=reader.choice(output.get("heatmaps", "npy"), "output.heatmaps", (*HEATMAP_FORMATS, "none")),
+        heatmaps=heatmaps,
         providers=providers,
         batch_size=reader.integer(runtime.get("batch_size", 32), "runtime.batch_size", 1, 4096),
         workers=reader.integer(runtime.get("workers", 4), "runtime.workers", 1, 256),
+        memory_budget=reader.size_in_bytes(runtime.get("memory_budget", DEFAULT_MEMORY_BUDGET), "runtime.memory_budget",
+                                           64 * 1024**2),
         evaluate=_evaluate(reader, top.get("evaluate")),
     )

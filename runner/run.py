@@ -136,7 +136,7 @@ class Run:
         start = time.monotonic()
         self.tally.already_done = len(self.index.done)
         self.progress = Progress(sum(1 for _ in self._todo(self.index.done)), self.quiet, self.stream)
-        engine = LocalEngine(self.manifest.batch_size, self.manifest.workers)
+        engine = LocalEngine(self.manifest.batch_size, self.manifest.workers, self.manifest.memory_budget)
         try:
             self.tally.interrupted = engine.run(self.stages, self._todo(self.index.done), self)
         finally:

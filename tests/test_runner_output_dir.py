@@ -99,7 +99,8 @@ def test_output_dir_mistakes_are_one_line(toy, tmp_path, capsys):
     cases = [
         (b"name,size\na.jpg,3\n", "is not an onnxcam index of this version (columns differ); move it away"),
         (",".join(COLUMNS).encode() + b"\r\n\xff\xfe,ok\r\n", "is not an onnxcam index (not UTF-8 text)"),
-        (",".join(COLUMNS).encode() + b"\r\na.jpg,ok\r\n", "is not an onnxcam index (a row has 2 fields, not 24)"),
+        (",".join(COLUMNS).encode() + b"\r\na.jpg,ok\r\n",
+         f"is not an onnxcam index (a row has 2 fields, not {len(COLUMNS)})"),
     ]
     for content, message in cases:
         (out / "index.csv").write_bytes(content)

@@ -46,7 +46,7 @@ def photos(tmp_path_factory) -> list[Path]:
 def case(request, exported, photos):
     loaded, result = exported(request.param)
     info = read_graph_info(result.path)
-    batch = np.stack([to_input(decode_image(p, 10**8), info.preprocessing)[0] for p in photos])
+    batch = np.stack([to_input(decode_image(p, 10**8)[0], info.preprocessing)[0] for p in photos])
     backend = OnnxRuntimeBackend(result.path, ["cpu"])
     outputs = ("logits", "activations", "gradients", "input_gradients")
     out = backend.run(outputs, batch, np.full(len(batch), -1))

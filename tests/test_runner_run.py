@@ -44,15 +44,18 @@ def test_outputs_for_every_method(toy, tmp_path, capsys):
         assert (row["width"], row["height"]) == ("90", "60")
         assert row["target_class"] == row["pred_class"]  # top1
         assert row["overlay_path"] == f"{row['image']}.{row['method']}.{row['target_class']}.jpg"
+        assert [row[f"region_{c}"] for c in ("x0", "y0", "x1", "y1")] == ["0", "0", "90", "60"]
         heat = np.load(tmp_path / "out" / row["heatmap_path"])
         overlay = cv2.imread(str(tmp_path / "out" / row["overlay_path"]))
         assert heat.dtype == np.float16 and overlay.shape == (60, 90, 3)
+        assert (row["overlay_width"], row["overlay_height"]) == ("90", "60")
         guided = row["method"].startswith("guided")
-        assert heat.shape == ((60, 90, 3) if guided else (60, 90))
+        assert heat.shape == ((224, 224, 3) if guided else (112, 112)), "compact: the method's own resolution"
         assert heat.min() >= 0 and heat.max() <= 1
         if not guided:
             assert heat.max() == 1 and heat.min() == 0
-            assert heat[int(row["peak_y"]), int(row["peak_x"])] == heat.max()
+            full = cv2.resize(heat.astype(np.float32), (90, 60), interpolation=cv2.INTER_LINEAR)
+            assert full[int(row["peak_y"]), int(row["peak_x"])] >= full.max() - 2e-3
     report = json.loads((tmp_path / "out" / "run.json").read_text())
     assert (report["images"], report["ok"], report["errors"], report["rows"]) == (3, 3, 0, 27)
     assert report["provider"] == "CPUExecutionProvider" and report["images_per_s"] > 0
@@ -65,7 +68,7 @@ def test_heatmap_is_the_upsampled_map_and_overlay_the_blend(toy, tmp_path, capsy
     (tmp_path / "images").mkdir()
     cv2.imwrite(str(tmp_path / "images" / "a.png"), image)
     manifest = write_manifest(tmp_path, toy, tmp_path / "images", methods=["layercam"],
-                              output={"dir": str(tmp_path / "out"), "heatmaps": "npy",
+                              output={"dir": str(tmp_path / "out"), "heatmaps": {"format": "npy", "size": "original"},
                                       "overlays": {"format": "png", "colormap": "turbo", "alpha": 0.3}})
     assert run_cli(capsys, manifest)[0] == 0
     run = load_manifest(manifest)
@@ -94,7 +97,8 @@ def test_png_heatmaps_and_no_overlays(toy, tmp_path, capsys):
     assert all(row["overlay_path"] == "" for row in rows)
     shapes = {row["method"]: cv2.imread(str(tmp_path / "out" / row["heatmap_path"]), cv2.IMREAD_UNCHANGED).shape
               for row in rows}
-    assert shapes == {"gradcam": (48, 64), "guided_backprop": (48, 64, 3)}
+    assert shapes == {"gradcam": (112, 112), "guided_backprop": (224, 224, 3)}
+    assert all(row["overlay_width"] == row["overlay_height"] == "" for row in rows)
     assert not list((tmp_path / "out").rglob("*.jpg"))
 
 

@@ -66,8 +66,8 @@ def metadata_only_graph(path: Path) -> Path:
 def decoded(seed: int) -> DecodedImage:
     rng = np.random.default_rng(seed)
     tensor = rng.normal(0, 1, (3, SIZE, SIZE)).astype(np.float32)
-    return DecodedImage(ImageRef(f"img{seed}.png", f"img{seed}.png"), np.zeros((SIZE, SIZE, 3), np.uint8),
-                        tensor, (0, 0, SIZE, SIZE))
+    return DecodedImage(ImageRef(f"img{seed}.png", f"img{seed}.png"), size=(SIZE, SIZE), render_size=(SIZE, SIZE),
+                        image=np.zeros((SIZE, SIZE, 3), np.uint8), tensor=tensor, region=(0, 0, SIZE, SIZE))
 
 
 def test_topk_follow_ups_maps_and_costs():
@@ -124,7 +124,7 @@ def test_a_whole_run_with_the_numpy_model(tmp_path, capsys):
     for row in rows:
         if row["status"] == "ok":
             overlay = cv2.imread(str(tmp_path / "out" / row["overlay_path"]))
-            assert overlay.shape == (40, 56, 3) and np.load(tmp_path / "out" / row["heatmap_path"]).shape == (40, 56)
+            assert overlay.shape == (40, 56, 3) and np.load(tmp_path / "out" / row["heatmap_path"]).shape == (4, 4)
     report = json.loads((tmp_path / "out" / "run.json").read_text())
     assert report["provider"] == "numpy" and report["cost"]["methods"]["cam"]["rows"] == 10
     write_images(tmp_path / "images", 7, size=(40, 56))

@@ -1,9 +1,12 @@
 """The local engine: one machine, a thread pool that reads (decodes and preprocesses), the batch stage in the
 calling thread, and a thread pool that writes.
 
-Queues are bounded by counts (decoded images read ahead, writes pending), so memory does not grow with the
-dataset. Ctrl-C (or SIGTERM, turned into KeyboardInterrupt by the CLI) stops reading, lets the writes that
-are under way finish and hands their rows to the sink; the rest is redone by the next run.
+What is in flight is bounded twice: by counts (images read ahead, writes pending) and by bytes. Before an image
+is read, the read stage estimates what it will hold until its rows are back (`memory`); an image is only read
+while the images in flight and it fit `memory_budget`, except when nothing else is in flight, so an image too
+big for the budget on its own runs alone. A batch closes early when the budget lets no more images in.
+Ctrl-C (or SIGTERM, turned into KeyboardInterrupt by the CLI) stops reading, lets the writes that are under
+way finish and hands their rows to the sink; the rest is redone by the next run.
 """
 
 from __future__ import annotations
@@ -19,46 +22,65 @@ from onnxcam.runner.stages import Stages
 
 
 class LocalEngine:
-    def __init__(self, batch_size: int, workers: int):
-        self.batch_size, self.workers = batch_size, workers
+    def __init__(self, batch_size: int, workers: int, memory_budget: int):
+        self.batch_size, self.workers, self.memory_budget = batch_size, workers, memory_budget
 
     def run(self, stages: Stages, todo: Iterator[ImageRef], sink: Sink) -> bool:
         """Runs every image of `todo`; returns True when interrupted."""
         look_ahead = self.batch_size + 2 * self.workers
-        reading: deque[Future] = deque()
-        writing: deque[Future] = deque()
+        reading: deque[tuple[Future, int]] = deque()  # (read, the bytes it holds)
+        writing: deque[tuple[Future, int]] = deque()
+        held = 0  # bytes of the images in flight, from their reads to their rows
+        waiting: list[tuple[ImageRef, int]] = []  # the next image, when it does not fit yet
         readers = ThreadPoolExecutor(self.workers, thread_name_prefix="read")
         writers = ThreadPoolExecutor(self.workers, thread_name_prefix="write")
 
         def refill() -> None:
+            nonlocal held
             while len(reading) < look_ahead:
-                ref = next(todo, None)
-                if ref is None:
+                if not waiting:
+                    ref = next(todo, None)
+                    if ref is None:
+                        return
+                    waiting.append((ref, stages.read.memory(ref)))
+                ref, size = waiting[0]
+                if held and held + size > self.memory_budget:
                     return
-                reading.append(readers.submit(stages.read, ref))
+                waiting.clear()
+                held += size
+                reading.append((readers.submit(stages.read, ref), size))
 
         def collect(block_above: int) -> None:
-            while writing and (writing[0].done() or len(writing) > block_above):
-                sink.add_rows(writing.popleft().result())
+            nonlocal held
+            while writing and (writing[0][0].done() or len(writing) > block_above):
+                future, size = writing.popleft()
+                sink.add_rows(future.result())
+                held -= size
 
         try:
             while True:
                 refill()
-                batch, decoded = [], 0
+                batch, sizes, decoded = [], {}, 0
                 while decoded < self.batch_size and reading:
-                    image = reading.popleft().result()
-                    refill()
+                    future, size = reading.popleft()
+                    image = future.result()
                     batch.append(image)
+                    sizes[id(image)] = size
                     decoded += not image.error  # images that failed to decode pass through without a model slot
+                    refill()
                 if not batch:
-                    break
+                    if not waiting:
+                        break
+                    collect(block_above=len(writing) - 1)  # the budget is full: wait for the oldest write
+                    continue
                 result = stages.explain(batch)
                 sink.add_costs(result.costs)
-                writing.extend(writers.submit(stages.write, image) for image in result.images)
+                writing.extend((writers.submit(stages.write, image), sizes[id(image.decoded)])
+                               for image in result.images)
                 collect(block_above=look_ahead)
             collect(block_above=0)
         except KeyboardInterrupt:
-            for future in reading:
+            for future, _ in reading:
                 future.cancel()
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
             collect(block_above=0)  # keep what is finished; the rest is redone by the next run

@@ -1,4 +1,5 @@
-"""Maps -> heatmaps at the original image size, their peaks, and overlays on the photograph."""
+"""Maps -> heatmaps at the size they are drawn (the image's, or scaled to fit output.overlays.max_side) or at the
+method's own resolution (compact), their peaks in the image's pixels, and overlays on the photograph."""
 
 from __future__ import annotations
 
@@ -22,8 +23,32 @@ def to_image_size(map_: np.ndarray, region: Region, width: int, height: int) -> 
     return full
 
 
+def scaled(region: Region, size: tuple[int, int], drawn: tuple[int, int]) -> Region:
+    """A region in the image's pixels, in the pixels of the image drawn at `drawn` (width, height)."""
+    if size == drawn:
+        return region
+    sx, sy = drawn[0] / size[0], drawn[1] / size[1]
+    x0, y0 = round(region[0] * sx), round(region[1] * sy)
+    return x0, y0, max(round(region[2] * sx), x0 + 1), max(round(region[3] * sy), y0 + 1)
+
+
+def in_image_pixels(point: tuple[int, int], size: tuple[int, int], drawn: tuple[int, int]) -> tuple[int, int]:
+    """A pixel of the image drawn at `drawn`, in the image's own pixels (the centre of the area it covers)."""
+    if size == drawn:
+        return point
+    (x, y), (width, height), (drawn_width, drawn_height) = point, size, drawn
+    return min(width - 1, int((x + 0.5) * width / drawn_width)), min(height - 1, int((y + 0.5) * height / drawn_height))
+
+
+def compact(map_: np.ndarray, guided: bool) -> np.ndarray:
+    """A method's map at its own resolution, as stored by default: [h,w] in [0,1], or [H,W,3] for guided maps."""
+    if guided:
+        return guided_image(map_, (0, 0, map_.shape[2], map_.shape[1]), map_.shape[2], map_.shape[1])
+    return normalise(map_[None])[0]
+
+
 def heatmap(map_: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:
-    """CAM-family map -> [H,W] float32 in [0,1] at the original image size."""
+    """CAM-family map -> [H,W] float32 in [0,1] at the given image size."""
     return normalise(to_image_size(map_, region, width, height)[None])[0]
 
 

@@ -1,5 +1,6 @@
 """The run stamp, output.dir/.onnxcam-run.json: what a run that resumes the folder must share with the one
-that wrote it (the model file, the targets, the evaluate settings, the options of every method both have)."""
+that wrote it (the output layout, the model file, the targets, the evaluate settings, the options of every method
+both have)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 from onnxcam.runner.manifest import Manifest
 from onnxcam.runner.outputs.files import OutputDirError, write_atomic
+from onnxcam.runner.outputs.index import LAYOUT
 
 STAMP_NAME = ".onnxcam-run.json"
-WHAT_DIFFERS = {"model_sha256": "another model file", "targets": "other targets", "evaluate": "other evaluate settings"}
+WHAT_DIFFERS = {"layout": "another output layout (an earlier onnxcam)", "model_sha256": "another model file",
+                "targets": "other targets", "evaluate": "other evaluate settings"}
 
 
 def run_identity(manifest: Manifest) -> dict[str, str]:
@@ -20,7 +23,7 @@ def run_identity(manifest: Manifest) -> dict[str, str]:
         for block in iter(lambda: model.read(1 << 20), b""):
             digest.update(block)
     targets, evaluation = manifest.targets, manifest.evaluate
-    return {"model_sha256": digest.hexdigest(), "targets": json.dumps(
+    return {"layout": LAYOUT, "model_sha256": digest.hexdigest(), "targets": json.dumps(
         {"kind": targets.kind, "k": targets.k, "classes": targets.classes, "threshold": targets.threshold,
          "labels": str(targets.labels_file or "")}),
         "evaluate": json.dumps(evaluation and {"metrics": evaluation.metrics, "boxes": str(evaluation.boxes)}),

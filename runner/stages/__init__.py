@@ -31,6 +31,8 @@ class Stages:
 def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend) -> Stages:
     """The three stages of a run; raises ManifestError where the manifest and the model disagree."""
     plan = TargetPlan(manifest.targets, info.labels, info.output_activation)
-    return Stages(read=ReadStage(info.preprocessing, manifest.max_pixels),
+    read = ReadStage(info.preprocessing, manifest.max_pixels, manifest.max_side,
+                     keep_pixels=manifest.overlays is not None)
+    return Stages(read=read,
                   explain=ExplainStage(backend, info, plan, manifest.methods, manifest.evaluate, manifest.batch_size),
                   write=WriteStage(manifest, info.labels))

@@ -13,14 +13,12 @@ from onnxcam.runner.inputs.preprocess import Region
 @dataclass
 class DecodedImage:
     ref: ImageRef
-    image: np.ndarray | None = None  # 8-bit BGR [H,W,3] at the original size
+    size: tuple[int, int] = (0, 0)  # the image's own (width, height); (0, 0) when it could not be decoded
+    render_size: tuple[int, int] = (0, 0)  # (width, height) at which overlays, heatmaps and peaks are drawn
+    image: np.ndarray | None = None  # 8-bit BGR at render_size, kept only when overlays are written
     tensor: np.ndarray | None = None  # the model input [3,H,W]
-    region: Region = (0, 0, 0, 0)  # the part of the image the model saw
+    region: Region = (0, 0, 0, 0)  # the part of the image the model saw, in its own pixels
     error: str = ""
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.image.shape[1], self.image.shape[0]) if self.image is not None else (0, 0)
 
 
 @dataclass

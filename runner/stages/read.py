@@ -1,25 +1,86 @@
-"""The read stage: an image file -> its pixels and model input, or the one-line reason it cannot be used."""
+"""The read stage: an image file -> its model input (and, for overlays, its pixels at the size they are drawn), or
+the one-line reason it cannot be used.
+
+Large JPEGs are decoded at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT scaling) as long as the region the
+model sees stays at least twice the model input and, where overlays are written, the picture stays at least
+as large as they are drawn; the photograph is then kept only at that size. `memory` estimates, from the file's
+header, what an image holds while it is in flight, for the engine's memory budget.
+"""
 
 from __future__ import annotations
 
-from onnxcam.runner.inputs.decode import ImageError, decode_image
+import math
+import os
+import struct
+
+import cv2
+from onnxcam.runner.inputs.decode import ImageError, decode_image, peek
 from onnxcam.runner.inputs.listing import ImageRef
-from onnxcam.runner.inputs.preprocess import to_input
+from onnxcam.runner.inputs.preprocess import model_region, to_input
 from onnxcam.runner.model.graph import Preprocessing
 from onnxcam.runner.stages.items import DecodedImage, one_line
 
+WRITE_BYTES_PER_PIXEL = 48  # rendering one map at the drawn size: float32 maps, colormap, blend, encoding
+UNKNOWN_SIZE_FACTOR = 12  # decoded bytes per file byte when the header does not say the size
+
+
+def render_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size at which an image's overlays and heatmaps are drawn: its own, or scaled to fit max_side."""
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
 
 class ReadStage:
-    def __init__(self, preprocessing: Preprocessing, max_pixels: int):
+    def __init__(self, preprocessing: Preprocessing, max_pixels: int, max_side: int | None, keep_pixels: bool):
         self.preprocessing, self.max_pixels = preprocessing, max_pixels
+        self.max_side, self.keep_pixels = max_side, keep_pixels
+
+    def reduction(self, width: int, height: int) -> int:
+        """The largest k in 8, 4, 2 (or 1) at which a JPEG of this size still serves the model and the overlays."""
+        x0, y0, x1, y1 = model_region(width, height, self.preprocessing)
+        model_height, model_width = self.preprocessing.size
+        drawn = max(render_size(width, height, self.max_side)) if self.keep_pixels else 1
+        for k in (8, 4, 2):
+            if ((x1 - x0) // k >= 2 * model_width and (y1 - y0) // k >= 2 * model_height
+                    and max(width, height) // k >= drawn):
+                return k
+        return 1
 
     def __call__(self, ref: ImageRef) -> DecodedImage:
         decoded = DecodedImage(ref)
         try:
-            decoded.image = decode_image(ref.path, self.max_pixels)
-            decoded.tensor, decoded.region = to_input(decoded.image, self.preprocessing)
+            image, decoded.size = decode_image(ref.path, self.max_pixels, self.reduction)
+            decoded.tensor, _ = to_input(image, self.preprocessing)
+            decoded.region = model_region(*decoded.size, self.preprocessing)
+            decoded.render_size = render_size(*decoded.size, self.max_side)
+            if self.keep_pixels:
+                same = (image.shape[1], image.shape[0]) == decoded.render_size
+                decoded.image = image if same else cv2.resize(image, decoded.render_size, interpolation=cv2.INTER_AREA)
         except ImageError as error:
-            decoded.error, decoded.image = str(error), None
+            decoded.error = str(error)
         except Exception as error:  # noqa: BLE001 - whatever a decoder throws, this file becomes an error row
-            decoded.error, decoded.image = f"cannot decode ({type(error).__name__}: {one_line(error)})", None
+            decoded.error = f"cannot decode ({type(error).__name__}: {one_line(error)})"
+        if decoded.error:
+            decoded.size = decoded.render_size = (0, 0)
+            decoded.tensor = decoded.image = None
         return decoded
+
+    def memory(self, ref: ImageRef) -> int:
+        """Bytes this image holds at most while in flight (the file, its decoding, the drawn picture and maps),
+        estimated from its header without decoding."""
+        try:
+            file_bytes = os.path.getsize(ref.path)
+            jpeg, size = peek(ref.path)
+        except (OSError, ImageError, ValueError, struct.error):
+            return 1 << 20  # it will become an error row
+        model_height, model_width = self.preprocessing.size
+        tensors = 16 * 3 * model_height * model_width  # input, model outputs, maps at model size
+        if size is None:
+            return file_bytes * (1 + UNKNOWN_SIZE_FACTOR) + tensors
+        width, height = size
+        k = self.reduction(width, height) if jpeg else 1
+        decoded = 3 * math.ceil(width / k) * math.ceil(height / k)
+        decoding = decoded if jpeg else 2 * 3 * width * height  # other formats may decode 16 bits first
+        drawn_width, drawn_height = render_size(width, height, self.max_side)
+        drawing = WRITE_BYTES_PER_PIXEL * drawn_width * drawn_height
+        return file_bytes + decoding + decoded + drawing + tensors

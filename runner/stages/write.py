@@ -50,22 +50,25 @@ class WriteStage:
             return [self._row(result, status="error", error=f"cannot write outputs ({one_line(error)})")]
 
     def _write(self, result: ImageResult, target: TargetResult, method: str) -> IndexRow:
-        decoded = result.decoded
-        (width, height), guided = decoded.size, METHODS[method].guided
-        render_map = render.guided_image if guided else render.heatmap
-        values = render_map(target.maps[method], decoded.region, width, height)
+        decoded, guided = result.decoded, METHODS[method].guided
+        map_ = target.maps[method]
+        drawn = decoded.render_size
+        values = (render.guided_image if guided else render.heatmap)(
+            map_, render.scaled(decoded.region, decoded.size, drawn), *drawn)
         stem = f"{decoded.ref.key}.{method}.{target.target_class}"
-        paths = {"heatmap_path": "", "overlay_path": ""}
-        if self.heatmaps != "none":
-            paths["heatmap_path"] = f"{stem}.{self.heatmaps}"
-            self._save(paths["heatmap_path"], HEATMAP_FORMATS[self.heatmaps](values, guided))
+        cells: IndexRow = {"heatmap_path": "", "overlay_path": "", "overlay_width": "", "overlay_height": ""}
+        if self.heatmaps.format != "none":
+            cells["heatmap_path"] = f"{stem}.{self.heatmaps.format}"
+            stored = values if self.heatmaps.size == "original" else render.compact(map_, guided)
+            self._save(cells["heatmap_path"], HEATMAP_FORMATS[self.heatmaps.format](stored, guided))
         if self.overlays is not None:
-            paths["overlay_path"] = f"{stem}.{self.overlays.format}"
+            cells["overlay_path"] = f"{stem}.{self.overlays.format}"
             picture = render.overlay(decoded.image, values, guided, self.overlays)
-            self._save(paths["overlay_path"], OVERLAY_FORMATS[self.overlays.format](picture, self.overlays.quality))
-        x, y = render.peak(values, guided)
+            self._save(cells["overlay_path"], OVERLAY_FORMATS[self.overlays.format](picture, self.overlays.quality))
+            cells["overlay_width"], cells["overlay_height"] = drawn
+        x, y = render.in_image_pixels(render.peak(values, guided), decoded.size, drawn)
         return self._row(result, target_class=target.target_class, target_label=self.labels[target.target_class],
-                         target_score=f"{target.score:.6g}", method=method, peak_x=x, peak_y=y, **paths,
+                         target_score=f"{target.score:.6g}", method=method, peak_x=x, peak_y=y, **cells,
                          **self._metric_cells(result, target, method, (x, y)))
 
     def _save(self, relative: str, data: bytes) -> None:
@@ -82,8 +85,11 @@ class WriteStage:
         return {key: _cell(value) for key, value in values.items()}
 
     def _row(self, result: ImageResult, **values) -> IndexRow:
-        width, height = result.decoded.size
-        row: IndexRow = {"image": result.decoded.ref.key, "status": "ok", "width": width or "", "height": height or ""}
+        decoded = result.decoded
+        row: IndexRow = {"image": decoded.ref.key, "status": "ok", "width": decoded.size[0] or "",
+                         "height": decoded.size[1] or ""}
+        if decoded.tensor is not None:
+            row.update(zip(("region_x0", "region_y0", "region_x1", "region_y1"), decoded.region, strict=True))
         if result.pred is not None:
             row.update(pred_class=result.pred[0], pred_label=self.labels[result.pred[0]],
                        pred_score=f"{result.pred[1]:.6g}")

@@ -1,0 +1,107 @@
+"""Big photographs (`make bench-big`): peak RSS, seconds and bytes written for a run over camera-sized JPEGs, and
+the same for ordinary photographs, each `onnxcam run` in its own process. A script, not a test; run it with
+nothing else running.
+
+    python scripts/big_photos_benchmark.py [--model exports/efficientnet-lite0.onnx] [--count 8]
+        [--size 8000x6000] [--batch-size 8] [--workers 4] [--ordinary 64] [--python PYTHON] [--set KEY=VALUE ...]
+
+The big JPEGs are scikit-image's photographs upscaled with a little noise (so they compress like camera
+JPEGs). `--python` runs another installation's onnxcam (for a before/after comparison); `--set` adds manifest
+keys, e.g. `--set runtime.memory_budget=1GB --set output.overlays.max_side=original`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+from sample_photos import write_photos
+
+METHODS = ["gradcam", "gradcam++", "layercam", "guided_backprop"]
+RUN = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
+       "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
+
+
+def big_jpegs(folder: Path, photos: list[Path], count: int, width: int, height: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        small = cv2.imread(str(photos[i % len(photos)]))
+        big = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+        big = cv2.add(big, rng.integers(0, 12, big.shape, np.uint8))  # sensor-like noise: camera-sized files
+        cv2.imwrite(str(folder / f"big{i:03d}.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        del big
+
+
+def setting(manifest: dict, assignment: str) -> None:
+    key, value = assignment.split("=", 1)
+    *parents, last = key.split(".")
+    for parent in parents:
+        manifest = manifest.setdefault(parent, {})
+    manifest[last] = yaml.safe_load(value)
+
+
+def run(python: str, model: Path, images: Path, out: Path, args) -> dict[str, float]:
+    manifest = {"model": str(model.resolve()), "images": {"root": str(images)}, "methods": METHODS,
+                "output": {"dir": str(out)},
+                "runtime": {"providers": ["cpu"], "batch_size": args.batch_size, "workers": args.workers}}
+    for assignment in args.set:
+        setting(manifest, assignment)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    start = time.perf_counter()
+    done = subprocess.run([python, "-c", RUN, str(path)], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"big_photos_benchmark: the run failed:\n{done.stdout}{done.stderr}")
+    written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    count = sum(1 for _ in images.iterdir())
+    return {"peak_mib": int(re.search(r"VmHWM (\d+)", done.stdout).group(1)) / 1024, "seconds": seconds,
+            "written_mb": written / 1e6, "images_per_s": count / seconds, "images": count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("exports/efficientnet-lite0.onnx"))
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--size", default="8000x6000")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--ordinary", type=int, default=64, help="ordinary photographs in the second run (0: none)")
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    if not args.model.is_file():
+        sys.exit(f"big_photos_benchmark: {args.model}: no such file; run `make export` first or pass --model")
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    with tempfile.TemporaryDirectory(prefix="onnxcam-big-") as tmp:
+        tmp = Path(tmp)
+        photos = write_photos(tmp / "photos")
+        big_jpegs(tmp / "big", photos, args.count, width, height)
+        jpeg_mb = sum(f.stat().st_size for f in (tmp / "big").iterdir()) / 1e6
+        print(f"{args.count} JPEGs of {width}x{height} ({width * height / 1e6:.0f} MP, {jpeg_mb:.0f} MB), methods "
+              f"{', '.join(METHODS)}, batch {args.batch_size}, workers {args.workers}, {args.python}"
+              f"{'; ' + ', '.join(args.set) if args.set else ''}")
+        figures = run(args.python, args.model, tmp / "big", tmp / "out-big", args)
+        print(f"  big:      peak RSS {figures['peak_mib']:6.0f} MiB, {figures['seconds']:6.1f} s, "
+              f"{figures['images_per_s']:6.2f} images/s, {figures['written_mb']:8.1f} MB written")
+        if args.ordinary:
+            (tmp / "ordinary").mkdir()
+            for i in range(args.ordinary):
+                (tmp / "ordinary" / f"{i:04d}.jpg").write_bytes(photos[i % len(photos)].read_bytes())
+            figures = run(args.python, args.model, tmp / "ordinary", tmp / "out-ordinary", args)
+            print(f"  ordinary: peak RSS {figures['peak_mib']:6.0f} MiB, {figures['seconds']:6.1f} s, "
+                  f"{figures['images_per_s']:6.2f} images/s, {figures['written_mb']:8.1f} MB written "
+                  f"({args.ordinary} scikit-image photographs, 303x384 to 1000x872)")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ MANIFEST ?= manifests/demo.yaml
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume clean
+.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume bench-big clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ demo: export demo-images
 # onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test.
 bench: setup
 	$(BIN)/python scripts/benchmark.py $(BENCH_FLAGS)
+
+# 8 camera-sized (48 MP) JPEGs and 64 ordinary photographs: peak RSS, seconds, bytes written; not a test.
+bench-big: export
+	$(BIN)/python scripts/big_photos_benchmark.py --model $(OUT) $(BENCH_FLAGS)
 
 # Resuming a 1,000,000-image x 2-method index: peak RSS and seconds to the first new image; not a test.
 bench-resume: export

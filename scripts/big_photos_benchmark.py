@@ -3,16 +3,18 @@ the same for ordinary photographs, each `onnxcam run` in its own process. A scri
 nothing else running.
 
     python scripts/big_photos_benchmark.py [--model exports/efficientnet-lite0.onnx] [--count 8]
-        [--size 8000x6000] [--batch-size 8] [--workers 4] [--ordinary 64] [--python PYTHON] [--set KEY=VALUE ...]
+        [--size 8000x6000] [--batch-size N] [--workers N] [--ordinary 64] [--python PYTHON ...] [--set KEY=VALUE ...]
 
 The big JPEGs are scikit-image's photographs upscaled with a little noise (so they compress like camera
-JPEGs). `--python` runs another installation's onnxcam (for a before/after comparison); `--set` adds manifest
-keys, e.g. `--set runtime.memory_budget=1GB --set output.overlays.max_side=original`.
+JPEGs). Batch size and workers are the manifest's defaults unless given. `--python` (repeatable) runs each
+named installation's onnxcam on the same files, one after the other, for a before/after comparison in one run;
+`--set` adds manifest keys, e.g. `--set runtime.memory_budget=1GB --set output.overlays.max_side=original`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +28,7 @@ import yaml
 from sample_photos import write_photos
 
 METHODS = ["gradcam", "gradcam++", "layercam", "guided_backprop"]
+DISTINCT = 8
 RUN = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
        "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
 
@@ -34,10 +37,13 @@ def big_jpegs(folder: Path, photos: list[Path], count: int, width: int, height: 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(count):
+        if i >= DISTINCT:  # more than a few distinct pictures only costs time and disk: links to them
+            os.link(folder / f"big{i % DISTINCT:04d}.jpg", folder / f"big{i:04d}.jpg")
+            continue
         small = cv2.imread(str(photos[i % len(photos)]))
         big = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
         big = cv2.add(big, rng.integers(0, 12, big.shape, np.uint8))  # sensor-like noise: camera-sized files
-        cv2.imwrite(str(folder / f"big{i:03d}.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        cv2.imwrite(str(folder / f"big{i:04d}.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 92])
         del big
 
 
@@ -50,9 +56,10 @@ def setting(manifest: dict, assignment: str) -> None:
 
 
 def run(python: str, model: Path, images: Path, out: Path, args) -> dict[str, float]:
+    runtime = {"providers": ["cpu"]} | {key: value for key, value in (("batch_size", args.batch_size),
+                                                                     ("workers", args.workers)) if value}
     manifest = {"model": str(model.resolve()), "images": {"root": str(images)}, "methods": METHODS,
-                "output": {"dir": str(out)},
-                "runtime": {"providers": ["cpu"], "batch_size": args.batch_size, "workers": args.workers}}
+                "output": {"dir": str(out)}, "runtime": runtime}
     for assignment in args.set:
         setting(manifest, assignment)
     path = out.parent / f"{out.name}.yaml"
@@ -73,10 +80,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("exports/efficientnet-lite0.onnx"))
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--size", default="8000x6000")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--workers", type=int)
     parser.add_argument("--ordinary", type=int, default=64, help="ordinary photographs in the second run (0: none)")
-    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--python", action="append", help="an installation's python (default: this one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     if not args.model.is_file():
@@ -86,21 +93,20 @@ def main() -> None:
         tmp = Path(tmp)
         photos = write_photos(tmp / "photos")
         big_jpegs(tmp / "big", photos, args.count, width, height)
-        jpeg_mb = sum(f.stat().st_size for f in (tmp / "big").iterdir()) / 1e6
-        print(f"{args.count} JPEGs of {width}x{height} ({width * height / 1e6:.0f} MP, {jpeg_mb:.0f} MB), methods "
-              f"{', '.join(METHODS)}, batch {args.batch_size}, workers {args.workers}, {args.python}"
+        jpeg_mb = sum(f.stat().st_size for f in (tmp / "big").iterdir()) / 1e6  # links counted as files
+        print(f"{args.count} JPEGs of {width}x{height} ({width * height / 1e6:.0f} MP, {jpeg_mb:.0f} MB) and "
+              f"{args.ordinary} scikit-image photographs (303x384 to 1000x872); methods {', '.join(METHODS)}; batch "
+              f"{args.batch_size or 'default'}, workers {args.workers or 'default'}"
               f"{'; ' + ', '.join(args.set) if args.set else ''}")
-        figures = run(args.python, args.model, tmp / "big", tmp / "out-big", args)
-        print(f"  big:      peak RSS {figures['peak_mib']:6.0f} MiB, {figures['seconds']:6.1f} s, "
-              f"{figures['images_per_s']:6.2f} images/s, {figures['written_mb']:8.1f} MB written")
-        if args.ordinary:
-            (tmp / "ordinary").mkdir()
-            for i in range(args.ordinary):
-                (tmp / "ordinary" / f"{i:04d}.jpg").write_bytes(photos[i % len(photos)].read_bytes())
-            figures = run(args.python, args.model, tmp / "ordinary", tmp / "out-ordinary", args)
-            print(f"  ordinary: peak RSS {figures['peak_mib']:6.0f} MiB, {figures['seconds']:6.1f} s, "
-                  f"{figures['images_per_s']:6.2f} images/s, {figures['written_mb']:8.1f} MB written "
-                  f"({args.ordinary} scikit-image photographs, 303x384 to 1000x872)")
+        (tmp / "ordinary").mkdir()
+        for i in range(args.ordinary):
+            (tmp / "ordinary" / f"{i:04d}.jpg").write_bytes(photos[i % len(photos)].read_bytes())
+        for k, python in enumerate(args.python or [sys.executable]):
+            print(f"[{python}]")
+            for name in ("big", "ordinary") if args.ordinary else ("big",):
+                figures = run(python, args.model, tmp / name, tmp / f"out-{name}-{k}", args)
+                print(f"  {name + ':':9} peak RSS {figures['peak_mib']:6.0f} MiB, {figures['seconds']:6.1f} s, "
+                      f"{figures['images_per_s']:6.2f} images/s, {figures['written_mb']:8.1f} MB written")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ class _Reader:
         unit = text[len(number):]
         try:
             count = int(float(number) * UNITS[unit]) if not isinstance(value, bool) else None
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, OverflowError):
             count = None
         if count is None:
             raise self.fail(key, f"expected a size such as 2GB, 512MB or a number of bytes, got {value!r}")

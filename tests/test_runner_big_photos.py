@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -18,11 +20,13 @@ from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.inputs.decode import decode_image, header_size, peek
 from onnxcam.runner.inputs.listing import ImageRef
-from onnxcam.runner.model.graph import read_graph_info
+from onnxcam.runner.model.graph import Preprocessing, read_graph_info
+from onnxcam.runner.outputs import render
 from onnxcam.runner.stages import Stages
 from onnxcam.runner.stages.items import BatchResult, DecodedImage, ImageResult
+from onnxcam.runner.stages.read import ReadStage
 from PIL import Image
-from runner_helpers import read_index, smooth_image, write_images, write_manifest
+from runner_helpers import heatmap_at_image_size, read_index, smooth_image, write_images, write_manifest
 
 PEAK = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
         "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
@@ -36,14 +40,6 @@ def toy(exported) -> Path:
 def big_picture(width: int, height: int, seed: int) -> np.ndarray:
     picture = cv2.resize(smooth_image(height // 50, width // 50, seed), (width, height), interpolation=cv2.INTER_CUBIC)
     return cv2.add(picture, np.random.default_rng(seed).integers(0, 8, picture.shape, np.uint8))
-
-
-def full_size(row: dict[str, str], stored: np.ndarray) -> np.ndarray:
-    """The README's one-liner: a compact heatmap at the image's size."""
-    x0, y0, x1, y1 = (int(row[k]) for k in ("region_x0", "region_y0", "region_x1", "region_y1"))
-    full = np.zeros((int(row["height"]), int(row["width"])), np.float32)
-    full[y0:y1, x0:x1] = cv2.resize(stored.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-    return (full - full.min()) / (full.max() - full.min())
 
 
 def peak_rss_mib(manifest: Path) -> tuple[float, str]:
@@ -79,7 +75,8 @@ def test_48_mp_jpegs_and_a_16_bit_tiff_stay_within_the_budget(toy, tmp_path):
         assert (width, height) in ((8000, 6000), (6708, 4472))
         assert (row["region_x0"], row["region_y0"], row["region_x1"], row["region_y1"]) == \
             ("0", "0", str(width), str(height))
-        assert max(int(row["overlay_width"]), int(row["overlay_height"])) == 2048
+        # JPEGs decoded at 1/4 (2000 px, drawn at that size rather than upscaled); the TIFF resized to the cap
+        assert max(int(row["overlay_width"]), int(row["overlay_height"])) == (2048 if width == 6708 else 2000)
         overlay = cv2.imread(str(tmp_path / "out" / row["overlay_path"]))
         assert overlay.shape == (int(row["overlay_height"]), int(row["overlay_width"]), 3)
         assert 0 <= int(row["peak_x"]) < width and 0 <= int(row["peak_y"]) < height
@@ -114,7 +111,7 @@ def test_compact_heatmaps_give_back_the_full_size_map(toy, tmp_path, capsys):
             assert stored.shape == (224, 224, 3)
             continue
         assert stored.shape == read_graph_info(toy).activation_shape[1:], "the map at the target layer's resolution"
-        assert np.abs(full_size(mine, stored) - reference).max() <= 1e-3
+        assert np.abs(heatmap_at_image_size(tmp_path / "compact" / "out", mine) - reference).max() <= 1e-3
         if mine["image"] == "small.png":
             assert (mine["peak_x"], mine["peak_y"]) == (old["peak_x"], old["peak_y"])
             assert (mine["overlay_width"], mine["overlay_height"]) == ("120", "90")
@@ -137,15 +134,30 @@ def test_reduced_decoding_keeps_the_full_size_and_the_orientation(tmp_path):
         return 4
 
     image, size = decode_image(tmp_path / "rotated.jpg", 10**9, quarter)
-    assert asked == [(1600, 1200)] and size == (1200, 1600) and image.shape == (400, 300, 3)
+    assert asked == [(1200, 1600)] and size == (1200, 1600) and image.shape == (400, 300, 3), "sizes as shown"
     full, full_size_ = decode_image(tmp_path / "rotated.jpg", 10**9)
     assert full_size_ == (1200, 1600) and full.shape == (1600, 1200, 3)
     small = cv2.resize(full, (300, 400), interpolation=cv2.INTER_AREA)
     assert np.abs(small.astype(int) - image).mean() < 3, "the reduced decode is the same picture"
     cv2.imwrite(str(tmp_path / "scan.tif"), picture.astype(np.uint16) * 257)
     assert header_size((tmp_path / "scan.tif").read_bytes()) == (1600, 1200)
-    assert peek(tmp_path / "scan.tif", head_bytes=4096) == (False, (1600, 1200)), "its directory lies at the end"
-    assert peek(tmp_path / "rotated.jpg") == (True, (1600, 1200))
+    assert peek(tmp_path / "scan.tif") == (False, (1600, 1200)), "its directory lies at the end of the file"
+    assert peek(tmp_path / "rotated.jpg") == (True, (1200, 1600))
+    square = Image.fromarray(big_picture(4000, 3996, 6)[:, :, ::-1])
+    square.save(tmp_path / "square.jpg", exif=exif, quality=80)
+    assert decode_image(tmp_path / "square.jpg", 10**9, lambda width, height: 8)[1] == (3996, 4000)
+    assert ReadStage(PRE, 10**9, 2048, keep_pixels=True).memory(ImageRef("zero", str(zero_png(tmp_path)))) == 1 << 20
+
+
+PRE = Preprocessing(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize="center_crop")
+
+
+def zero_png(folder: Path) -> Path:
+    """A PNG whose header says 0 x 0 pixels."""
+    path = folder / "zero.png"
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)))
+    return path
 
 
 class _Stages:
@@ -214,6 +226,7 @@ class _Read:
     ({}, {"size": "huge"}, None, "output.heatmaps.size: expected one of model, original, got 'huge'"),
     ({}, "tiff", None, "output.heatmaps: expected one of npy, png, none, got 'tiff'"),
     ({}, None, {"max_side": "big"}, "output.overlays.max_side: expected a number of pixels or original, got a string"),
+    ({"memory_budget": "1e400"}, None, None, "runtime.memory_budget: expected a size such as 2GB"),
 ])
 def test_budget_and_size_mistakes_are_one_line(toy, tmp_path, capsys, runtime, heatmaps, overlays, expected):
     write_images(tmp_path / "images", 1)
@@ -239,3 +252,18 @@ def test_a_folder_of_the_earlier_layout_is_refused(toy, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "holds a run with another output layout (an earlier onnxcam)" in lines[0], lines
     assert yaml.safe_load(manifest.read_text())["output"]["dir"] == str(tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["above zero", "signed"])
+def test_the_one_liner_gives_the_drawn_heatmap_for_a_centre_crop(kind, tmp_path):
+    """Compact maps keep 0 where it is (they are divided by their largest |value|), so padding with zeros outside
+    the region and min-max scaling gives the heatmap drawn at the image's size, also for maps whose minimum is
+    not 0 (saliency, occlusion, cam)."""
+    rng = np.random.default_rng(1)
+    map_ = (rng.uniform(0.3, 1.0, (7, 7)) if kind == "above zero" else rng.normal(0, 1, (7, 7))).astype(np.float32)
+    region, width, height = (80, 0, 560, 480), 640, 480
+    drawn = render.heatmap(map_, region, width, height)
+    np.save(tmp_path / "m.npy", render.compact(map_, guided=False).astype(np.float16))
+    row = {"heatmap_path": "m.npy", "width": str(width), "height": str(height)} | {
+        f"region_{c}": str(v) for c, v in zip(("x0", "y0", "x1", "y1"), region, strict=True)}
+    assert np.abs(heatmap_at_image_size(tmp_path, row) - drawn).max() <= 1e-3

@@ -15,7 +15,14 @@ from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
 from PIL import Image
-from runner_helpers import FlakyBackend, read_index, smooth_image, write_images, write_manifest
+from runner_helpers import (
+    FlakyBackend,
+    heatmap_at_image_size,
+    read_index,
+    smooth_image,
+    write_images,
+    write_manifest,
+)
 
 CAM_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "cam"]
 
@@ -51,10 +58,12 @@ def test_outputs_for_every_method(toy, tmp_path, capsys):
         assert (row["overlay_width"], row["overlay_height"]) == ("90", "60")
         guided = row["method"].startswith("guided")
         assert heat.shape == ((224, 224, 3) if guided else (112, 112)), "compact: the method's own resolution"
-        assert heat.min() >= 0 and heat.max() <= 1
-        if not guided:
-            assert heat.max() == 1 and heat.min() == 0
-            full = cv2.resize(heat.astype(np.float32), (90, 60), interpolation=cv2.INTER_LINEAR)
+        if guided:
+            assert heat.min() >= 0 and heat.max() <= 1
+        else:
+            assert np.abs(heat).max() == 1, "divided by its largest |value|"
+            assert heat.min() >= 0 or row["method"] == "cam", "ReLU'd maps are not negative"
+            full = heatmap_at_image_size(tmp_path / "out", row)
             assert full[int(row["peak_y"]), int(row["peak_x"])] >= full.max() - 2e-3
     report = json.loads((tmp_path / "out" / "run.json").read_text())
     assert (report["images"], report["ok"], report["errors"], report["rows"]) == (3, 3, 0, 27)

@@ -37,6 +37,7 @@ class LocalEngine:
 
         def refill() -> None:
             nonlocal held
+            collect(block_above=len(writing))  # writes that are done give their bytes back
             while len(reading) < look_ahead:
                 if not waiting:
                     ref = next(todo, None)

@@ -23,8 +23,9 @@ def is_jpeg(data: bytes) -> bool:
 
 
 def header_size(data: bytes, complete: bool = True) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG, BMP, GIF, WebP or TIFF header without decoding; None if unknown.
-    `complete`: `data` is the whole file, so a JPEG without its end marker is reported as truncated."""
+    """(width, height) from a PNG, JPEG, BMP, GIF, WebP or TIFF header without decoding, as the picture is shown
+    (a JPEG's EXIF orientation applied); None if unknown. `complete`: `data` is the whole file, so a JPEG
+    without its end marker is reported as truncated."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"BM" and len(data) >= 26:
@@ -41,35 +42,58 @@ def header_size(data: bytes, complete: bool = True) -> tuple[int, int] | None:
         if data[12:16] == b"VP8L":
             bits = int.from_bytes(data[21:25], "little")
             return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-    if data[:4] in (b"II*\x00", b"MM\x00*") and len(data) >= 8:
+    if data[:4] in TIFF_MAGIC and len(data) >= 8:
         return _tiff_size(data)
     if is_jpeg(data):
         return _jpeg_size(data, complete)
     return None
 
 
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height tags (256, 257) of a TIFF's first image directory, if it lies within `data`."""
-    order = "<" if data[:2] == b"II" else ">"
-    offset = struct.unpack(order + "I", data[4:8])[0]
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+ROTATED = (5, 6, 7, 8)  # EXIF orientations shown turned by 90 degrees (width and height swap)
+
+
+def _tiff_order(data: bytes) -> str:
+    return "<" if data[:2] == b"II" else ">"
+
+
+def _directory(data: bytes, order: str, offset: int, tags: tuple[int, ...]) -> dict[int, int]:
+    """The SHORT or LONG values of `tags` in the TIFF image file directory at `offset` of `data` (those found)."""
+    found: dict[int, int] = {}
     if offset + 2 > len(data):
-        return None
-    entries = struct.unpack(order + "H", data[offset:offset + 2])[0]
-    found = {}
-    for k in range(entries):
+        return found
+    for k in range(struct.unpack(order + "H", data[offset:offset + 2])[0]):
         entry = data[offset + 2 + 12 * k:offset + 14 + 12 * k]
         if len(entry) < 12:
-            return None
+            break
         tag, kind = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257):  # SHORT (type 3) or LONG values, stored in the entry itself
-            found[tag] = struct.unpack(order + "H", entry[8:10])[0] if kind == 3 else struct.unpack(order + "I",
-                                                                                                    entry[8:12])[0]
+        if tag in tags:  # a SHORT (type 3) or LONG value, stored in the entry itself
+            value = entry[8:10] if kind == 3 else entry[8:12]
+            found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value)[0]
+            if len(found) == len(tags):
+                break
+    return found
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height (tags 256, 257) of a TIFF's first image directory, if it lies within `data`."""
+    order = _tiff_order(data)
+    found = _directory(data, order, struct.unpack(order + "I", data[4:8])[0], (256, 257))
     return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _exif_rotated(segment: bytes) -> bool:
+    """Whether a JPEG's APP1 Exif segment (from its "Exif\\0\\0") says the picture is shown turned by 90 degrees."""
+    tiff = segment[6:]
+    if len(tiff) < 8 or tiff[:4] not in TIFF_MAGIC:
+        return False
+    order = _tiff_order(tiff)
+    return _directory(tiff, order, struct.unpack(order + "I", tiff[4:8])[0], (274,)).get(274) in ROTATED
 
 
 def _jpeg_size(data: bytes, complete: bool) -> tuple[int, int] | None:
     """Walks the JPEG segments to the first frame header; also checks that the image data is complete."""
-    position, size = 2, None
+    position, size, rotated = 2, None, False
     while position + 4 <= len(data):
         if data[position] != 0xFF:
             raise ImageError("corrupt JPEG (bad segment marker)")
@@ -78,9 +102,11 @@ def _jpeg_size(data: bytes, complete: bool) -> tuple[int, int] | None:
             position += 1
             continue
         length = struct.unpack(">H", data[position + 2:position + 4])[0]
+        if marker == 0xE1 and data[position + 4:position + 10] == b"Exif\x00\x00":
+            rotated = _exif_rotated(data[position + 4:position + 2 + length])
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and position + 9 <= len(data):
             height, width = struct.unpack(">HH", data[position + 5:position + 9])
-            size = (width, height)
+            size = (height, width) if rotated else (width, height)
         if marker == 0xDA:  # start of scan: entropy-coded data follows; only the end marker can contain FF D9
             if complete and data.find(b"\xff\xd9", position + 2 + length) < 0:
                 raise ImageError("truncated JPEG (the image data has no end marker)")
@@ -91,17 +117,20 @@ def _jpeg_size(data: bytes, complete: bool) -> tuple[int, int] | None:
     return size
 
 
-def peek(path: str | Path, head_bytes: int = 1 << 18) -> tuple[bool, tuple[int, int] | None]:
-    """Whether a file is a JPEG, and its (width, height) when its first bytes say it (a TIFF's image directory
-    is read where it lies, often at the end), without decoding. Raises OSError or ImageError."""
+def peek(path: str | Path) -> tuple[bool, tuple[int, int] | None]:
+    """Whether a file is a JPEG, and its shown (width, height) when its first bytes say it (a TIFF's image
+    directory is read where it lies, often at the end), without decoding. Raises OSError or ImageError."""
     with open(path, "rb") as file:
-        head = file.read(head_bytes)
+        head = file.read(1 << 16)
         size = header_size(head, complete=False)
-        if size is None and head[:4] in (b"II*\x00", b"MM\x00*"):
-            offset = struct.unpack("<I" if head[:2] == b"II" else ">I", head[4:8])[0]
-            file.seek(offset)
-            directory = file.read(2 + 12 * 64)
-            size = _tiff_size(head[:4] + struct.pack("<I" if head[:2] == b"II" else ">I", 8) + directory)
+        if size is None and is_jpeg(head):  # a frame header behind a large EXIF or XMP block
+            head += file.read(1 << 20)
+            size = header_size(head, complete=False)
+        if size is None and head[:4] in TIFF_MAGIC and len(head) >= 8:
+            order = _tiff_order(head)
+            file.seek(struct.unpack(order + "I", head[4:8])[0])
+            found = _directory(file.read(4096), order, 0, (256, 257))
+            size = (found[256], found[257]) if len(found) == 2 else None
     return is_jpeg(head), size
 
 
@@ -128,13 +157,8 @@ def decode_image(path: str | Path, max_pixels: int, reduction: Callable[[int, in
     del data
     if image is None:
         raise ImageError("not a decodable image (corrupt, truncated or not an image format OpenCV reads)")
-    full = (image.shape[1], image.shape[0]) if k == 1 else _full_size(size, image.shape, k)
+    full = (image.shape[1], image.shape[0]) if k == 1 else size  # the header's size is the shown one
     if full[0] * full[1] > max_pixels:
         raise ImageError(f"{full[0]}x{full[1]} is over images.max_pixels ({max_pixels / 1e6:g} MP)")
     return image, full
 
-
-def _full_size(header: tuple[int, int], shape: tuple[int, ...], k: int) -> tuple[int, int]:
-    """The full (width, height) of an image decoded at 1/k: the header's, swapped where EXIF rotated it."""
-    width, height = header
-    return (width, height) if shape[1] == -(-width // k) else (height, width)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+from onnxcam.runner.methods.maps import normalise
 
 
 def _encoded(extension: str, image: np.ndarray, params: list[int] | None = None) -> bytes:
@@ -28,8 +29,8 @@ def heatmap_npy(values: np.ndarray, guided: bool) -> bytes:
 
 
 def heatmap_png(values: np.ndarray, guided: bool) -> bytes:
-    """8-bit grey, or 8-bit colour for guided methods."""
-    image = np.round(values * 255).astype(np.uint8)
+    """8-bit grey, min-max scaled (a compact map may hold negative values), or 8-bit colour for guided methods."""
+    image = np.round((values if guided else normalise(values[None])[0]) * 255).astype(np.uint8)
     return _encoded(".png", image[:, :, ::-1] if guided else image)
 
 

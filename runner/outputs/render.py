@@ -41,10 +41,13 @@ def in_image_pixels(point: tuple[int, int], size: tuple[int, int], drawn: tuple[
 
 
 def compact(map_: np.ndarray, guided: bool) -> np.ndarray:
-    """A method's map at its own resolution, as stored by default: [h,w] in [0,1], or [H,W,3] for guided maps."""
+    """A method's map at its own resolution, as stored by default: divided by its largest |value| (0 stays 0, so
+    padding with zeros and min-max scaling at the image's size gives what `heatmap` draws), or the RGB rendering
+    [H,W,3] of a guided map."""
     if guided:
         return guided_image(map_, (0, 0, map_.shape[2], map_.shape[1]), map_.shape[2], map_.shape[1])
-    return normalise(map_[None])[0]
+    largest = float(np.abs(map_).max())
+    return map_ / largest if largest > 0 else np.zeros_like(map_)
 
 
 def heatmap(map_: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:

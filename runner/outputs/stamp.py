@@ -14,7 +14,8 @@ from onnxcam.runner.outputs.index import LAYOUT
 
 STAMP_NAME = ".onnxcam-run.json"
 WHAT_DIFFERS = {"layout": "another output layout (an earlier onnxcam)", "model_sha256": "another model file",
-                "targets": "other targets", "evaluate": "other evaluate settings"}
+                "targets": "other targets", "evaluate": "other evaluate settings",
+                "heatmaps": "other output.heatmaps.size"}
 
 
 def run_identity(manifest: Manifest) -> dict[str, str]:
@@ -27,7 +28,7 @@ def run_identity(manifest: Manifest) -> dict[str, str]:
         {"kind": targets.kind, "k": targets.k, "classes": targets.classes, "threshold": targets.threshold,
          "labels": str(targets.labels_file or "")}),
         "evaluate": json.dumps(evaluation and {"metrics": evaluation.metrics, "boxes": str(evaluation.boxes)}),
-        "methods": json.dumps(manifest.methods)}
+        "heatmaps": manifest.heatmaps.size, "methods": json.dumps(manifest.methods)}
 
 
 def check_stamp(folder: Path, identity: dict[str, str]) -> None:

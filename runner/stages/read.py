@@ -22,6 +22,8 @@ from onnxcam.runner.stages.items import DecodedImage, one_line
 
 WRITE_BYTES_PER_PIXEL = 48  # rendering one map at the drawn size: float32 maps, colormap, blend, encoding
 UNKNOWN_SIZE_FACTOR = 12  # decoded bytes per file byte when the header does not say the size
+UNUSABLE = 1 << 20  # what a file that will become an error row holds
+DRAWN_SLACK = 0.95  # a reduced decode this close to the overlay's size is drawn at its own size (never upscaled)
 
 
 def render_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -39,7 +41,7 @@ class ReadStage:
         """The largest k in 8, 4, 2 (or 1) at which a JPEG of this size still serves the model and the overlays."""
         x0, y0, x1, y1 = model_region(width, height, self.preprocessing)
         model_height, model_width = self.preprocessing.size
-        drawn = max(render_size(width, height, self.max_side)) if self.keep_pixels else 1
+        drawn = DRAWN_SLACK * max(render_size(width, height, self.max_side)) if self.keep_pixels else 1
         for k in (8, 4, 2):
             if ((x1 - x0) // k >= 2 * model_width and (y1 - y0) // k >= 2 * model_height
                     and max(width, height) // k >= drawn):
@@ -54,7 +56,10 @@ class ReadStage:
             decoded.region = model_region(*decoded.size, self.preprocessing)
             decoded.render_size = render_size(*decoded.size, self.max_side)
             if self.keep_pixels:
-                same = (image.shape[1], image.shape[0]) == decoded.render_size
+                decoded_size = (image.shape[1], image.shape[0])
+                if max(decoded_size) < max(decoded.render_size):  # a reduced decode just short of the cap
+                    decoded.render_size = decoded_size
+                same = decoded_size == decoded.render_size
                 decoded.image = image if same else cv2.resize(image, decoded.render_size, interpolation=cv2.INTER_AREA)
         except ImageError as error:
             decoded.error = str(error)
@@ -71,8 +76,13 @@ class ReadStage:
         try:
             file_bytes = os.path.getsize(ref.path)
             jpeg, size = peek(ref.path)
-        except (OSError, ImageError, ValueError, struct.error):
-            return 1 << 20  # it will become an error row
+            if size is not None and not 0 < size[0] * size[1] <= self.max_pixels:
+                return UNUSABLE  # the read stage refuses it
+            return self._estimate(file_bytes, jpeg, size)
+        except (OSError, ImageError, ValueError, ArithmeticError, struct.error):
+            return UNUSABLE
+
+    def _estimate(self, file_bytes: int, jpeg: bool, size: tuple[int, int] | None) -> int:
         model_height, model_width = self.preprocessing.size
         tensors = 16 * 3 * model_height * model_width  # input, model outputs, maps at model size
         if size is None:

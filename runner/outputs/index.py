@@ -41,8 +41,8 @@ def _complete(rows: list[list[str]], methods: list[str]) -> bool:
 class _Lines:
     """The file's lines as text up to `end`, counting the bytes handed out (csv pulls lines as it needs them)."""
 
-    def __init__(self, file: BinaryIO, start: int, end: int):
-        self.file, self.position, self.end = file, start, end
+    def __init__(self, file: BinaryIO, end: int):
+        self.file, self.position, self.end = file, 0, end
 
     def __iter__(self) -> Iterator[str]:
         for line in self.file:
@@ -84,7 +84,7 @@ class IndexFile:
             size = file.seek(0, os.SEEK_END)
             end = self._last_line_end(file, size)
             file.seek(0)
-            lines = _Lines(file, 0, end)
+            lines = _Lines(file, end)
             reader = csv.reader(lines)
             header = next(reader, None)
             if header is None:  # a torn header line: nothing was written after it

@@ -10,14 +10,14 @@ MANIFEST ?= manifests/demo.yaml
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume bench-big clean
+.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume bench-big bench-ray clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,test]'
+	$(BIN)/pip install -q -e '.[export,test,ray]'
 	touch $@
 
 lint: setup
@@ -63,6 +63,10 @@ bench-big: export
 # Resuming a 1,000,000-image x 2-method index: peak RSS and seconds to the first new image; not a test.
 bench-resume: export
 	$(BIN)/python scripts/resume_benchmark.py --model $(OUT) $(BENCH_FLAGS)
+
+# `onnxcam run --ray` vs the local engine on the same JPEGs (steady-state images/s, start-up, peak RSS); not a test.
+bench-ray: setup
+	$(BIN)/python scripts/ray_benchmark.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf exports out demo

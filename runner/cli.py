@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -49,23 +50,34 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
-    """Run a manifest; exit 0 when the run finished (error rows included), 2 for a manifest or model error."""
+    """Run a manifest; exit 0 when the run finished (error rows included), 2 for an error in the manifest, the
+    model, output.dir or the engine."""
+    from onnxcam.runner.engines import EngineError
     from onnxcam.runner.manifest import ManifestError, load_manifest
     from onnxcam.runner.model.backend import ModelError
     from onnxcam.runner.outputs.files import OutputDirError
     from onnxcam.runner.run import Run
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop ends the run like Ctrl-C
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        print("onnxcam run: error: --ray needs Ray, an optional extra: pip install 'onnxcam[ray]'")
+        return 2
     try:
-        run = Run(load_manifest(args.manifest), quiet=args.quiet)
+        manifest = load_manifest(args.manifest)
+        if args.ray is None:
+            run = Run(manifest, quiet=args.quiet)
+        else:
+            from onnxcam.runner.engines.ray_data import RaySettings
+
+            run = Run(manifest, quiet=args.quiet, ray=RaySettings(address=args.ray or None))
         with run.opened():
-            for note in run.backend.notes:
+            for note in run.notes:
                 print(f"onnxcam run: {note}")
             if not args.quiet:
                 print(f"onnxcam run: {run.info.model} ({run.manifest.model.name}), methods {', '.join(run.methods)}, "
-                      f"provider {run.backend.provider}, batch {run.manifest.batch_size}")
+                      f"provider {run.provider}, batch {run.manifest.batch_size}, {run.engine.describe()}")
             s = run.run()
-    except (ManifestError, ModelError, OutputDirError) as error:
+    except (ManifestError, ModelError, OutputDirError, EngineError) as error:
         print(f"onnxcam run: error: {error}")
         return 2
     out = run.output_dir
@@ -73,7 +85,7 @@ def run_manifest(args: argparse.Namespace) -> int:
     resumed = f" ({s.already_done} already done)" if s.already_done else ""
     rate = s.images / s.seconds if s.seconds else 0.0
     print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
-          f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.backend.provider}); index {out / 'index.csv'}, report "
+          f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.provider}); index {out / 'index.csv'}, report "
           f"{out / 'run.json'}")
     if s.table:
         print(f"onnxcam run: faithfulness, mean ± std (rows) over index.csv; {out / 'summary.csv'}, curves in "
@@ -95,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="explain every image a manifest names: heatmaps, overlays, index.csv")
     run.add_argument("manifest", type=Path)
     run.add_argument("--quiet", action="store_true", help="no progress output, only the last line")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="run on Ray actors, one per GPU: a local Ray, or the cluster at ADDRESS (or $RAY_ADDRESS)")
     return parser
 
 

@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from onnxcam.runner.costs import Costs
+from onnxcam.runner.engines import Engine
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.evaluate import aggregate, curves
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
@@ -23,15 +24,18 @@ from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend, ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.outputs import report
-from onnxcam.runner.outputs.files import OutputDirError
+from onnxcam.runner.outputs.files import OutputDirError, sweep_partials
 from onnxcam.runner.outputs.index import IndexFile
 from onnxcam.runner.outputs.lock import RunLock
 from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
 from onnxcam.runner.progress import Progress
-from onnxcam.runner.stages import build_stages
-from onnxcam.runner.stages.explain import main_outputs
+from onnxcam.runner.stages import build_stages, output_sets
+
+if TYPE_CHECKING:
+    from onnxcam.runner.engines.ray_data import RaySettings
 
 MAX_ERRORS_IN_REPORT = 100
+RUNNING_MARK = ".onnxcam.running"  # present while a run holds output.dir; found at the start: the last one crashed
 MISSING_OUTPUT_FIX = {"input_gradients": "was exported with --no-guided; re-export without it",
                       "plain_input_gradients": "was exported without --saliency; re-export with --saliency"}
 
@@ -68,30 +72,42 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
                              f"{list(info.preprocessing.size)}; use a smaller patch")
 
 
-def output_sets(manifest: Manifest) -> list[tuple[str, ...]]:
-    """The sets of outputs the run asks the model for: the main pass, then each kind of extra pass."""
-    extra = {METHODS[name].extra_pass_output for name in manifest.methods} - {""}
-    if manifest.evaluate and manifest.evaluate.wanted(runs_model=True):
-        extra.add("logits")
-    return [main_outputs(manifest.methods), *((output,) for output in sorted(extra))]
-
-
 class Run:
+    """`backend` replaces the ONNX Runtime one (tests); `ray` runs the work on Ray actors instead of this process."""
+
     def __init__(self, manifest: Manifest, quiet: bool = False, stream: TextIO | None = None,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, ray: RaySettings | None = None):
         self.manifest, self.quiet, self.stream = manifest, quiet, stream
         try:
             self.info = read_graph_info(manifest.model)
         except Exception as error:  # noqa: BLE001 - a protobuf parse error or missing metadata
             raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
         check_model(manifest, self.info)
-        self.backend = backend or OnnxRuntimeBackend(manifest.model, manifest.providers, output_sets(manifest))
-        self.stages = build_stages(manifest, self.info, self.backend)
+        if ray is None:
+            backend = backend or OnnxRuntimeBackend(manifest.model, manifest.providers, output_sets(manifest))
+            self.engine: Engine = LocalEngine(build_stages(manifest, self.info, backend), manifest.batch_size,
+                                              manifest.workers, manifest.memory_budget)
+        else:
+            from onnxcam.runner.engines.ray_data import RayEngine
+
+            build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before Ray starts
+            self.engine = RayEngine(manifest, ray)
+        self.backend = backend if ray is None else None
         self.methods = list(manifest.methods)
         self.output_dir = manifest.output_dir
         self.identity = run_identity(manifest)
         self.index: IndexFile | None = None
         self.tally = Tally()
+
+    @property
+    def provider(self) -> str:
+        """What runs the model: the backend's provider, or the Ray actors' (as they reported once they ran)."""
+        return (self.backend or self.engine).provider
+
+    @property
+    def notes(self) -> list[str]:
+        """Why it runs there, printed before the run."""
+        return (self.backend or self.engine).notes
 
     def _refs(self) -> Iterator[ImageRef]:
         m = self.manifest
@@ -116,17 +132,24 @@ class Run:
         except OSError as error:
             raise OutputDirError(f"output.dir: {self.output_dir}: cannot create it ({error.strerror or error}); "
                                  "pick a folder you can write to") from None
-        with RunLock(self.output_dir):
-            for stale in self.output_dir.glob(".*.partial"):  # left by a killed run (index rewrite, stamp, reports)
-                stale.unlink(missing_ok=True)
-            check_stamp(self.output_dir, self.identity)
-            self.index = IndexFile(self.output_dir / "index.csv", self.methods)
-            try:
-                write_stamp(self.output_dir, self.identity)
-                yield self
-            finally:
-                self.index.close()
-                self.index = None
+        try:
+            with RunLock(self.output_dir):
+                running = self.output_dir / RUNNING_MARK
+                if running.exists():  # a killed run's half-written files (index rewrite, reports, heatmaps)
+                    sweep_partials(self.output_dir)
+                check_stamp(self.output_dir, self.identity)
+                self.index = IndexFile(self.output_dir / "index.csv", self.methods)
+                try:
+                    write_stamp(self.output_dir, self.identity)
+                    running.touch()
+                    yield self
+                finally:
+                    self.index.close()
+                    self.index = None
+                    self.engine.close()  # inside the lock: no worker of this run writes once it is released
+                    running.unlink(missing_ok=True)
+        finally:
+            self.engine.close()  # also when output.dir refused the run
 
     def run(self) -> Tally:
         """Runs every image not done yet; opens output.dir first unless `opened()` already holds it."""
@@ -136,9 +159,8 @@ class Run:
         start = time.monotonic()
         self.tally.already_done = len(self.index.done)
         self.progress = Progress(sum(1 for _ in self._todo(self.index.done)), self.quiet, self.stream)
-        engine = LocalEngine(self.manifest.batch_size, self.manifest.workers, self.manifest.memory_budget)
         try:
-            self.tally.interrupted = engine.run(self.stages, self._todo(self.index.done), self)
+            self.tally.interrupted = self.engine.run(self._todo(self.index.done), self)
         finally:
             self.index.flush()
             self.progress.close()

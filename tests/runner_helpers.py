@@ -67,11 +67,11 @@ class FlakyBackend:
 # A shell without job control starts background jobs with SIGINT ignored, and children inherit that (so would
 # this test's run under `make test &`); the wrapper restores Python's Ctrl-C handling first.
 RUN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-       "from onnxcam.runner.cli import main; sys.exit(main(['run', sys.argv[1]]))")
+       "from onnxcam.runner.cli import main; sys.exit(main(['run', *sys.argv[1:]]))")
 
 
-def start_run(manifest: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN, str(manifest)], stdout=subprocess.PIPE,
+def start_run(manifest: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", RUN, str(manifest), *flags], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

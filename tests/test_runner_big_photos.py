@@ -199,12 +199,12 @@ def test_the_engine_keeps_what_is_in_flight_within_the_budget():
 
     order = [*sorted(k for k in sizes if k != "huge")[:10], "huge", *sorted(k for k in sizes if k != "huge")[10:]]
     refs = iter(ImageRef(key, key) for key in order)
-    assert LocalEngine(batch_size=8, workers=2, memory_budget=350).run(stages, refs, Sink()) is False
+    assert LocalEngine(stages, batch_size=8, workers=2, memory_budget=350).run(refs, Sink()) is False
     assert sorted(row["image"] for row in rows) == sorted(sizes)
     assert stand_in.most == 1000 and "huge" in stand_in.alone, "too big for the budget: it runs alone"
     stand_in.most = 0
     refs = iter(ImageRef(key, key) for key in sorted(k for k in sizes if k != "huge"))
-    LocalEngine(batch_size=8, workers=2, memory_budget=350).run(stages, refs, Sink())
+    LocalEngine(stages, batch_size=8, workers=2, memory_budget=350).run(refs, Sink())
     assert stand_in.most <= 350
 
 

@@ -22,11 +22,21 @@ from onnxcam.runner.stages import Stages
 
 
 class LocalEngine:
-    def __init__(self, batch_size: int, workers: int, memory_budget: int):
-        self.batch_size, self.workers, self.memory_budget = batch_size, workers, memory_budget
+    def __init__(self, stages: Stages, batch_size: int, workers: int, memory_budget: int):
+        self.stages, self.batch_size, self.workers, self.memory_budget = stages, batch_size, workers, memory_budget
 
-    def run(self, stages: Stages, todo: Iterator[ImageRef], sink: Sink) -> bool:
+    def describe(self) -> str:
+        return f"local engine, {self.workers} read/write threads"
+
+    def report(self) -> dict[str, object]:
+        return {"engine": "local"}
+
+    def close(self) -> None:
+        """Nothing to release: the thread pools end with each run."""
+
+    def run(self, todo: Iterator[ImageRef], sink: Sink) -> bool:
         """Runs every image of `todo`; returns True when interrupted."""
+        stages = self.stages
         look_ahead = self.batch_size + 2 * self.workers
         reading: deque[tuple[Future, int]] = deque()  # (read, the bytes it holds)
         writing: deque[tuple[Future, int]] = deque()

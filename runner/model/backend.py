@@ -34,7 +34,7 @@ class Backend(Protocol):
         ...
 
 
-def _cuda_unavailable_reason() -> str | None:
+def cuda_unavailable_reason() -> str | None:
     if ORT_NAMES["cuda"] not in ort.get_available_providers():
         return f"this onnxruntime build ({ort.__version__}) has no CUDA provider; pip install onnxruntime-gpu"
     try:
@@ -67,7 +67,7 @@ class OnnxRuntimeBackend:
         self.notes: list[str] = []
         wanted = ["cuda", "cpu"] if providers == "auto" else list(providers)
         if "cuda" in wanted:
-            reason = _cuda_unavailable_reason()
+            reason = cuda_unavailable_reason()
             if reason:
                 if providers != "auto" and wanted == ["cuda"]:
                     raise ModelError(f"runtime.providers: CUDA requested but unusable: {reason}; add cpu or use auto")

@@ -1,5 +1,5 @@
-"""Files under output.dir: atomic writes whose temporary names are unique across processes and hosts, and
-the guard that keeps every output path inside output.dir."""
+"""Files under output.dir: atomic writes whose temporary names are unique across processes and hosts, the sweep
+of those a crash left, and the guard that keeps every output path inside output.dir."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def sweep_partials(folder: Path) -> int:
+    """Deletes the temporary files of writes a killed process never finished, anywhere under `folder`; returns
+    how many. Walks the whole tree, so runs only after a crash."""
+    count = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if name.startswith(".") and name.endswith(".partial"):
+                Path(parent, name).unlink(missing_ok=True)
+                count += 1
+    return count
 
 
 def inside(folder: Path, relative: str) -> Path:

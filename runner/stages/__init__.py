@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnxcam.runner.manifest import Manifest
+from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend
 from onnxcam.runner.model.graph import GraphInfo
-from onnxcam.runner.stages.explain import ExplainStage
+from onnxcam.runner.stages.explain import ExplainStage, main_outputs
 from onnxcam.runner.stages.read import ReadStage
 from onnxcam.runner.stages.write import WriteStage
 from onnxcam.runner.targets import TargetPlan
@@ -28,8 +29,17 @@ class Stages:
     write: WriteStage
 
 
-def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend) -> Stages:
-    """The three stages of a run; raises ManifestError where the manifest and the model disagree."""
+def output_sets(manifest: Manifest) -> list[tuple[str, ...]]:
+    """The sets of outputs the stages ask the model for: the main pass, then each kind of extra pass."""
+    extra = {METHODS[name].extra_pass_output for name in manifest.methods} - {""}
+    if manifest.evaluate and manifest.evaluate.wanted(runs_model=True):
+        extra.add("logits")
+    return [main_outputs(manifest.methods), *((output,) for output in sorted(extra))]
+
+
+def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend | None) -> Stages:
+    """The three stages of a run; raises ManifestError where the manifest and the model disagree. With no
+    backend they serve only that check (a distributed engine's driver, whose workers build their own)."""
     plan = TargetPlan(manifest.targets, info.labels, info.output_activation)
     read = ReadStage(info.preprocessing, manifest.max_pixels, manifest.max_side,
                      keep_pixels=manifest.overlays is not None)

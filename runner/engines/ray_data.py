@@ -1,0 +1,280 @@
+"""The Ray Data engine (`onnxcam run --ray`): a multi-GPU server, or a Ray cluster the user already runs.
+
+The driver (the run) lists the images still to do and hands them to Ray Data as a dataset of (key, path); a pool
+of actors, one per GPU (CPU actors when the cluster has no GPU), does the work and the rows stream back to the
+driver, which stays the only writer of index.csv. Each actor builds its ONNX Runtime session once, then runs the
+local engine's pipeline (read, explain, write) over every chunk of images it is handed, writing heatmaps and
+overlays itself, atomically, into output.dir (a folder every node sees at the same path).
+
+Failures: Ray restarts an actor whose process died and retries its chunk. A ledger actor counts, per image, the
+starts that never finished: a chunk holding an image that was in flight when a worker died runs one image at a
+time, so the image to blame is found, and an image that was in flight `max_tries` times becomes an error row
+instead of being tried again. The driver drops the rows of an image it already has, so a retried chunk never
+adds a row twice, and after a worker died it deletes the temporary files the dead process left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+import ray.data
+from onnxcam.runner.costs import Costs
+from onnxcam.runner.engines import EngineError, Sink
+from onnxcam.runner.engines.local import LocalEngine
+from onnxcam.runner.inputs.listing import ImageRef
+from onnxcam.runner.manifest import Manifest, ManifestError
+from onnxcam.runner.model.backend import ORT_NAMES, ModelError, OnnxRuntimeBackend, cuda_unavailable_reason
+from onnxcam.runner.model.graph import read_graph_info
+from onnxcam.runner.outputs.files import sweep_partials
+from onnxcam.runner.stages import build_stages, output_sets
+from onnxcam.runner.stages.items import DecodedImage, ImageResult
+
+SETUP_ERROR = "onnxcam worker set-up failed: "  # marks a worker's one-line reason inside Ray's error text
+CHUNK_BATCHES = 4  # images per Ray task, in model batches: enough to keep an actor's pipeline full
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray started for the run
+    max_tries: int = 3  # times an image may be in flight when its worker dies before it becomes an error row
+    worker: type | None = None  # the actor class; None: ExplainWorker (a test passes one that crashes on cue)
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    count: int
+    cpus: float  # per actor: its ONNX Runtime threads
+    gpus: int  # per actor: 1 (its own GPU) or 0
+    providers: tuple[str, ...]  # what the actor runs the model on; ("cuda",) admits no fallback
+
+    def describe(self) -> str:
+        kind = "GPU" if self.gpus else "CPU"
+        return f"{self.count} {kind} actor{'s' * (self.count != 1)} ({self.cpus:g} CPU{'s' * (self.cpus != 1)} each)"
+
+
+def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where: str) -> ActorPlan:
+    """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs one actor per
+    node's worth of CPUs. `nodes` are the alive nodes' resources; `where` names the manifest for errors."""
+    wants_cuda = providers == "auto" or "cuda" in providers
+    gpu_nodes = [node for node in nodes if node.get("GPU", 0) >= 1]
+    if gpu_nodes:
+        cpus = min(node.get("CPU", 0) / int(node["GPU"]) for node in gpu_nodes)
+        cpus = float(int(cpus)) if cpus >= 1 else cpus
+        return ActorPlan(sum(int(node["GPU"]) for node in gpu_nodes), cpus, 1, ("cuda",) if wants_cuda else ("cpu",))
+    if providers != "auto" and "cpu" not in providers:
+        raise ManifestError(f"{where}: runtime.providers: {providers} but the Ray cluster has no GPU; add cpu or "
+                            "use auto")
+    cpu_nodes = [node for node in nodes if node.get("CPU", 0) >= 1]
+    cpus = float(int(min(node["CPU"] for node in cpu_nodes)))
+    return ActorPlan(sum(int(node["CPU"] // cpus) for node in cpu_nodes), cpus, 0, ("cpu",))
+
+
+@ray.remote(num_cpus=0)
+class InFlightLedger:
+    """Per image, how many times a worker started it without finishing: the deaths it was present at."""
+
+    def __init__(self):
+        self.unfinished: dict[str, int] = {}
+
+    def deaths(self, keys: list[str]) -> list[int]:
+        return [self.unfinished.get(key, 0) for key in keys]
+
+    def start(self, keys: list[str]) -> None:
+        for key in keys:
+            self.unfinished[key] = self.unfinished.get(key, 0) + 1
+
+    def finish(self, keys: list[str]) -> None:
+        for key in keys:
+            self.unfinished.pop(key, None)
+
+
+@dataclass
+class _Collected:
+    """A sink inside an actor: the rows and costs of one chunk."""
+
+    rows: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    costs: Costs = field(default_factory=Costs)
+
+    def add_rows(self, rows: list[dict[str, object]]) -> None:
+        self.rows[str(rows[0]["image"])] = rows
+
+    def add_costs(self, costs: Costs) -> None:
+        self.costs.add(costs)
+
+
+class ExplainWorker:
+    """A Ray Data actor: the stages, built once in its own process (on its own GPU), run over chunks of images."""
+
+    def __init__(self, manifest: Manifest, plan: ActorPlan, ledger, max_tries: int):
+        self.ledger, self.max_tries = ledger, max_tries
+        gpus = [str(gpu) for gpu in ray.get_gpu_ids()]
+        self.identity = {"worker": f"{ray.util.get_node_ip_address()}:{os.getpid()}", "gpus": gpus}
+        try:
+            backend = self._backend(manifest, plan)
+            stages = build_stages(manifest, read_graph_info(manifest.model), backend)
+        except Exception as error:  # noqa: BLE001 - the driver turns any of them into one line naming the actor
+            where = f"{self.identity['worker']}{f' (GPU {gpus[0]})' if gpus else ''}"
+            raise RuntimeError(f"{SETUP_ERROR}{where}: {' '.join(str(error).split())}") from None
+        self.identity["provider"] = backend.provider
+        self.write = stages.write
+        self.engine = LocalEngine(stages, manifest.batch_size, manifest.workers, manifest.memory_budget)
+
+    @staticmethod
+    def _backend(manifest: Manifest, plan: ActorPlan) -> OnnxRuntimeBackend:
+        """The actor's session: on a GPU actor CUDA or nothing; ONNX Runtime's threads = the actor's CPUs."""
+        if plan.providers == ("cuda",):
+            reason = cuda_unavailable_reason()
+            if reason:
+                raise ModelError(f"CUDA unusable: {reason}; every GPU node needs onnxruntime-gpu with CUDA 13 and "
+                                 "cuDNN 9 (or set runtime.providers: [cpu])")
+        backend = OnnxRuntimeBackend(manifest.model, list(plan.providers), output_sets(manifest),
+                                     threads=max(1, int(plan.cpus)))
+        if plan.providers == ("cuda",) and backend.provider != ORT_NAMES["cuda"]:
+            raise ModelError("the CUDA provider failed to initialise, and a GPU actor does not fall back to CPU; "
+                             "check the node's CUDA 13 and cuDNN 9 libraries")
+        return backend
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        refs = [ImageRef(str(key), str(path)) for key, path in zip(batch["key"], batch["path"], strict=True)]
+        keys = [ref.key for ref in refs]
+        deaths = ray.get(self.ledger.deaths.remote(keys))
+        collected = _Collected()
+        if not any(deaths):
+            ray.get(self.ledger.start.remote(keys))
+            self.engine.run(iter(refs), collected)
+            self.ledger.finish.remote(keys)
+        else:  # a worker died on this chunk before: one image at a time, so only the culprit is counted again
+            for ref, died in zip(refs, deaths, strict=True):
+                if died >= self.max_tries:  # stays in the ledger: never tried again in this run
+                    error = (f"the worker process died {died} times while this image was in flight (a crash in "
+                             "decoding or in the model); not tried again")
+                    collected.add_rows(self.write(ImageResult(DecodedImage(ref), error=error)))
+                    continue
+                ray.get(self.ledger.start.remote([ref.key]))
+                self.engine.run(iter([ref]), collected)
+                self.ledger.finish.remote([ref.key])
+        done = list(collected.rows)
+        retried = any(deaths)
+        identity = self.identity | {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+        results = [pickle.dumps((collected.rows[key], collected.costs if i == 0 else None, identity, retried))
+                   for i, key in enumerate(done)]
+        return {"key": np.array(done, dtype=object), "result": np.array(results, dtype=object)}
+
+
+def _quiet_ray() -> None:
+    """Ray's own progress bars and log lines would garble the run's progress and --quiet."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def ray_printing(on: bool) -> None:
+    """Ray prints every retry of a dead worker's task, with its traceback, on the driver's stdout; during the run
+    the run reports instead (progress, error rows, run.json). The switch is the one Ray's debugger uses while it
+    holds the terminal (a private flag of the pinned Ray version)."""
+    ray._private.worker._worker_logs_enabled = on
+
+
+def _setup_error(error: Exception) -> str | None:
+    """The one-line reason a worker gave for failing its set-up, if that is what `error` is."""
+    found = re.search(re.escape(SETUP_ERROR) + r"(.*)", str(error))
+    return found.group(1).strip() if found else None
+
+
+class RayEngine:
+    """Connects to (or starts) Ray when built, so the plan and provider are known before the run starts."""
+
+    def __init__(self, manifest: Manifest, settings: RaySettings):
+        self.manifest, self.settings = manifest, settings
+        start = time.monotonic()
+        self.started = not ray.is_initialized()
+        if self.started:
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ warnings, on the run's stderr
+            try:
+                ray.init(address=settings.address, include_dashboard=False, logging_level=logging.ERROR,
+                         log_to_driver=False)
+            except Exception as error:  # noqa: BLE001 - ConnectionError, RuntimeError or ValueError by cause
+                where = settings.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+                raise EngineError(f"--ray: cannot start or join {where} ({str(error).splitlines()[0]}); check the "
+                                  "address, or start the cluster with `ray start --head`") from None
+        self.connect_s = time.monotonic() - start
+        _quiet_ray()
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        self.plan = plan_actors(nodes, manifest.providers, str(manifest.path))
+        self.provider = ORT_NAMES[self.plan.providers[0]]
+        self.notes: list[str] = []
+        self.nodes = len(nodes)
+        self.actors: dict[str, dict[str, object]] = {}
+        self.worker_died = self.interrupted = False
+
+    def run(self, todo: Iterator[ImageRef], sink: Sink) -> bool:
+        """Runs every image of `todo` on the actors; returns True when interrupted (Ctrl-C)."""
+        items = [{"key": ref.key, "path": ref.path} for ref in todo]
+        if not items:
+            return False
+        written: set[str] = set()
+        ledger = InFlightLedger.remote()
+        worker = self.settings.worker or ExplainWorker
+        resources = {"num_cpus": self.plan.cpus} | ({"num_gpus": self.plan.gpus} if self.plan.gpus else {})
+        results = ray.data.from_items(items).map_batches(
+            worker, batch_size=CHUNK_BATCHES * self.manifest.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.plan.count), **resources,
+            fn_constructor_kwargs={"manifest": self.manifest, "plan": self.plan, "ledger": ledger,
+                                   "max_tries": self.settings.max_tries})
+        batches = iter(results.iter_batches(batch_size=None, batch_format="numpy"))
+        ray_printing(False)
+        try:
+            for batch in batches:
+                for key, result in zip(batch["key"], batch["result"], strict=True):
+                    rows, costs, identity, retried = pickle.loads(result)
+                    self.worker_died |= retried
+                    if costs is not None:
+                        sink.add_costs(costs)
+                    if key in written:  # a chunk Ray ran twice
+                        continue
+                    written.add(key)
+                    sink.add_rows(rows)
+                    actor = self.actors.setdefault(identity["worker"], {"images": 0})
+                    actor.update(identity, images=actor["images"] + 1)
+        except KeyboardInterrupt:
+            self.interrupted = True
+        except ray.exceptions.RayError as error:
+            reason = _setup_error(error)
+            if reason:
+                raise ModelError(reason) from None
+            raise
+        finally:
+            batches.close()  # stops Ray Data's executor and its actors, also when interrupted
+            ray_printing(True)
+            ray.kill(ledger)
+        providers = sorted({str(actor["provider"]) for actor in self.actors.values()})
+        self.provider = ", ".join(providers) or self.provider
+        return self.interrupted
+
+    def describe(self) -> str:
+        return f"ray: {self.plan.describe()} on {self.nodes} node{'s' * (self.nodes != 1)}"
+
+    def report(self) -> dict[str, object]:
+        return {"engine": "ray", "ray": {"plan": self.plan.describe(), "connect_s": round(self.connect_s, 3),
+                                         "worker_died": self.worker_died, "actors": list(self.actors.values())}}
+
+    def close(self) -> None:
+        """Stops the Ray this run started, then deletes what workers killed mid-write left behind."""
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+        self.started = False
+        if self.worker_died or self.interrupted:
+            sweep_partials(self.manifest.output_dir)
+        self.worker_died = self.interrupted = False

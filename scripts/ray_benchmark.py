@@ -4,9 +4,11 @@ own process, alternating, `--rounds` times. A script, not a test; run it with no
     python scripts/ray_benchmark.py [--model torchvision:resnet50] [--images 160] [--batch-size 16] [--rounds 2]
                                     [--method gradcam] [--providers auto]
 
-For each run it prints wall seconds, the steady-state rate (images/s from the first rows back to the last, so
-model loading, Ray's start and the first batch are apart), Ray's start-up (connecting, then until the first
-rows), and the peak RSS of the driver and of each actor. The rows and files of the two engines are compared.
+Each engine runs the N images and 3N images (the same photographs again), so that what does not grow with
+the number of images comes apart: the steady-state rate is 2N / (seconds for 3N - seconds for N), the fixed
+start-up is the seconds for N less N at that rate (model loading, Ray's start, actors and their sessions).
+It also prints Ray's connect time, the peak RSS of the driver and of each actor, and whether the rows and the
+files of the two engines are identical.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,34 +26,36 @@ from pathlib import Path
 import yaml
 from benchmark import dataset, exported
 
-# A run in a fresh process: times each image's rows as they reach the driver, then prints the figures as JSON.
-CHILD = """
-import json, resource, sys, time
+# A run in a fresh process (so its peak RSS is its own): the figures as JSON.
+CHILD = r"""
+import json, re, sys, time
 from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.run import Run
 from onnxcam.runner.engines.ray_data import RaySettings
 start = time.monotonic()
-settings = RaySettings() if sys.argv[2] == "ray" else None
-run = Run(load_manifest(sys.argv[1]), quiet=True, ray=settings)
-built = time.monotonic()
-arrivals = []
-add_rows = run.add_rows
-run.add_rows = lambda rows: (arrivals.append(time.monotonic()), add_rows(rows))
+run = Run(load_manifest(sys.argv[1]), quiet=True, ray=RaySettings() if sys.argv[2] == "ray" else None)
 tally = run.run()
-end = time.monotonic()
-steady = (len(arrivals) - arrivals.count(arrivals[0])) / (arrivals[-1] - arrivals[0])
-print(json.dumps({"wall_s": end - start, "set_up_s": built - start, "first_rows_s": arrivals[0] - built,
-                  "steady": steady, "images": tally.images, "errors": tally.errors,
-                  "driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "report": json.loads((run.output_dir / "run.json").read_text())}))
+peak = re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)
+print(json.dumps({"wall_s": time.monotonic() - start, "images": tally.images, "errors": tally.errors,
+                  "driver_mb": int(peak) / 1024, "report": json.loads((run.output_dir / "run.json").read_text())}))
 """
 
 
-def one_run(manifest: Path, engine: str) -> dict:
+def one_run(folder: Path, graph: Path, images: int, engine: str, args) -> dict:
+    out = folder / f"out-{engine}-{images}"
+    manifest = folder / f"{engine}-{images}.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "model": str(graph), "images": {"list": str(folder / f"list-{images}.txt")}, "methods": [args.method],
+        "output": {"dir": str(out), "heatmaps": "npy", "overlays": {"format": "jpg", "quality": 90}},
+        "runtime": {"providers": args.providers, "batch_size": args.batch_size}}))
     done = subprocess.run([sys.executable, "-c", CHILD, str(manifest), engine], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{engine} run failed:\n{done.stdout}{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["images"] == images and figures["errors"] == 0, figures
+    figures["rows_and_files"] = fingerprint(out)
+    shutil.rmtree(out)
+    return figures
 
 
 def fingerprint(out: Path) -> tuple[list, dict]:
@@ -69,40 +75,43 @@ def main() -> None:
     parser.add_argument("--providers", default="auto")
     args = parser.parse_args()
     _, graph = exported(args.model)
+    n = args.images
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        dataset(folder, args.images)
-        print(f"{args.images} JPEGs, {args.model} {args.method}, batch {args.batch_size}, providers {args.providers}")
-        print(f"{'engine':<7} {'wall s':>7} {'set-up s':>9} {'1st rows s':>11} {'steady img/s':>13} "
-              f"{'driver MB':>10} {'actor MB':>9}  provider / actors")
+        paths = dataset(folder, n)
+        (folder / f"list-{n}.txt").write_text("".join(f"{p}\n" for p in paths))
+        copies = [folder / "again" / str(k) / p.name for k in (1, 2) for p in paths]  # 3N: the N twice more
+        for copy, path in zip(copies, paths * 2, strict=True):
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, copy)
+        (folder / f"list-{3 * n}.txt").write_text("".join(f"{p}\n" for p in [*paths, *copies]))
+        print(f"{n} and {3 * n} JPEGs, {args.model} {args.method}, batch {args.batch_size}, providers {args.providers}")
+        print(f"{'round':<6}{'engine':<7}{f'{n} img s':>10}{f'{3 * n} img s':>11}{'steady img/s':>13}{'fixed s':>9}"
+              f"{'driver MB':>10}{'actor MB':>9}  provider; actors")
         steady: dict[str, list[float]] = {"local": [], "ray": []}
-        outs = {}
-        for round_ in range(args.rounds):
+        same = []
+        for round_ in range(1, args.rounds + 1):
+            results = {}
             for engine in ("local", "ray"):
-                out = folder / f"out-{engine}-{round_}"
-                manifest = folder / f"{engine}-{round_}.yaml"
-                manifest.write_text(yaml.safe_dump({
-                    "model": str(graph), "images": {"root": str(folder / "images")}, "methods": [args.method],
-                    "output": {"dir": str(out), "heatmaps": "npy", "overlays": {"format": "jpg", "quality": 90}},
-                    "runtime": {"providers": args.providers, "batch_size": args.batch_size}}))
-                r = one_run(manifest, engine)
-                assert r["images"] == args.images and r["errors"] == 0, r
-                steady[engine].append(r["steady"])
-                outs[engine] = out
-                report = r["report"]
+                small, large = (one_run(folder, graph, count, engine, args) for count in (n, 3 * n))
+                results[engine] = small["rows_and_files"]
+                rate = 2 * n / (large["wall_s"] - small["wall_s"])
+                steady[engine].append(rate)
+                report = small["report"]
                 actors = report.get("ray", {}).get("actors", [])
-                actor_mb = max((a["peak_rss_mb"] for a in actors), default=0)
                 where = report["provider"]
                 if actors:
                     where += (f"; {report['ray']['plan']}, Ray connect {report['ray']['connect_s']:.1f} s; "
-                              + ", ".join(f"{a['worker']} GPU {a['gpus'] or '-'} {a['images']} images"
+                              + ", ".join(f"{a['worker']} GPU {','.join(a['gpus']) or '-'} {a['images']} images"
                                           for a in actors))
-                print(f"{engine:<7} {r['wall_s']:>7.1f} {r['set_up_s']:>9.1f} {r['first_rows_s']:>11.1f} "
-                      f"{r['steady']:>13.2f} {r['driver_mb']:>10.0f} {actor_mb or '':>9}  {where}", flush=True)
-        same = fingerprint(outs["local"]) == fingerprint(outs["ray"])
+                actor_mb = max((a["peak_rss_mb"] for a in actors), default="")
+                driver_mb = max(small["driver_mb"], large["driver_mb"])
+                print(f"{round_:<6}{engine:<7}{small['wall_s']:>10.1f}{large['wall_s']:>11.1f}{rate:>13.2f}"
+                      f"{small['wall_s'] - n / rate:>9.1f}{driver_mb:>10.0f}{actor_mb:>9}  {where}", flush=True)
+            same.append(results["local"] == results["ray"])
         best = {engine: max(rates) for engine, rates in steady.items()}
         print(f"steady state, best of {args.rounds}: local {best['local']:.2f} images/s, ray {best['ray']:.2f} "
-              f"images/s, ray/local {best['ray'] / best['local']:.2f}; rows and files identical: {same}")
+              f"images/s, ray/local {best['ray'] / best['local']:.2f}; rows and files identical: {all(same)}")
 
 
 if __name__ == "__main__":

@@ -181,9 +181,9 @@ def _quiet_ray() -> None:
 
 
 def ray_printing(on: bool) -> None:
-    """Ray prints every retry of a dead worker's task, with its traceback, on the driver's stdout; during the run
-    the run reports instead (progress, error rows, run.json). The switch is the one Ray's debugger uses while it
-    holds the terminal (a private flag of the pinned Ray version)."""
+    """Ray prints every retry of a dead worker's task, with its traceback, on the driver's stdout; from the run's
+    start to its engine's close the run reports instead (progress, error rows, run.json). The switch is the one
+    Ray's debugger uses while it holds the terminal (a private flag of the pinned Ray version)."""
     ray._private.worker._worker_logs_enabled = on
 
 
@@ -257,7 +257,6 @@ class RayEngine:
             raise
         finally:
             batches.close()  # stops Ray Data's executor and its actors, also when interrupted
-            ray_printing(True)
             ray.kill(ledger)
         providers = sorted({str(actor["provider"]) for actor in self.actors.values()})
         self.provider = ", ".join(providers) or self.provider
@@ -275,6 +274,7 @@ class RayEngine:
         if self.started and ray.is_initialized():
             ray.shutdown()
         self.started = False
+        ray_printing(True)  # after the actors' last words
         if self.worker_died or self.interrupted:
             sweep_partials(self.manifest.output_dir)
         self.worker_died = self.interrupted = False

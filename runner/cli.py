@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -59,17 +58,16 @@ def run_manifest(args: argparse.Namespace) -> int:
     from onnxcam.runner.run import Run
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop ends the run like Ctrl-C
-    if args.ray is not None and importlib.util.find_spec("ray") is None:
-        print("onnxcam run: error: --ray needs Ray, an optional extra: pip install 'onnxcam[ray]'")
-        return 2
-    try:
-        manifest = load_manifest(args.manifest)
-        if args.ray is None:
-            run = Run(manifest, quiet=args.quiet)
-        else:
+    ray = None
+    if args.ray is not None:
+        try:
             from onnxcam.runner.engines.ray_data import RaySettings
-
-            run = Run(manifest, quiet=args.quiet, ray=RaySettings(address=args.ray or None))
+        except ImportError as error:
+            print(f"onnxcam run: error: --ray needs Ray Data, an optional extra ({error}): pip install 'onnxcam[ray]'")
+            return 2
+        ray = RaySettings(address=args.ray or None)
+    try:
+        run = Run(load_manifest(args.manifest), quiet=args.quiet, ray=ray)
         with run.opened():
             for note in run.notes:
                 print(f"onnxcam run: {note}")

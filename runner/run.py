@@ -24,7 +24,7 @@ from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend, ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.outputs import report
-from onnxcam.runner.outputs.files import OutputDirError, sweep_partials
+from onnxcam.runner.outputs.files import OutputDirError, clear_partials
 from onnxcam.runner.outputs.index import IndexFile
 from onnxcam.runner.outputs.lock import RunLock
 from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from onnxcam.runner.engines.ray_data import RaySettings
 
 MAX_ERRORS_IN_REPORT = 100
-RUNNING_MARK = ".onnxcam.running"  # present while a run holds output.dir; found at the start: the last one crashed
 MISSING_OUTPUT_FIX = {"input_gradients": "was exported with --no-guided; re-export without it",
                       "plain_input_gradients": "was exported without --saliency; re-export with --saliency"}
 
@@ -134,20 +133,17 @@ class Run:
                                  "pick a folder you can write to") from None
         try:
             with RunLock(self.output_dir):
-                running = self.output_dir / RUNNING_MARK
-                if running.exists():  # a killed run's half-written files (index rewrite, reports, heatmaps)
-                    sweep_partials(self.output_dir)
+                clear_partials(self.output_dir)  # a killed run's half-written files
                 check_stamp(self.output_dir, self.identity)
                 self.index = IndexFile(self.output_dir / "index.csv", self.methods)
                 try:
                     write_stamp(self.output_dir, self.identity)
-                    running.touch()
                     yield self
                 finally:
                     self.index.close()
                     self.index = None
                     self.engine.close()  # inside the lock: no worker of this run writes once it is released
-                    running.unlink(missing_ok=True)
+                    clear_partials(self.output_dir)  # those of workers that died (a --ray run)
         finally:
             self.engine.close()  # also when output.dir refused the run
 

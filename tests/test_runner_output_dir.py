@@ -118,15 +118,14 @@ def test_output_dir_mistakes_are_one_line(toy, tmp_path, capsys):
 def test_temporary_files_of_a_killed_run_are_cleared_and_a_torn_header_is_rewritten(toy, tmp_path, capsys):
     write_images(tmp_path / "images", 2)
     out = tmp_path / "out"
-    (out / "sub").mkdir(parents=True)
-    (out / ".onnxcam.running").touch()  # what a killed run leaves, with its half-written files
+    (out / ".onnxcam-partial").mkdir(parents=True)
     (out / ".index.csv.0123abcd.partial").write_bytes(b"half of a rewrite")
-    (out / "sub" / ".a.png.gradcam.3.jpg.4567cdef.partial").write_bytes(b"half an overlay")
+    (out / ".onnxcam-partial" / ".a.png.gradcam.3.jpg.4567cdef.partial").write_bytes(b"half an overlay")
     (out / "index.csv").write_bytes(b"image,status,err")
     code, lines = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images"))
     assert code == 0 and lines[-1].startswith("onnxcam run: done: 2 images"), lines
     assert not list(out.rglob(".*.partial")) and len(read_index(out)) == 2
-    assert not (out / ".onnxcam.running").exists(), "a run that ended leaves no crash mark"
+    assert not (out / ".onnxcam-partial").exists(), "heatmaps and overlays are written through a scratch folder"
 
 
 def _row(image: str, target: str, method: str, status: str = "ok") -> dict[str, str]:

@@ -10,15 +10,18 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 from onnxcam.runner.cli import main
 from onnxcam.runner.manifest import ManifestError, load_manifest
+from onnxcam.runner.model.backend import cuda_unavailable_reason
 from onnxcam.runner.run import Run
 from runner_helpers import read_index, start_run, wait_for_rows, write_images, write_manifest
 
 ray = pytest.importorskip("ray", reason="--ray needs the ray extra (pip install -e '.[ray]')")
+from onnxcam.runner.engines import EngineError  # noqa: E402
 from onnxcam.runner.engines.ray_data import ExplainWorker, RaySettings, plan_actors  # noqa: E402
 
 METHODS = ("gradcam", "guided_backprop")
@@ -48,7 +51,7 @@ def output_files(out: Path) -> dict[str, str]:
 
 
 def partials(out: Path) -> list[Path]:
-    return sorted(out.rglob(".*.partial"))
+    return sorted(out.rglob(".*.partial")) + sorted(out.glob(".onnxcam-partial"))
 
 
 def assert_each_once(out: Path, images: int) -> list[dict[str, str]]:
@@ -72,6 +75,10 @@ def test_plan_one_actor_per_gpu_or_per_node_of_cpus():
     assert (cpus_only.count, cpus_only.cpus, cpus_only.gpus, cpus_only.providers) == (3, 8.0, 0, ("cpu",))
     with pytest.raises(ManifestError, match=r"^m.yaml: runtime.providers: \['cuda'\] but the Ray cluster has no GPU"):
         plan_actors([{"CPU": 16.0}], ["cuda"], "m.yaml")
+    head_without_cpus = plan_actors([{"CPU": 0.0}, {"CPU": 4.0}], "auto", "m.yaml")
+    assert (head_without_cpus.count, head_without_cpus.cpus) == (1, 4.0)
+    with pytest.raises(EngineError, match="no node with a CPU or a GPU"):
+        plan_actors([{"CPU": 0.0}], "auto", "m.yaml")
 
 
 def test_same_results_as_the_local_engine(toy, cluster, tmp_path):
@@ -137,22 +144,27 @@ def test_dead_workers_are_retried_and_a_file_that_kills_every_time_is_an_error_r
     errors = [row for row in rows if row["status"] == "error"]
     assert [row["image"] for row in errors] == [poison]
     assert errors[0]["error"].startswith("the worker process died 3 times while this image was in flight")
+    per_image = collections.Counter(row["image"] for row in rows if row["status"] == "ok")
+    assert set(per_image.values()) == {2 * len(METHODS)} and len(per_image) == 39, "every target and method"
     report = json.loads((tmp_path / "out" / "run.json").read_text())
     assert report["ray"]["worker_died"] is True and report["errors"] == 1
+    assert report["cost"]["methods"]["gradcam"]["rows"] == 2 * 39, "a retried chunk's costs are counted once"
 
 
 def test_stopped_then_killed_driver_resumes_exactly_once(toy, cluster, tmp_path):
+    """SIGTERM to a run with its own local Ray, then kill -9 of a run on a cluster, then the run that finishes."""
     images = tmp_path / "images"
     write_images(images, 240)
     manifest = manifest_in(tmp_path, toy, images)
     out, per_image = tmp_path / "out", 2 * len(METHODS)
 
-    stopped = start_run(manifest, "--ray", cluster)
+    stopped = start_run(manifest, "--ray")  # a Ray of its own, which it starts and stops
     wait_for_rows(out / "index.csv", 20, stopped)
-    stopped.send_signal(signal.SIGINT)
+    stopped.send_signal(signal.SIGTERM)
     output = stopped.communicate(timeout=60)[0]
     assert stopped.returncode == 130, output
-    assert "interrupted after" in output.splitlines()[-1]
+    assert output.splitlines()[-1].startswith("onnxcam run: interrupted after ")
+    assert json.loads((out / "run.json").read_text())["interrupted"] is True
     first = read_index(out)
     assert 0 < len(first) < 240 * per_image and not partials(out)
 
@@ -170,21 +182,22 @@ def test_stopped_then_killed_driver_resumes_exactly_once(toy, cluster, tmp_path)
     assert all(kept.get((r["image"], r["target_class"], r["method"]), r) == r for r in rows), "finished rows kept"
 
 
-def test_a_gpu_actor_without_cuda_stops_the_run_in_one_line(toy, cluster, tmp_path, capsys):
+@pytest.mark.skipif(cuda_unavailable_reason() is None, reason="CUDA works here: a GPU actor would use it")
+def test_a_gpu_actor_without_cuda_stops_the_run_in_one_line(toy, cluster, tmp_path, capfd):
     write_images(tmp_path / "images", 4)
     manifest = manifest_in(tmp_path, toy, tmp_path / "images",
                            runtime={"providers": "auto", "batch_size": 4, "workers": 2})
     assert main(["run", str(manifest), "--ray", "--quiet"]) == 2
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("onnxcam run: error: ") and "(GPU " in lines[0] and "CUDA unusable: " in lines[0]
+    out, err = capfd.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and not err.strip(), err
+    assert lines[0].startswith("onnxcam run: error: --ray: ") and "(GPU " in lines[0]
+    assert "CUDA unusable: " in lines[0] and lines[0].endswith("(or set runtime.providers: [cpu])")
 
 
 def test_without_ray_installed_the_flag_says_how_to_get_it(tmp_path, capsys, monkeypatch):
-    import importlib.util
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "onnxcam.runner.engines.ray_data", None)  # what a missing `ray` makes of it
     assert main(["run", str(tmp_path / "m.yaml"), "--ray"]) == 2
-    assert capsys.readouterr().out == ("onnxcam run: error: --ray needs Ray, an optional extra: "
-                                       "pip install 'onnxcam[ray]'\n")
+    out = capsys.readouterr().out
+    assert out.startswith("onnxcam run: error: --ray needs Ray Data, an optional extra (")
+    assert out.endswith("): pip install 'onnxcam[ray]'\n") and out.count("\n") == 1

@@ -10,7 +10,8 @@ Failures: Ray restarts an actor whose process died and retries its chunk. A ledg
 starts that never finished: a chunk holding an image that was in flight when a worker died runs one image at a
 time, so the image to blame is found, and an image that was in flight `max_tries` times becomes an error row
 instead of being tried again. The driver drops the rows of an image it already has, so a retried chunk never
-adds a row twice, and after a worker died it deletes the temporary files the dead process left.
+adds a row twice; a dead process's half-written files are in output.dir's scratch folder, which the run clears
+once the actors are gone.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import os
 import pickle
 import re
 import resource
+import signal
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import ray
 import ray.data
@@ -34,9 +39,10 @@ from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import Manifest, ManifestError
 from onnxcam.runner.model.backend import ORT_NAMES, ModelError, OnnxRuntimeBackend, cuda_unavailable_reason
 from onnxcam.runner.model.graph import read_graph_info
-from onnxcam.runner.outputs.files import sweep_partials
+from onnxcam.runner.outputs.files import SCRATCH
 from onnxcam.runner.stages import build_stages, output_sets
 from onnxcam.runner.stages.items import DecodedImage, ImageResult
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 SETUP_ERROR = "onnxcam worker set-up failed: "  # marks a worker's one-line reason inside Ray's error text
 CHUNK_BATCHES = 4  # images per Ray task, in model batches: enough to keep an actor's pipeline full
@@ -62,8 +68,9 @@ class ActorPlan:
 
 
 def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where: str) -> ActorPlan:
-    """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs one actor per
-    node's worth of CPUs. `nodes` are the alive nodes' resources; `where` names the manifest for errors."""
+    """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs CPU actors as large as
+    the smallest node's CPUs, as many as fit (one per node when the nodes are alike). `nodes` are the alive nodes'
+    resources; `where` names the manifest for errors."""
     wants_cuda = providers == "auto" or "cuda" in providers
     gpu_nodes = [node for node in nodes if node.get("GPU", 0) >= 1]
     if gpu_nodes:
@@ -74,11 +81,13 @@ def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where
         raise ManifestError(f"{where}: runtime.providers: {providers} but the Ray cluster has no GPU; add cpu or "
                             "use auto")
     cpu_nodes = [node for node in nodes if node.get("CPU", 0) >= 1]
+    if not cpu_nodes:
+        raise EngineError("--ray: the Ray cluster has no node with a CPU or a GPU to run actors on")
     cpus = float(int(min(node["CPU"] for node in cpu_nodes)))
     return ActorPlan(sum(int(node["CPU"] // cpus) for node in cpu_nodes), cpus, 0, ("cpu",))
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class InFlightLedger:
     """Per image, how many times a worker started it without finishing: the deaths it was present at."""
 
@@ -114,11 +123,15 @@ class _Collected:
 class ExplainWorker:
     """A Ray Data actor: the stages, built once in its own process (on its own GPU), run over chunks of images."""
 
-    def __init__(self, manifest: Manifest, plan: ActorPlan, ledger, max_tries: int):
+    def __init__(self, manifest: Manifest, plan: ActorPlan, ledger, max_tries: int, token: str):
         self.ledger, self.max_tries = ledger, max_tries
         gpus = [str(gpu) for gpu in ray.get_gpu_ids()]
         self.identity = {"worker": f"{ray.util.get_node_ip_address()}:{os.getpid()}", "gpus": gpus}
+        cv2.setNumThreads(max(1, int(plan.cpus)))
         try:
+            if not os.path.exists(token):
+                raise EngineError(f"output.dir {manifest.output_dir} is not the driver's on this node; every node must "
+                                  "see the images, the model and output.dir at the same paths")
             backend = self._backend(manifest, plan)
             stages = build_stages(manifest, read_graph_info(manifest.model), backend)
         except Exception as error:  # noqa: BLE001 - the driver turns any of them into one line naming the actor
@@ -143,25 +156,27 @@ class ExplainWorker:
                              "check the node's CUDA 13 and cuDNN 9 libraries")
         return backend
 
+    def _explain(self, refs: list[ImageRef], collected: _Collected) -> None:
+        keys = [ref.key for ref in refs]
+        ray.get(self.ledger.start.remote(keys))
+        if self.engine.run(iter(refs), collected):  # stopped inside the actor: fail the chunk, so Ray retries it
+            raise RuntimeError("the actor's pipeline was interrupted")
+        ray.get(self.ledger.finish.remote(keys))
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         refs = [ImageRef(str(key), str(path)) for key, path in zip(batch["key"], batch["path"], strict=True)]
-        keys = [ref.key for ref in refs]
-        deaths = ray.get(self.ledger.deaths.remote(keys))
+        deaths = ray.get(self.ledger.deaths.remote([ref.key for ref in refs]))
         collected = _Collected()
         if not any(deaths):
-            ray.get(self.ledger.start.remote(keys))
-            self.engine.run(iter(refs), collected)
-            self.ledger.finish.remote(keys)
+            self._explain(refs, collected)
         else:  # a worker died on this chunk before: one image at a time, so only the culprit is counted again
             for ref, died in zip(refs, deaths, strict=True):
                 if died >= self.max_tries:  # stays in the ledger: never tried again in this run
                     error = (f"the worker process died {died} times while this image was in flight (a crash in "
                              "decoding or in the model); not tried again")
                     collected.add_rows(self.write(ImageResult(DecodedImage(ref), error=error)))
-                    continue
-                ray.get(self.ledger.start.remote([ref.key]))
-                self.engine.run(iter([ref]), collected)
-                self.ledger.finish.remote([ref.key])
+                else:
+                    self._explain([ref], collected)
         done = list(collected.rows)
         retried = any(deaths)
         identity = self.identity | {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -171,13 +186,13 @@ class ExplainWorker:
 
 
 def _quiet_ray() -> None:
-    """Ray's own progress bars and log lines would garble the run's progress and --quiet."""
+    """Ray's own progress bars and log lines (its errors too: the run reports them in one line) would garble the
+    run's progress and --quiet."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.CRITICAL)
 
 
 def ray_printing(on: bool) -> None:
@@ -187,10 +202,19 @@ def ray_printing(on: bool) -> None:
     ray._private.worker._worker_logs_enabled = on
 
 
-def _setup_error(error: Exception) -> str | None:
-    """The one-line reason a worker gave for failing its set-up, if that is what `error` is."""
-    found = re.search(re.escape(SETUP_ERROR) + r"(.*)", str(error))
-    return found.group(1).strip() if found else None
+def _one_line(error: Exception) -> str:
+    """A Ray error on one line: a worker's set-up reason, else the innermost `SomeError: message` of its text."""
+    text = str(error)
+    found = re.search(re.escape(SETUP_ERROR) + r"(.*)", text)
+    if found:
+        return found.group(1).strip()
+    causes = re.findall(r"^(\w+(?:Error|Exception|Exit): .+)$", text, flags=re.MULTILINE)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (causes[-1] if causes else lines[0] if lines else type(error).__name__)[:300]
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 class RayEngine:
@@ -202,13 +226,17 @@ class RayEngine:
         self.started = not ray.is_initialized()
         if self.started:
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ warnings, on the run's stderr
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 ray.init(address=settings.address, include_dashboard=False, logging_level=logging.ERROR,
                          log_to_driver=False)
             except Exception as error:  # noqa: BLE001 - ConnectionError, RuntimeError or ValueError by cause
                 where = settings.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
-                raise EngineError(f"--ray: cannot start or join {where} ({str(error).splitlines()[0]}); check the "
-                                  "address, or start the cluster with `ray start --head`") from None
+                raise EngineError(f"--ray: cannot start or join {where} ({_one_line(error)}); check the address, or "
+                                  "start the cluster with `ray start --head`") from None
+            if _in_main_thread():  # ray.init exits on SIGTERM; a stopped run must end as the local engine's does
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
         self.connect_s = time.monotonic() - start
         _quiet_ray()
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
@@ -225,41 +253,51 @@ class RayEngine:
         if not items:
             return False
         written: set[str] = set()
-        ledger = InFlightLedger.remote()
+        here = ray.get_runtime_context().get_node_id()
+        ledger = InFlightLedger.options(  # beside the driver: lost only with it
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        token = self.manifest.output_dir / SCRATCH / f"ray-{uuid.uuid4().hex}"
+        token.parent.mkdir(exist_ok=True)
+        token.touch()
         worker = self.settings.worker or ExplainWorker
         resources = {"num_cpus": self.plan.cpus} | ({"num_gpus": self.plan.gpus} if self.plan.gpus else {})
         results = ray.data.from_items(items).map_batches(
             worker, batch_size=CHUNK_BATCHES * self.manifest.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.plan.count), **resources,
             fn_constructor_kwargs={"manifest": self.manifest, "plan": self.plan, "ledger": ledger,
-                                   "max_tries": self.settings.max_tries})
+                                   "max_tries": self.settings.max_tries, "token": str(token)})
         batches = iter(results.iter_batches(batch_size=None, batch_format="numpy"))
         ray_printing(False)
         try:
             for batch in batches:
                 for key, result in zip(batch["key"], batch["result"], strict=True):
+                    if key in written:  # a chunk Ray ran twice
+                        continue
                     rows, costs, identity, retried = pickle.loads(result)
                     self.worker_died |= retried
                     if costs is not None:
                         sink.add_costs(costs)
-                    if key in written:  # a chunk Ray ran twice
-                        continue
                     written.add(key)
                     sink.add_rows(rows)
                     actor = self.actors.setdefault(identity["worker"], {"images": 0})
                     actor.update(identity, images=actor["images"] + 1)
         except KeyboardInterrupt:
             self.interrupted = True
+            if _in_main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
         except ray.exceptions.RayError as error:
-            reason = _setup_error(error)
-            if reason:
-                raise ModelError(reason) from None
-            raise
+            if SETUP_ERROR in str(error):
+                raise EngineError(f"--ray: {_one_line(error)}") from None
+            raise EngineError(f"--ray: {_one_line(error)}; the rows received are kept, the same command resumes "
+                              "the rest") from None
         finally:
             batches.close()  # stops Ray Data's executor and its actors, also when interrupted
             ray.kill(ledger)
         providers = sorted({str(actor["provider"]) for actor in self.actors.values()})
         self.provider = ", ".join(providers) or self.provider
+        if not self.interrupted and len(written) != len(items):
+            raise EngineError(f"--ray: {len(items) - len(written)} images came back without rows; the same command "
+                              "redoes them")
         return self.interrupted
 
     def describe(self) -> str:
@@ -270,11 +308,8 @@ class RayEngine:
                                          "worker_died": self.worker_died, "actors": list(self.actors.values())}}
 
     def close(self) -> None:
-        """Stops the Ray this run started, then deletes what workers killed mid-write left behind."""
+        """Stops the Ray this run started (the run then clears what killed workers left half-written)."""
         if self.started and ray.is_initialized():
             ray.shutdown()
         self.started = False
         ray_printing(True)  # after the actors' last words
-        if self.worker_died or self.interrupted:
-            sweep_partials(self.manifest.output_dir)
-        self.worker_died = self.interrupted = False

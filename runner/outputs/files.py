@@ -1,9 +1,10 @@
-"""Files under output.dir: atomic writes whose temporary names are unique across processes and hosts, the sweep
-of those a crash left, and the guard that keeps every output path inside output.dir."""
+"""Files under output.dir: atomic writes whose temporary names are unique across processes and hosts, the clearing
+of those a killed process left, and the guard that keeps every output path inside output.dir."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,16 +14,23 @@ class OutputDirError(ValueError):
     """output.dir cannot take this run (in use, another run's results, not writable): one line naming the fix."""
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden name beside `path`, unique across threads, processes and machines sharing the folder."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+SCRATCH = ".onnxcam-partial"  # output.dir's folder of files being written (heatmaps, overlays)
 
 
-def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
-    """Write `data` (bytes, or blocks of bytes) to a temporary name beside the target, then rename: a crash never
-    leaves half a file, and several writers (threads, processes, nodes) can write into one folder."""
+def temporary_name(path: Path, scratch: Path | None = None) -> Path:
+    """A hidden name in `scratch` (else beside `path`), unique across threads, processes and machines."""
+    return (scratch or path.parent) / f".{path.name}.{uuid.uuid4().hex}.partial"
+
+
+def write_atomic(path: Path, data: bytes | Iterable[bytes], scratch: Path | None = None) -> None:
+    """Write `data` (bytes, or blocks of bytes) to a temporary name, then rename it to `path`: a crash never leaves
+    half a file, and several writers (threads, processes, nodes) can write into one folder. The temporary file is
+    beside the target, or in `scratch` (a folder on the same filesystem), where a crash's leftovers are found
+    without walking the tree."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = temporary_name(path)
+    if scratch:
+        scratch.mkdir(exist_ok=True)
+    partial = temporary_name(path, scratch)
     try:
         with open(partial, "wb") as file:
             for block in [data] if isinstance(data, bytes) else data:
@@ -33,16 +41,12 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
         raise
 
 
-def sweep_partials(folder: Path) -> int:
-    """Deletes the temporary files of writes a killed process never finished, anywhere under `folder`; returns
-    how many. Walks the whole tree, so runs only after a crash."""
-    count = 0
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            if name.startswith(".") and name.endswith(".partial"):
-                Path(parent, name).unlink(missing_ok=True)
-                count += 1
-    return count
+def clear_partials(output_dir: Path) -> None:
+    """Deletes what killed writers left: `.*.partial` files at the top of output.dir (index rewrites, the stamp,
+    reports) and the scratch folder. Only while no writer is running (the run's lock held, its workers gone)."""
+    for stale in output_dir.glob(".*.partial"):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(output_dir / SCRATCH, ignore_errors=True)
 
 
 def inside(folder: Path, relative: str) -> Path:

@@ -10,7 +10,7 @@ from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring
 from onnxcam.runner.manifest import Manifest, ManifestError
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.outputs import render
-from onnxcam.runner.outputs.files import inside, write_atomic
+from onnxcam.runner.outputs.files import SCRATCH, inside, write_atomic
 from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
 from onnxcam.runner.stages.items import ImageResult, TargetResult, one_line
 
@@ -72,7 +72,7 @@ class WriteStage:
                          **self._metric_cells(result, target, method, (x, y)))
 
     def _save(self, relative: str, data: bytes) -> None:
-        write_atomic(inside(self.output_dir, relative), data)
+        write_atomic(inside(self.output_dir, relative), data, scratch=self.output_dir / SCRATCH)
 
     def _metric_cells(self, result: ImageResult, target: TargetResult, method: str, peak: tuple[int, int]
                       ) -> dict[str, str]:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,9 @@ def cluster() -> str:
     ray.shutdown()
 
 
-def manifest_in(folder: Path, toy: Path, images: Path, **sections) -> Path:
+def manifest_in(folder: Path, toy: Path, images: Path, methods=METHODS, **sections) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    return write_manifest(folder, toy, images, methods=METHODS, targets={"topk": 2}, **sections)
+    return write_manifest(folder, toy, images, methods=methods, targets={"topk": 2}, **sections)
 
 
 def output_files(out: Path) -> dict[str, str]:
@@ -99,9 +100,28 @@ def test_same_results_as_the_local_engine(toy, cluster, tmp_path):
     assert (report["engine"], local_report["engine"]) == ("ray", "local")
     assert report["provider"] == local_report["provider"] == "CPUExecutionProvider"
     actors = report["ray"]["actors"]
-    assert sorted(actor["gpus"] for actor in actors) == [["0"], ["1"]], "one actor per GPU, each its own"
+    gpus = [gpu for actor in actors for gpu in actor["gpus"]]
+    assert all(len(actor["gpus"]) == 1 for actor in actors) and len(set(gpus)) == len(gpus)
+    assert set(gpus) <= {"0", "1"}, "each actor holds one of the two GPUs, none shared"
     assert sum(actor["images"] for actor in actors) == 40
     assert all(actor["provider"] == "CPUExecutionProvider" for actor in actors)
+
+
+def slow_worker(seconds: float) -> type:
+    class SlowWorker(ExplainWorker):
+        def __call__(self, batch):
+            time.sleep(seconds)  # long enough chunks that the second actor, once started, gets some
+            return super().__call__(batch)
+
+    return SlowWorker
+
+
+def test_each_gpu_gets_an_actor_of_its_own(toy, cluster, tmp_path):
+    write_images(tmp_path / "images", 8 * 16)
+    manifest = load_manifest(manifest_in(tmp_path, toy, tmp_path / "images", methods=("gradcam",)))
+    Run(manifest, quiet=True, ray=RaySettings(worker=slow_worker(1.0))).run()
+    actors = json.loads((tmp_path / "out" / "run.json").read_text())["ray"]["actors"]
+    assert sorted(actor["gpus"] for actor in actors) == [["0"], ["1"]], "one actor per GPU, each its own"
 
 
 def crashing_worker(poison: str, once: str, flag: Path) -> type:

@@ -45,7 +45,7 @@ from onnxcam.runner.stages.items import DecodedImage, ImageResult
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 SETUP_ERROR = "onnxcam worker set-up failed: "  # marks a worker's one-line reason inside Ray's error text
-CHUNK_BATCHES = 4  # images per Ray task, in model batches: enough to keep an actor's pipeline full
+CHUNK_BATCHES = 8  # images per Ray task, in model batches: enough to keep an actor's pipeline full
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,8 @@ def _quiet_ray() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
-    logging.getLogger("ray").setLevel(logging.CRITICAL)
+    for name in ("ray", "ray.data"):  # Ray Data's logger has a level and handlers of its own
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def ray_printing(on: bool) -> None:
@@ -263,7 +264,9 @@ class RayEngine:
         resources = {"num_cpus": self.plan.cpus} | ({"num_gpus": self.plan.gpus} if self.plan.gpus else {})
         results = ray.data.from_items(items).map_batches(
             worker, batch_size=CHUNK_BATCHES * self.manifest.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.plan.count), **resources,
+            # Two chunks per actor: one running, the next queued (no idle gap), and at the end no actor holds
+            # more than one chunk that another could have taken.
+            compute=ray.data.ActorPoolStrategy(size=self.plan.count, max_tasks_in_flight_per_actor=2), **resources,
             fn_constructor_kwargs={"manifest": self.manifest, "plan": self.plan, "ledger": ledger,
                                    "max_tries": self.settings.max_tries, "token": str(token)})
         batches = iter(results.iter_batches(batch_size=None, batch_format="numpy"))

@@ -29,6 +29,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="state dict file (loaded with weights_only=True)")
     parser.add_argument("--num-classes", type=int, help="classifier size when it differs from the default 1000")
     parser.add_argument("--input-size", type=_size, help="SIZE or HEIGHTxWIDTH (default: the model's own)")
+    parser.add_argument("--grid", type=_size, help="HxW patch grid of a transformer's tokens (default: input size "
+                        "over the patch size)")
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
     parser.add_argument("--mean", type=_floats, help="per-channel mean on [0,1] pixels (default: the model's own)")
     parser.add_argument("--std", type=_floats, help="per-channel std on [0,1] pixels (default: the model's own)")
+    parser.add_argument("--resize", choices=["stretch", "center_crop"],
+                        help="how a photo becomes the input (default: the model's recipe; torchvision and timm: "
+                        "center_crop, others: stretch)")
+    parser.add_argument("--crop-fraction", type=float, help="center_crop: input size / resized shorter side "
+                        "(default: the recipe's, e.g. 224/256 = 0.875)")
     parser.add_argument("--labels", type=Path, help="class names, one per line (or a JSON list)")
     parser.add_argument("--multilabel", action="store_true", help="sigmoid outputs (default: softmax)")
     parser.add_argument("--no-guided", action="store_true", help="leave out the guided-backprop input gradients")
@@ -53,14 +60,14 @@ def _load(args: argparse.Namespace) -> LoadedModel:
 
 def run_layers(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    layers = probe_layers(loaded.model, loaded.input_size)
+    layers = probe_layers(loaded.model, loaded.input_size, args.grid).layers
     chosen = auto_layer(layers)
-    print(f"{loaded.spec}: candidate target layers (4-D, spatial > 1), input {list(loaded.input_size)}")
-    print(f"  {'name':<40} {'type':<24} {'output [C, h, w]':<18} calls")
+    print(f"{loaded.spec}: candidate target layers (maps with h*w > 1), input {list(loaded.input_size)}")
+    print(f"  {'name':<40} {'type':<24} {'map [C, h, w]':<18} {'layout':<7} calls")
     for info in candidates(layers):
         mark = "*" if info is chosen else " "
-        print(f"{mark} {info.name:<40} {info.kind:<24} {str(list(info.shape[1:])):<18} {info.calls}")
-    print(f"* = --layer auto ({chosen.name})")
+        print(f"{mark} {info.name:<40} {info.kind:<24} {str(list(info.map_shape)):<18} {info.layout:<7} {info.calls}")
+    print(f"* = --layer auto ({chosen.name}); tokens and channels-last outputs become [C, h, w] in the graph")
     return 0
 
 
@@ -74,9 +81,15 @@ def run_export(args: argparse.Namespace) -> int:
         loaded.std = args.std
     if args.labels:
         loaded.labels = read_labels(args.labels)
+    if args.resize:
+        loaded.resize = args.resize
+    if args.crop_fraction is not None:
+        if not 0 < args.crop_fraction <= 1:
+            raise ExportError(f"--crop-fraction {args.crop_fraction}: must be in (0, 1], e.g. 0.875")
+        loaded.crop_fraction = args.crop_fraction
     print(f"exporting {loaded.spec}" + (" (bundled pretrained ImageNet weights)" if loaded.spec == BUNDLED else ""))
     export_explain_graph(loaded, args.layer, args.out, guided=not args.no_guided, multilabel=args.multilabel,
-                         saliency=args.saliency)
+                         saliency=args.saliency, grid=args.grid)
     return 0
 
 

@@ -191,6 +191,12 @@ def _constant_pad_nd(self, pad, value=0):
     return self
 
 
+def _copy(self, src, non_blocking=False):
+    """`self` filled with `src` broadcast to its shape. ONNX's translation of aten.copy keeps src's shape, so a
+    scalar written into a slice (Swin's shifted-window mask: `mask[h0:h1, w0:w1] = count`) came out 0-d."""
+    return src.to(self.dtype).expand(self.shape).clone()
+
+
 def decomposition_table() -> dict:
     """The core ATen decompositions plus the exportable backwards above."""
     table = dict(core_aten_decompositions())
@@ -202,5 +208,6 @@ def decomposition_table() -> dict:
         aten.max_pool2d_with_indices_backward.default: _max_pool2d_with_indices_backward,
         aten.avg_pool2d_backward.default: _avg_pool2d_backward,
         aten.constant_pad_nd.default: _constant_pad_nd,
+        aten.copy.default: _copy,
     })
     return table

@@ -6,12 +6,18 @@ lets the gradients reach ONNX (README, "How the gradients get into ONNX").
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from onnxcam.exporter.decompositions import decomposition_table, guided_rule
+from onnxcam.exporter.layers import LayerInfo, logits_of
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class LayerTap:
@@ -42,6 +48,22 @@ class LayerTap:
         self.handle.remove()
 
 
+class FeatureLayout:
+    """The target layer's output as a map [N, C, h, w]: as it is (nchw), permuted (nhwc), or tokens with the prefix
+    (class, register) tokens dropped and the rest laid out on the patch grid, as pytorch-grad-cam's
+    `reshape_transform` does. Applied to the activations and to their gradients alike."""
+
+    def __init__(self, layer: LayerInfo):
+        self.layout, self.grid, self.prefix = layer.layout, layer.grid, layer.prefix_tokens
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if self.layout == "nhwc":
+            return output.permute(0, 3, 1, 2)
+        if self.layout == "tokens":
+            return output[:, self.prefix:, :].unflatten(1, self.grid).permute(0, 3, 1, 2)
+        return output
+
+
 def class_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """S = sum_n logits[n, t_n] with t_n = target[n], or the top-1 class where target < 0.
 
@@ -53,17 +75,17 @@ def class_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return (logits * mask).sum(), chosen
 
 
-def make_explain_fn(model: nn.Module, tap: LayerTap, guided: bool, saliency: bool = False):
+def make_explain_fn(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guided: bool, saliency: bool = False):
     """Outputs in contract order: logits, activations, gradients[, input_gradients][, plain_input_gradients]."""
 
     def explain(input: torch.Tensor, target: torch.Tensor):
         tap.reset()
         x = input.detach().requires_grad_(True)
-        logits = model(x)
+        logits = logits_of(model(x))
         activations = tap.output
         score, _ = class_score(logits, target)
         (gradients,) = torch.autograd.grad(score, activations, retain_graph=guided or saliency)
-        outputs = [logits.detach(), activations.detach(), gradients]
+        outputs = [logits.detach(), layout(activations.detach()), layout(gradients)]
         if guided:
             with guided_rule():
                 (input_gradients,) = torch.autograd.grad(score, x, retain_graph=saliency)
@@ -76,6 +98,32 @@ def make_explain_fn(model: nn.Module, tap: LayerTap, guided: bool, saliency: boo
     return explain
 
 
+@contextlib.contextmanager
+def contiguous_inputs() -> Iterator[None]:
+    """While tracing, F.linear and F.adaptive_avg_pool2d get their input contiguous; a copy costs little, and:
+
+    - ATen folds a [..., K] @ [K, M] product into one matrix product only for a contiguous input; otherwise
+      (nn.MultiheadAttention's sequence-first views) it broadcasts a batched product, expanding the weight over
+      the leading dimensions: a view in PyTorch, in ONNX an Expand that materialises it (ViT-B/16: 1.4 GB per
+      attention layer and image);
+    - ATen's global average pool re-strides the mean of a channels-last input (Swin's permuted head) with
+      as_strided_, whose backward has no ONNX translation.
+    """
+    linear, pool = F.linear, F.adaptive_avg_pool2d
+
+    def folded_linear(input, weight, bias=None):
+        return linear(input.contiguous() if input.dim() > 2 else input, weight, bias)
+
+    def contiguous_pool(input, output_size):
+        return pool(input.contiguous(), output_size)
+
+    F.linear, F.adaptive_avg_pool2d = folded_linear, contiguous_pool
+    try:
+        yield
+    finally:
+        F.linear, F.adaptive_avg_pool2d = linear, pool
+
+
 def _batch_dynamic(fake_mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
     """A fake copy of `tensor` whose first dimension is symbolic and the others static.
 
@@ -86,12 +134,13 @@ def _batch_dynamic(fake_mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Ten
     return fake_mode.from_tensor(tensor, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
 
 
-def trace_explain_graph(model: nn.Module, tap: LayerTap, guided: bool, example: torch.Tensor,
+def trace_explain_graph(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guided: bool, example: torch.Tensor,
                         saliency: bool = False) -> torch.fx.GraphModule:
-    """Trace with a symbolic batch so that its size is not baked into view/expand."""
+    """Trace with a symbolic batch so that its size is not baked into view/expand. Attention runs as its math
+    (matmul, softmax): the fused kernels' backward ops have no decomposition to trace through."""
     fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
     target = torch.full((example.shape[0],), -1, dtype=torch.int64)
     fake_input, fake_target = _batch_dynamic(fake_mode, example), _batch_dynamic(fake_mode, target)
-    fn = make_explain_fn(model, tap, guided, saliency)
-    with fake_mode:
+    fn = make_explain_fn(model, tap, layout, guided, saliency)
+    with fake_mode, sdpa_kernel(SDPBackend.MATH), contiguous_inputs():
         return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="real")(fake_input, fake_target)

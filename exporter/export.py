@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.explain_fn import LayerTap, trace_explain_graph
+from onnxcam.exporter.explain_fn import FeatureLayout, LayerTap, trace_explain_graph
 from onnxcam.exporter.layers import LayerInfo, probe_layers, resolve_layer
 from onnxcam.exporter.parity import compare, format_parity
 from onnxcam.exporter.reference import reference_outputs
@@ -54,13 +55,16 @@ def _to_onnx(graph: torch.fx.GraphModule, example: torch.Tensor, output_names: l
     batch = torch.export.Dim("batch", min=1, max=4096)
     target = torch.full((example.shape[0],), -1, dtype=torch.int64)
     try:
-        program = torch.onnx.export(
-            graph, (example, target), dynamo=True, input_names=list(INPUTS), output_names=output_names,
-            dynamic_shapes=({0: batch}, {0: batch}), opset_version=OPSET, verbose=False,
-            # onnxscript's optimizer nearly doubles the export time (DenseNet-121: 177 s vs 94 s) and the
-            # graph runs no faster for it: ONNX Runtime applies its own graph optimizations at load.
-            optimize=False,
-        )
+        with warnings.catch_warnings():
+            # Both inputs share the batch dimension; torch warns that the second name for it goes unused.
+            warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
+            program = torch.onnx.export(
+                graph, (example, target), dynamo=True, input_names=list(INPUTS), output_names=output_names,
+                dynamic_shapes=({0: batch}, {0: batch}), opset_version=OPSET, verbose=False,
+                # onnxscript's optimizer nearly doubles the export time (DenseNet-121: 177 s vs 94 s) and the
+                # graph runs no faster for it: ONNX Runtime applies its own graph optimizations at load.
+                optimize=False,
+            )
     except Exception as error:  # noqa: BLE001 - the exporter raises many types; name the op if we can
         text = str(error)
         ops = _unsupported_ops(text)
@@ -102,25 +106,37 @@ def _gap_linear_head(model: nn.Module, reference: dict[str, torch.Tensor]) -> bo
     return bool(error < 1e-6)
 
 
+def describe_layer(layer: LayerInfo) -> str:
+    """`name (Kind, output [C, h, w])`, with what the graph does to tokens or a channels-last map."""
+    shape = list(layer.map_shape)
+    if layer.layout == "tokens":
+        return (f"{layer.name} ({layer.kind}, tokens {list(layer.shape[1:])} -> {shape}: {layer.prefix_tokens} "
+                f"prefix token{'s' * (layer.prefix_tokens != 1)} dropped, grid {layer.grid[0]}x{layer.grid[1]})")
+    if layer.layout == "nhwc":
+        return f"{layer.name} ({layer.kind}, channels-last {list(layer.shape[1:])} -> {shape})"
+    return f"{layer.name} ({layer.kind}, output {shape})"
+
+
 def export_explain_graph(
     loaded: LoadedModel, layer: str, out: Path, guided: bool = True, multilabel: bool = False,
-    tolerance: float = PARITY_TOLERANCE, log=print, saliency: bool = False,
+    tolerance: float = PARITY_TOLERANCE, log=print, saliency: bool = False, grid: tuple[int, int] | None = None,
 ) -> ExportResult:
     """Trace, convert, parity-check against eager PyTorch, then write `out` atomically."""
     started = time.perf_counter()
     model, (height, width) = loaded.model, loaded.input_size
-    layers = probe_layers(model, loaded.input_size)
-    chosen = resolve_layer(layers, layer)
-    log(f"target layer: {chosen.name} ({chosen.kind}, output {list(chosen.shape[1:])})"
-        + (" [auto]" if layer == "auto" else ""))
-    num_classes = int(layers[-1].shape[-1]) if layers[-1].shape else 0
+    probe = probe_layers(model, loaded.input_size, grid)
+    chosen = resolve_layer(probe.layers, layer)
+    log(f"target layer: {describe_layer(chosen)}" + (" [auto]" if layer == "auto" else ""))
+    num_classes = probe.logits_shape[1]
     labels = loaded.labels or [str(i) for i in range(num_classes)]
+    if len(labels) != num_classes:
+        raise ExportError(f"--labels: {len(labels)} names for a model with {num_classes} classes")
 
     tap = LayerTap(model.get_submodule(chosen.name), chosen.calls)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, height, width, generator=generator)
     try:
-        graph = trace_explain_graph(model, tap, guided, example, saliency)
+        graph = trace_explain_graph(model, tap, FeatureLayout(chosen), guided, example, saliency)
     finally:
         tap.remove()
     output_names = [*REQUIRED_OUTPUTS, *(["input_gradients"] if guided else []),
@@ -128,8 +144,15 @@ def export_explain_graph(
     proto = _to_onnx(graph, example, output_names)
 
     target = torch.tensor([-1, num_classes - 1], dtype=torch.int64)
-    reference = reference_outputs(model, chosen.name, chosen.calls, example, target, guided, saliency=saliency)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = reference_outputs(model, chosen, example, target, guided, saliency=saliency)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ONNX Runtime's optimiser notes (constant folding skipped) are not for the user
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - ORT raises several types for a graph it cannot load
+        detail = " ".join(str(error).split())[:200]
+        raise ExportError(f"ONNX Runtime cannot load the exported graph ({detail}); pick another --layer, or report "
+                          "the model to onnxcam") from None
     actual = dict(zip(output_names, session.run(None, {"input": example.numpy(), "target": target.numpy()}),
                       strict=True))
     figures = compare(actual, {name: value.numpy() for name, value in reference.items()})
@@ -139,12 +162,11 @@ def export_explain_graph(
         if problem:
             raise ExportError(f"parity check failed: {name} {problem}; not writing {out}")
 
-    if len(labels) != num_classes:
-        raise ExportError(f"--labels: {len(labels)} names for a model with {num_classes} classes")
     info = GraphInfo(
         preprocessing=Preprocessing(size=(height, width), mean=tuple(loaded.mean), std=tuple(loaded.std),
-                                    crop_fraction=loaded.crop_fraction),
-        labels=labels, target_layer=chosen.name, activation_shape=tuple(chosen.shape[1:]),
+                                    resize=loaded.resize, crop_fraction=loaded.crop_fraction,
+                                    interpolation=loaded.interpolation),
+        labels=labels, target_layer=chosen.name, activation_shape=tuple(chosen.map_shape),
         output_activation="sigmoid" if multilabel else "softmax", outputs=output_names,
         gap_linear_head=_gap_linear_head(model, reference), model=loaded.spec, versions=_versions(),
         parity=figures,

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from onnxcam.exporter.explain_fn import LayerTap, class_score
+from onnxcam.exporter.explain_fn import FeatureLayout, LayerTap, class_score
+from onnxcam.exporter.layers import LayerInfo, logits_of
 from torch import nn
 
 
@@ -59,7 +60,7 @@ def guided_functionals() -> Iterator[None]:
 
 
 def reference_outputs(
-    model: nn.Module, layer: str, call: int, input: torch.Tensor, target: torch.Tensor,
+    model: nn.Module, layer: LayerInfo, input: torch.Tensor, target: torch.Tensor,
     guided: bool, dtype: torch.dtype = torch.float64, saliency: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Eager outputs of the explain contract, computed in `dtype` (float64 by default).
@@ -67,20 +68,20 @@ def reference_outputs(
     float64 keeps float32 tie-breaking at ReLU/max-pool kinks out of the parity figure.
     """
     model = copy.deepcopy(model).to(dtype)
-    tap = LayerTap(model.get_submodule(layer), call)
+    tap, layout = LayerTap(model.get_submodule(layer.name), layer.calls), FeatureLayout(layer)
     x = input.to(dtype).requires_grad_(True)
-    logits = model(x)
+    logits = logits_of(model(x))
     activations = tap.output
     score, _ = class_score(logits, target)
     (gradients,) = torch.autograd.grad(score, activations, retain_graph=saliency)
-    result = {"logits": logits, "activations": activations, "gradients": gradients}
+    result = {"logits": logits, "activations": layout(activations), "gradients": layout(gradients)}
     if saliency:
         (result["plain_input_gradients"],) = torch.autograd.grad(score, x)
     if guided:
         tap.reset()
         with guided_functionals():
             x = input.to(dtype).requires_grad_(True)
-            score, _ = class_score(model(x), target)
+            score, _ = class_score(logits_of(model(x)), target)
             (result["input_gradients"],) = torch.autograd.grad(score, x)
     tap.remove()
     return {name: value.detach() for name, value in result.items()}

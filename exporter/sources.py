@@ -1,6 +1,7 @@
-"""Model sources: `torchvision:NAME`, `package.module:factory`, and the bundled `efficientnet-lite0`.
+"""Model sources: `torchvision:NAME`, `timm:NAME`, `package.module:factory`, and the bundled `efficientnet-lite0`.
 
-Each source yields the frozen model plus its preprocessing and class-label defaults.
+Each source yields the frozen model plus its preprocessing (torchvision's and timm's own recipe for the model:
+input size, mean, std, resize then centre crop, interpolation) and class-label defaults.
 No source touches the network: weights come from `--weights FILE` or a package that ships them.
 """
 
@@ -19,7 +20,7 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BUNDLED = "efficientnet-lite0"
-SPEC_HELP = f"use torchvision:NAME, package.module:factory or {BUNDLED}"
+SPEC_HELP = f"use torchvision:NAME, timm:NAME, package.module:factory or {BUNDLED}"
 
 
 @dataclass
@@ -30,7 +31,9 @@ class LoadedModel:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     labels: list[str] = field(default_factory=list)
+    resize: str = "stretch"  # stretch | center_crop (resize the shorter side to size / crop_fraction, crop)
     crop_fraction: float = 0.875
+    interpolation: str = "bilinear"  # bilinear | bicubic: how the recipe resizes
     weights: str | None = None
 
 
@@ -118,7 +121,32 @@ def _torchvision(name: str, num_classes: int | None) -> LoadedModel:
         model=model, spec=f"torchvision:{name}", input_size=(size, size),
         mean=tuple(transforms.mean), std=tuple(transforms.std),
         labels=categories if len(categories) == (num_classes or 1000) else [],
-        crop_fraction=size / int(transforms.resize_size[0]),
+        resize="center_crop", crop_fraction=size / int(transforms.resize_size[0]),
+        interpolation=transforms.interpolation.value,
+    )
+
+
+def _timm(name: str, num_classes: int | None) -> LoadedModel:
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise ExportError("--model timm:...: timm is not installed; pip install timm") from None
+    known = timm.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
+        raise ExportError(f"unknown timm model '{name}'; {hint}")
+    model = timm.create_model(name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
+    config = timm.data.resolve_data_config({}, model=model)  # the model's pretrained_cfg; nothing downloaded
+    classes = model.num_classes
+    return LoadedModel(
+        model=model, spec=f"timm:{name}", input_size=tuple(config["input_size"][1:]),
+        mean=tuple(config["mean"]), std=tuple(config["std"]),
+        labels=imagenet_labels() if classes == 1000 else [],
+        resize="center_crop" if config.get("crop_mode", "center") == "center" else "stretch",
+        crop_fraction=float(config.get("crop_pct", 0.875)),
+        interpolation="bicubic" if config.get("interpolation") == "bicubic" else "bilinear",
     )
 
 
@@ -159,6 +187,8 @@ def load_model(spec: str, weights: Path | None = None, num_classes: int | None =
         loaded = _bundled_lite0()
     elif spec.startswith("torchvision:"):
         loaded = _torchvision(spec.removeprefix("torchvision:"), num_classes)
+    elif spec.startswith("timm:"):
+        loaded = _timm(spec.removeprefix("timm:"), num_classes)
     elif ":" in spec and all(part.isidentifier() for part in spec.replace(":", ".").split(".")):
         loaded = _factory(spec)
     else:

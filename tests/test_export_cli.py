@@ -158,6 +158,34 @@ def test_cli_process_exit_code_and_single_line(tmp_path):
     assert "unknown torchvision classification model 'nope'" in result.stdout
 
 
+@pytest.mark.parametrize("spec", ["toy_models:returns_dict", "toy_models:returns_named_tuple"])
+def test_logits_are_picked_from_a_dict_or_named_tuple(spec, exported):
+    _, result = exported(spec)
+    assert result.info.num_classes == 5 and result.info.parity["logits"]["relative_error"] < 1e-5
+
+
+def test_a_tuple_of_outputs_is_one_line_naming_the_fix(capsys, tmp_path):
+    line = one_line_error(capsys, ["export", "--model", "toy_models:returns_tuple", "--out", str(tmp_path / "m.onnx")])
+    assert line.endswith("the model returns a tuple of 2 items, not a logits tensor; make forward return the logits "
+                         "[N, classes] (or a dict or named tuple with a 'logits' entry)")
+
+
+def test_an_export_prints_only_its_own_lines(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "export", "--model", "toy_models:relu_net",
+                             "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300,
+                            cwd=TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "", "no stray warning from torch or ONNX Runtime"
+    assert [line.split(" ")[0] for line in result.stdout.splitlines()] == ["exporting", "target", "parity", "wrote"]
+
+
+@pytest.mark.slow
+def test_squeezenet_class_count_is_the_model_output(exported):
+    """SqueezeNet's last named module outputs [1, 1000, 1, 1]; the class count comes from the model's output."""
+    loaded, result = exported("torchvision:squeezenet1_1")
+    assert result.info.num_classes == 1000 and result.info.labels == loaded.labels
+
+
 @pytest.mark.slow
 def test_bundled_model_is_pretrained(exported):
     import skimage.data

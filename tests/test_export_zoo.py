@@ -48,7 +48,7 @@ def test_gradients_match_autograd(spec, exported):
         x = torch.randn(batch, 3, *loaded.input_size, generator=generator)
         target = torch.randint(0, info.num_classes, (batch,), generator=generator)
         target[0] = -1
-        expected = reference_outputs(loaded.model, result.layer.name, result.layer.calls, x, target, guided=True)
+        expected = reference_outputs(loaded.model, result.layer, x, target, guided=True)
         actual = dict(zip(OUTPUTS[:4], session.run(None, {"input": x.numpy(), "target": target.numpy()}), strict=True))
         assert actual["activations"].shape == (batch, *info.activation_shape)
         for name in ("logits", "activations", "gradients"):
@@ -78,7 +78,7 @@ def test_plain_input_gradients_match_autograd(exported):
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(3, 3, *loaded.input_size, generator=generator)
     target = torch.tensor([-1, 3, 4])
-    expected = reference_outputs(loaded.model, result.layer.name, result.layer.calls, x, target, guided=False,
+    expected = reference_outputs(loaded.model, result.layer, x, target, guided=False,
                                  saliency=True)["plain_input_gradients"].numpy()
     actual, same_kinks = kinks(x.numpy(), target.numpy())
     plain = actual["plain_input_gradients"]

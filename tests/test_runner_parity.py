@@ -6,6 +6,7 @@ architectures with random weights.
 """
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,11 @@ def photos(tmp_path_factory) -> list[Path]:
 def case(request, exported, photos):
     loaded, result = exported(request.param)
     info = read_graph_info(result.path)
-    batch = np.stack([to_input(decode_image(p, 10**8)[0], info.preprocessing)[0] for p in photos])
+    # The whole photographs, stretched, as before torchvision exports took their recipe's centre crop: the crop
+    # moves which pixels of random-weight VGG sit on max-pool ties, where guided gradients jump (see below; the
+    # exporter's tests check the graph against autograd taking ONNX Runtime's tie decisions).
+    stretched = dataclasses.replace(info.preprocessing, resize="stretch")
+    batch = np.stack([to_input(decode_image(p, 10**8)[0], stretched)[0] for p in photos])
     backend = OnnxRuntimeBackend(result.path, ["cpu"])
     outputs = ("logits", "activations", "gradients", "input_gradients")
     out = backend.run(outputs, batch, np.full(len(batch), -1))

@@ -1,5 +1,7 @@
 """Small models for exporter tests, importable as `toy_models:FACTORY` model specs."""
 
+from collections import namedtuple
+
 import torch
 from torch import nn
 
@@ -69,3 +71,44 @@ def flat_head_net() -> nn.Module:
     """Head is Flatten -> Linear over the whole map (no global pooling): CAM is undefined."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 3))
+
+
+class _Returns(nn.Module):
+    """relu_net whose forward wraps its logits: in a dict, a named tuple, or a tuple beside another tensor."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.net, self.kind = relu_net(), kind
+
+    def forward(self, x):
+        logits = self.net(x)
+        if self.kind == "dict":
+            return {"logits": logits, "features": logits * 2}
+        if self.kind == "named":
+            return _Outputs(logits=logits, aux=logits * 2)
+        return logits, logits * 2
+
+
+_Outputs = namedtuple("_Outputs", ["logits", "aux"])
+
+
+def returns_dict() -> nn.Module:
+    return _Returns("dict")
+
+
+def returns_named_tuple() -> nn.Module:
+    return _Returns("named")
+
+
+def returns_tuple() -> nn.Module:
+    return _Returns("tuple")
+
+
+def vit_b_16_live_head() -> nn.Module:
+    """torchvision's vit_b_16 with random weights, its head too (torchvision zeroes it: every logit 0)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16()
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 from onnxcam.runner.model.graph import Preprocessing
 
+UPSCALING = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels: the part of the image the model saw
 
 
@@ -25,15 +26,15 @@ def model_region(width: int, height: int, pre: Preprocessing) -> Region:
 
 def to_input(image_bgr: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, Region]:
     """[3,H,W] float32 input and the region it covers. Downscaling uses area averaging (like an antialiased
-    resize), upscaling bilinear interpolation."""
+    resize), upscaling the recipe's interpolation (bilinear or bicubic)."""
     height, width = image_bgr.shape[:2]
     region = model_region(width, height, pre)
     x0, y0, x1, y1 = region
     seen = image_bgr[y0:y1, x0:x1]
     out_height, out_width = pre.size
     shrinking = out_width * out_height < seen.shape[0] * seen.shape[1]
-    resized = cv2.resize(seen, (out_width, out_height),
-                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    upscaling = UPSCALING.get(pre.interpolation, cv2.INTER_LINEAR)
+    resized = cv2.resize(seen, (out_width, out_height), interpolation=cv2.INTER_AREA if shrinking else upscaling)
     if pre.channel_order == "RGB":
         resized = resized[:, :, ::-1]
     scale = np.float32(1 / 255) / np.asarray(pre.std, np.float32)

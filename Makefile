@@ -10,7 +10,7 @@ MANIFEST ?= manifests/demo.yaml
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume bench-big bench-ray clean
+.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume bench-big bench-ray zoo clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,11 @@ bench-resume: export
 # `onnxcam run --ray` vs the local engine on the same JPEGs (steady-state images/s, start-up, peak RSS); not a test.
 bench-ray: setup
 	$(BIN)/python scripts/ray_benchmark.py $(BENCH_FLAGS)
+
+# Export every torchvision classification model (random weights) and write the coverage table into README.md;
+# hours on two cores, not part of `make test`.
+zoo: setup
+	$(BIN)/python scripts/zoo.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf exports out demo

@@ -28,12 +28,13 @@ START, END = "<!-- zoo table: scripts/zoo.py writes between these lines -->", "<
 
 CHILD = r"""
 import json, sys, time
+from pathlib import Path
 import numpy as np, onnxruntime as ort, torch
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.export import export_explain_graph
 from onnxcam.exporter.sources import load_model
 
-name, out = sys.argv[1], sys.argv[2]
+name, out = sys.argv[1], Path(sys.argv[2])
 torch.manual_seed(0)
 loaded = load_model(f"torchvision:{name}")
 with torch.no_grad():
@@ -47,7 +48,7 @@ except ExportError as error:
     sys.exit(0)
 options = ort.SessionOptions()
 options.log_severity_level = 3
-session = ort.InferenceSession(out, options, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).standard_normal((8, 3, *loaded.input_size)).astype(np.float32)
 feeds = {"input": x, "target": np.full(8, -1, np.int64)}
 outputs = ["logits", "activations", "gradients"]

@@ -125,10 +125,15 @@ def probe_layers(model: nn.Module, input_size: tuple[int, int], grid: tuple[int,
     handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name]
     try:
         with torch.no_grad():
-            logits = logits_of(model(torch.zeros(1, 3, *input_size)))
+            output = model(torch.zeros(1, 3, *input_size))
+    except Exception as error:  # noqa: BLE001 - whatever the model's own checks raise
+        detail = " ".join(str(error).split())[:160] or type(error).__name__
+        raise ExportError(f"the model's forward fails on a {input_size[0]}x{input_size[1]} input ({detail}); give the "
+                          "size it expects with --input-size") from None
     finally:
         for handle in handles:
             handle.remove()
+    logits = logits_of(output)
     if logits.dim() != 2:
         raise ExportError(f"the model's output has shape {list(logits.shape)}; onnxcam needs logits [N, classes]: "
                           "flatten them in forward")

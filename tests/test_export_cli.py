@@ -170,6 +170,13 @@ def test_a_tuple_of_outputs_is_one_line_naming_the_fix(capsys, tmp_path):
                          "[N, classes] (or a dict or named tuple with a 'logits' entry)")
 
 
+def test_a_forward_that_refuses_the_input_size_is_one_line(capsys, tmp_path):
+    line = one_line_error(capsys, ["export", "--model", "torchvision:vit_b_16", "--input-size", "256",
+                                   "--out", str(tmp_path / "m.onnx")])
+    assert "the model's forward fails on a 256x256 input (Wrong image height! Expected 224 but got 256!)" in line
+    assert line.endswith("give the size it expects with --input-size")
+
+
 def test_an_export_prints_only_its_own_lines(tmp_path):
     result = subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "export", "--model", "toy_models:relu_net",
                              "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300,

@@ -246,7 +246,7 @@ class RayEngine:
         self.notes: list[str] = []
         self.nodes = len(nodes)
         self.actors: dict[str, dict[str, object]] = {}
-        self.worker_died = self.interrupted = False
+        self.worker_died = False
 
     def run(self, todo: Iterator[ImageRef], sink: Sink) -> bool:
         """Runs every image of `todo` on the actors; returns True when interrupted (Ctrl-C)."""
@@ -254,6 +254,7 @@ class RayEngine:
         if not items:
             return False
         written: set[str] = set()
+        interrupted = False
         here = ray.get_runtime_context().get_node_id()
         ledger = InFlightLedger.options(  # beside the driver: lost only with it
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
@@ -285,7 +286,7 @@ class RayEngine:
                     actor = self.actors.setdefault(identity["worker"], {"images": 0})
                     actor.update(identity, images=actor["images"] + 1)
         except KeyboardInterrupt:
-            self.interrupted = True
+            interrupted = True
             if _in_main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
         except ray.exceptions.RayError as error:
@@ -298,10 +299,10 @@ class RayEngine:
             ray.kill(ledger)
         providers = sorted({str(actor["provider"]) for actor in self.actors.values()})
         self.provider = ", ".join(providers) or self.provider
-        if not self.interrupted and len(written) != len(items):
+        if not interrupted and len(written) != len(items):
             raise EngineError(f"--ray: {len(items) - len(written)} images came back without rows; the same command "
                               "redoes them")
-        return self.interrupted
+        return interrupted
 
     def describe(self) -> str:
         return f"ray: {self.plan.describe()} on {self.nodes} node{'s' * (self.nodes != 1)}"

@@ -108,14 +108,16 @@ def _torchvision(name: str, num_classes: int | None) -> LoadedModel:
         close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
         raise ExportError(f"unknown torchvision classification model '{name}'; {hint}")
-    kwargs = {"num_classes": num_classes} if num_classes else {}
-    if name.startswith("inception") or name == "googlenet":
-        kwargs.update(aux_logits=False, init_weights=False)
-    model = torchvision.models.get_model(name, weights=None, **kwargs)
     # The weights enum carries the model's preprocessing and categories; reading it downloads nothing.
     recipe = torchvision.models.get_model_weights(name).DEFAULT
     transforms = recipe.transforms()
     size = int(transforms.crop_size[0])
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    if name.startswith("inception") or name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=False)
+    if name.startswith("vit_"):
+        kwargs.update(image_size=size)  # what torchvision does when it loads these weights (vit_h_14: 518)
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
     categories = list(recipe.meta.get("categories") or [])
     return LoadedModel(
         model=model, spec=f"torchvision:{name}", input_size=(size, size),

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -220,3 +221,36 @@ def test_parity_gate_allows_input_gradient_kinks_only():
     assert "cosine 0.999000" in _parity_problem("plain_input_gradients", figure(1e-4, 0.999), 1e-3)
     assert _parity_problem("gradients", figure(2e-3), 1e-3) == "relative error 2.00e-03 > 1e-03"
     assert _parity_problem("logits", figure(1e-4), 1e-3) == ""
+
+
+def test_a_graph_over_the_protobuf_limit_keeps_its_weights_beside_it(monkeypatch, tmp_path):
+    """Weights over EXTERNAL_DATA_BYTES (vit_h_14: 2.5 GB, more than one protobuf holds) go to `<graph>.data`; the
+    runner finds them from any working directory; a later, smaller export of the same path drops the side file."""
+    from onnxcam.exporter import export
+    from onnxcam.runner.model.backend import OnnxRuntimeBackend
+
+    loaded = load_model("toy_models:relu_net")
+    inline = export.export_explain_graph(loaded, "auto", tmp_path / "inline.onnx", log=lambda _: None)
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    out = tmp_path / "graphs" / "m.onnx"
+    result = export.export_explain_graph(loaded, "auto", out, log=lambda _: None)
+    data = out.with_name("m.onnx.data")
+    assert sorted(path.name for path in out.parent.iterdir()) == ["m.onnx", "m.onnx.data"], "no staging left"
+    initializers = onnx.load(str(out), load_external_data=False).graph.initializer
+    outside = sum(int(dict((e.key, e.value) for e in t.external_data)["length"]) for t in initializers
+                  if t.data_location == onnx.TensorProto.EXTERNAL)
+    assert outside == data.stat().st_size > 4000, "the weights are in the side file, not the graph"
+    assert read_graph_info(out).parity == result.info.parity
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    x = np.random.default_rng(0).standard_normal((3, 3, *loaded.input_size)).astype(np.float32)
+    outputs = ("logits", "activations", "gradients")
+    side, whole = (OnnxRuntimeBackend(path, ["cpu"]).run(outputs, x, np.full(3, -1)) for path in (out, inline.path))
+    for name in outputs:
+        np.testing.assert_array_equal(side[name], whole[name])
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1 << 30)
+    export.export_explain_graph(loaded, "auto", out, log=lambda _: None)
+    assert sorted(path.name for path in out.parent.iterdir()) == ["m.onnx"]

@@ -45,8 +45,12 @@ def cuda_unavailable_reason() -> str | None:
 
 
 def _pruned(path: Path, outputs: tuple[str, ...]) -> bytes:
-    """The graph cut down to `outputs`, so ORT does not compute what the run does not use."""
-    model = onnx.load(str(path))
+    """The graph cut down to `outputs`, so ORT does not compute what the run does not use.
+
+    Weights in a side file (a graph over 2 GB) stay there: the cut graph refers to them, and the session is
+    told the folder to find them in.
+    """
+    model = onnx.load(str(path), load_external_data=False)
     if tuple(o.name for o in model.graph.output) == outputs:
         return model.SerializeToString()
     inputs = [i.name for i in model.graph.input]
@@ -86,6 +90,8 @@ class OnnxRuntimeBackend:
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.log_severity_level = 3
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(self.path.resolve().parent))
             try:
                 session = ort.InferenceSession(_pruned(self.path, outputs), options,
                                                providers=[ORT_NAMES[p] for p in self.wanted])

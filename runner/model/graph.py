@@ -68,6 +68,11 @@ class GraphInfo:
                              "export it with `onnxcam export`") from None
 
 
+def external_data_path(graph: Path) -> Path:
+    """Where a graph too large for one protobuf (2 GB) keeps its weights: `<name>.data` beside it."""
+    return graph.with_name(graph.name + ".data")
+
+
 def read_graph_info(path: str | Path) -> GraphInfo:
     """Read the metadata only (the weights stay on disk)."""
     model = onnx.load(str(path), load_external_data=False)

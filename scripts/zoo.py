@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import subprocess
@@ -70,20 +71,27 @@ def export_one(name: str, folder: Path, timeout: int) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {timeout} s"}
     finally:
-        (folder / f"{name}.onnx").unlink(missing_ok=True)
+        for path in folder.glob(f"{name}.onnx*"):
+            path.unlink()
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:
         return json.loads(lines[-1])
     if done.returncode in (-9, 137):
-        return {"error": "killed (out of memory?)"}
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return {"error": f"killed by the kernel: more memory than this machine's {memory:.0f} GB"}
     last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), f"exit {done.returncode}")
     return {"error": f"crashed: {last.strip()[:160]}"}
 
 
 def table(rows: dict[str, dict]) -> str:
     ok = [name for name, row in rows.items() if "error" not in row]
-    lines = [f"{len(ok)} of {len(rows)} torchvision classification models export with parity "
-             f"(torch, onnxruntime on {platform.machine()}, 2 cores; `make zoo`):", "",
+    failed = [name for name in rows if name not in ok]
+    slowest = max(ok, key=lambda name: rows[name]["seconds"], default=None)
+    summary = (f"{len(ok)} of {len(rows)} torchvision classification models export with parity at their recipe's "
+               f"input size (random weights, `--layer auto`, {os.cpu_count()} cores of {platform.machine()}; "
+               f"`make zoo`)" + (f"; the slowest, {slowest}, in {rows[slowest]['seconds']:.0f} s" if slowest else "")
+               + (f"; {len(failed)} do not: {', '.join(failed)}." if failed else "."))
+    lines = [summary, "",
              "| model | input | auto layer | map [C, h, w] | export s | parity | ms/image (batch 8) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.items():

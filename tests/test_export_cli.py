@@ -254,3 +254,21 @@ def test_a_graph_over_the_protobuf_limit_keeps_its_weights_beside_it(monkeypatch
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1 << 30)
     export.export_explain_graph(loaded, "auto", out, log=lambda _: None)
     assert sorted(path.name for path in out.parent.iterdir()) == ["m.onnx"]
+
+
+def test_torchvision_vits_are_built_for_their_recipes_size(monkeypatch):
+    """vit_h_14's weights are for 518x518; torchvision builds the model for that size only when it loads them, so
+    onnxcam asks for it (building the 632M-parameter model itself is left to `make zoo`)."""
+    import torchvision
+
+    built = {}
+
+    def get_model(name, weights=None, **kwargs):
+        built[name] = kwargs
+        return torch.nn.Identity()
+
+    monkeypatch.setattr(torchvision.models, "get_model", get_model)
+    assert load_model("torchvision:vit_h_14").input_size == (518, 518) and built["vit_h_14"] == {"image_size": 518}
+    assert load_model("torchvision:vit_b_16").input_size == (224, 224) and built["vit_b_16"] == {"image_size": 224}
+    load_model("torchvision:swin_v2_t")
+    assert built["swin_v2_t"] == {}, "other families take no image_size"

@@ -69,7 +69,7 @@ bench-ray: setup
 	$(BIN)/python scripts/ray_benchmark.py $(BENCH_FLAGS)
 
 # Export every torchvision classification model (random weights) and write the coverage table into README.md;
-# hours on two cores, not part of `make test`.
+# about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).
 zoo: setup
 	$(BIN)/python scripts/zoo.py $(BENCH_FLAGS)
 

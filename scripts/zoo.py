@@ -1,5 +1,5 @@
 """The torchvision zoo (`make zoo`): export every classification model of torchvision with `--layer auto` at its
-recipe's input size, and write the coverage table into README.md. A script, not a test (hours on two cores);
+recipe's input size, and write the coverage table into README.md. A script, not a test (70 minutes on two cores);
 run it with nothing else running.
 
     python scripts/zoo.py [--only NAME ...] [--timeout 1800] [--no-readme] [--results exports/zoo.jsonl]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODEL ?= efficientnet-lite0
 LAYER ?= auto
 OUT ?= exports/$(subst :,-,$(MODEL)).onnx
-EXPORT_FLAGS ?=
+EXPORT_FLAGS ?= --saliency
 MANIFEST ?= manifests/demo.yaml
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
@@ -42,15 +42,20 @@ run: setup
 demo-images: setup
 	$(BIN)/python scripts/sample_photos.py demo/images
 
-# The main job on the bundled default: export efficientnet-lite0, explain scikit-image's photographs, then
-# measure how faithful four methods are on the photographs with object boxes.
+# The main job on the bundled default: export efficientnet-lite0, explain scikit-image's photographs, measure
+# how faithful four methods are on the photographs with object boxes, then look inside the model: channels,
+# fixations and patch scores on five photographs, the first layer's filters, impressions of four classes.
 demo: export demo-images
 	$(BIN)/onnxcam info $(OUT)
-	rm -rf demo/out demo/evaluate
+	rm -rf demo/out demo/evaluate demo/inside demo/impressions
 	$(BIN)/onnxcam run manifests/demo.yaml $(RUN_FLAGS)
 	$(BIN)/onnxcam run manifests/demo-evaluate.yaml $(RUN_FLAGS)
+	$(BIN)/onnxcam run manifests/demo-inside.yaml $(RUN_FLAGS)
+	$(BIN)/onnxcam filters $(OUT) --out demo/filters.png
+	$(BIN)/onnxcam impressions $(OUT) --classes 1,282,417,954 --out demo/impressions
 	@echo "overlays and heatmaps: demo/out/   index: demo/out/index.csv   report: demo/out/run.json"
 	@echo "faithfulness: demo/evaluate/summary.csv   curves: demo/evaluate/curves/"
+	@echo "channels, fixations, patches: demo/inside/   filters: demo/filters.png   impressions: demo/impressions/"
 
 # onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test.
 bench: setup

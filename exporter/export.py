@@ -109,6 +109,20 @@ def _gap_linear_head(model: nn.Module, reference: dict[str, torch.Tensor]) -> bo
     return bool(error < 1e-6)
 
 
+def _convolution_names(model: nn.Module, graph: torch.fx.GraphModule) -> dict[str, str]:
+    """ONNX weight name -> PyTorch module, for every Conv2d the graph reads (for `onnxcam filters --layer`).
+
+    The traced graph reads parameters as constants named `_param_constantN`, names the ONNX initializers keep.
+    """
+    owners = {id(module.weight): name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    names = {}
+    for node in graph.graph.nodes:
+        owner = owners.get(id(getattr(graph, str(node.target), None))) if node.op == "get_attr" else None
+        if owner is not None:
+            names[str(node.target)] = owner
+    return names
+
+
 def describe_layer(layer: LayerInfo) -> str:
     """`name (Kind, output [C, h, w])`, with what the graph does to tokens or a channels-last map."""
     shape = list(layer.map_shape)
@@ -210,7 +224,7 @@ def export_explain_graph(
             labels=labels, target_layer=chosen.name, activation_shape=tuple(chosen.map_shape),
             output_activation="sigmoid" if multilabel else "softmax", outputs=output_names,
             gap_linear_head=_gap_linear_head(model, reference), model=loaded.spec, versions=_versions(),
-            parity=figures,
+            parity=figures, convolutions=_convolution_names(model, graph),
         )
         for key, value in info.to_metadata().items():
             proto.metadata_props.add(key=key, value=value)

@@ -48,6 +48,75 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_filters(args: argparse.Namespace) -> int:
+    """Draw a convolution's filters as a grid image, or list the graph's convolutions."""
+    from onnxcam.runner.visualise.filters import FiltersError, convolutions, write_filters
+
+    if not args.model.is_file():
+        print(f"onnxcam filters: error: {args.model}: no such file")
+        return 2
+    try:
+        if args.list:
+            for k, layer in enumerate(convolutions(args.model), 1):
+                print(f"#{k:<4} {layer.describe()}")
+            return 0
+        if args.out is None:
+            print("onnxcam filters: error: --out: where to write the picture (e.g. --out filters.png), or --list")
+            return 2
+        if args.tile < 1:
+            print(f"onnxcam filters: error: --tile: {args.tile}; give at least 1 pixel per filter")
+            return 2
+        chosen = write_filters(args.model, args.out, args.layer, args.tile)
+    except FiltersError as error:
+        print(f"onnxcam filters: error: {error}")
+        return 2
+    print(f"onnxcam filters: {chosen.describe()} -> {args.out}")
+    return 0
+
+
+def run_impressions(args: argparse.Namespace) -> int:
+    """Generate class impressions through ONNX Runtime and report how the model scores each, as written."""
+    from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
+    from onnxcam.runner.visualise.impressions import Settings, class_impressions, parse_classes, write_impression
+
+    try:
+        info = read_graph_info(args.model) if args.model.is_file() else None
+        if info is None:
+            raise ValueError(f"{args.model}: no such file")
+        if "plain_input_gradients" not in info.outputs:
+            raise ValueError(f"{args.model} has no plain input gradients, which impressions climb; re-export it "
+                             "with --saliency")
+        targets = parse_classes(args.classes, info.labels)
+        for flag, value, low in (("--steps", args.steps, 1), ("--lr", args.lr, 1e-9), ("--jitter", args.jitter, 0),
+                                 ("--rotate", args.rotate, 0), ("--scale", args.scale, 0), ("--colour", args.colour, 0),
+                                 ("--tv", args.tv, 0)):
+            if value < low:
+                raise ValueError(f"{flag}: {value}; give a value of at least {low:g}")
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--out: cannot create {args.out} ({error.strerror}); pick another folder") from None
+        providers = "auto" if args.providers == "auto" else args.providers.split(",")
+        if providers != "auto" and not set(providers) <= {"cuda", "cpu"}:
+            raise ValueError(f"--providers: {args.providers}; use auto, cuda, cpu or cuda,cpu")
+        backend = OnnxRuntimeBackend(args.model, providers)
+    except (ValueError, ModelError) as error:
+        print(f"onnxcam impressions: error: {error}")
+        return 2
+    settings = Settings(steps=args.steps, learning_rate=args.lr, jitter=args.jitter, rotate=args.rotate,
+                        scale=args.scale, colour=args.colour, tv=args.tv, seed=args.seed)
+    found, seconds = class_impressions(backend, info, targets, settings)
+    for impression in found:
+        path = write_impression(args.out, impression, info.labels)
+        verdict = "" if impression.top1 == impression.target else (
+            f"; top-1 is {impression.top1} {info.labels[impression.top1]} (more --steps?)")
+        print(f"onnxcam impressions: {impression.target} {info.labels[impression.target]} -> {path}: probability "
+              f"{impression.probability:.3f}, TV {impression.total_variation:.1f}{verdict}")
+    print(f"onnxcam impressions: {len(found)} classes in {seconds:.1f} s ({seconds / len(found):.1f} s per class, "
+          f"{settings.steps} steps, {backend.provider})")
+    return 0
+
+
 def run_manifest(args: argparse.Namespace) -> int:
     """Run a manifest; exit 0 when the run finished (error rows included), 2 for an error in the manifest, the
     model, output.dir or the engine."""
@@ -92,6 +161,8 @@ def run_manifest(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from onnxcam.runner.visualise.impressions import Settings
+
     parser = argparse.ArgumentParser(prog="onnxcam", description="Explain image classifiers in bulk with ONNX Runtime.")
     commands = parser.add_subparsers(dest="command", required=True)
     export_side = {
@@ -107,6 +178,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output, only the last line")
     run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                      help="run on Ray actors, one per GPU: a local Ray, or the cluster at ADDRESS (or $RAY_ADDRESS)")
+    filters = commands.add_parser("filters", help="draw a convolution's filters (the first by default) as a grid")
+    filters.add_argument("model", type=Path)
+    filters.add_argument("--out", type=Path, help="the picture to write (.png, .jpg)")
+    filters.add_argument("--layer", help="a convolution by module name or #k (see --list); default: the first")
+    filters.add_argument("--tile", type=int, default=32, help="pixels per filter (default 32)")
+    filters.add_argument("--list", action="store_true", help="list the graph's convolutions and stop")
+    impressions = commands.add_parser("impressions", help="class impressions: what the model has in memory for a "
+                                      "class, from noise (needs an export with --saliency)")
+    impressions.add_argument("model", type=Path)
+    impressions.add_argument("--classes", required=True, help="class numbers or labels, comma-separated: 1,282")
+    impressions.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    defaults = Settings()
+    impressions.add_argument("--steps", type=int, default=defaults.steps, help=f"ascent steps ({defaults.steps})")
+    impressions.add_argument("--lr", type=float, default=defaults.learning_rate,
+                             help=f"mean pixel change per step, pixels in 0..1 ({defaults.learning_rate})")
+    impressions.add_argument("--jitter", type=int, default=defaults.jitter, help=f"pixels ({defaults.jitter})")
+    impressions.add_argument("--rotate", type=float, default=defaults.rotate, help=f"degrees ({defaults.rotate})")
+    impressions.add_argument("--scale", type=float, default=defaults.scale, help=f"relative zoom ({defaults.scale})")
+    impressions.add_argument("--colour", type=float, default=defaults.colour,
+                             help=f"colour shift per channel ({defaults.colour})")
+    impressions.add_argument("--tv", type=float, default=defaults.tv,
+                             help=f"total-variation prior's share of each step, 0 for none ({defaults.tv})")
+    impressions.add_argument("--seed", type=int, default=defaults.seed)
+    impressions.add_argument("--providers", default="auto", help="auto | cuda | cpu | cuda,cpu (default auto)")
     return parser
 
 
@@ -125,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             exporter_cli.add_export_arguments(parser)
         return exporter_cli.run(argv[0], parser.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
-    return {"info": run_info, "run": run_manifest}[args.command](args)
+    commands = {"info": run_info, "run": run_manifest, "filters": run_filters, "impressions": run_impressions}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

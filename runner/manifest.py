@@ -186,6 +186,10 @@ def _options(reader: _Reader, value: Any, key: str, spec: dict[str, Option]) -> 
         option, where = spec[name], f"{key}.{name}"
         if option.choices:
             reader.choice(given, where, option.choices)
+        elif isinstance(option.default, tuple):
+            reader.typed(given, where, list, "a list of integers")
+            for item in given:
+                reader.integer(item, where, int(option.low), int(option.high))
         elif isinstance(option.default, bool):
             reader.typed(given, where, bool, "true or false")
         elif isinstance(option.default, int):

@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Option:
-    default: bool | int | float | str
+    default: bool | int | float | str | tuple[int, ...]  # a tuple: a list of integers in [low, high]
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()

@@ -20,7 +20,7 @@ from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.evaluate import aggregate, curves
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
 from onnxcam.runner.manifest import Manifest
-from onnxcam.runner.methods import METHODS
+from onnxcam.runner.methods import METHODS, index_names
 from onnxcam.runner.model.backend import Backend, ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.outputs import report
@@ -62,10 +62,13 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
         if method.needs_gap_head and not info.gap_linear_head:
             raise ModelError(f"{manifest.path}: methods: 'cam' needs a model whose head is global-average-pool -> "
                              f"linear, and {manifest.model.name} ({info.model}) is not; use gradcam")
-        for output in (*method.needs, method.extra_pass_output):
+        for output in (*method.outputs_needed(options), method.extra_pass_output):
             if output in MISSING_OUTPUT_FIX and output not in info.outputs:
                 raise ModelError(f"{manifest.path}: methods: '{name}' needs {output}, and {manifest.model.name} "
                                  f"{MISSING_OUTPUT_FIX[output]}")
+        problem = method.model_check(options, info, manifest.model) if method.model_check else ""
+        if problem:
+            raise ModelError(f"{manifest.path}: methods: '{name}': {problem}")
         if "patch" in options and options["patch"] > min(info.preprocessing.size):
             raise ModelError(f"{manifest.path}: {name}.patch: {options['patch']} is larger than the model input "
                              f"{list(info.preprocessing.size)}; use a smaller patch")
@@ -92,7 +95,7 @@ class Run:
             build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before Ray starts
             self.engine = RayEngine(manifest, ray)
         self.backend = backend if ray is None else None
-        self.methods = list(manifest.methods)
+        self.methods = index_names(manifest.methods)
         self.output_dir = manifest.output_dir
         self.identity = run_identity(manifest)
         self.index: IndexFile | None = None

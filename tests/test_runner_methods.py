@@ -51,6 +51,24 @@ def test_eigencam_is_the_first_principal_component_projection():
     np.testing.assert_allclose(METHODS["eigencam"]({"activations": A}, {})[0], expected, rtol=1e-4, atol=1e-6)
 
 
+def test_activations_by_channel_and_by_rank():
+    out = {"activations": A, "gradients": G}
+    maps = METHODS["activations"].maps("activations", out, {"channels": [3, 1], "top": 0, "rank_by": "mean"})
+    assert list(maps) == ["activations.c3", "activations.c1"]
+    np.testing.assert_array_equal(maps["activations.c3"][0], A[:, 3])
+    assert list(maps["activations.c1"][1]) == [1, 1]
+
+    for rank_by, score in (("mean", A.mean(axis=(2, 3))), ("gradcam", G.mean(axis=(2, 3)))):
+        maps = METHODS["activations"].maps("activations", out, {"channels": [], "top": 2, "rank_by": rank_by})
+        assert list(maps) == ["activations.top1", "activations.top2"]
+        for n in range(2):
+            first, second = np.argsort(-score[n])[:2]
+            assert (maps["activations.top1"][1][n], maps["activations.top2"][1][n]) == (first, second)
+            np.testing.assert_array_equal(maps["activations.top2"][0][n], A[n, second])
+    assert METHODS["activations"].outputs_needed({"rank_by": "gradcam"}) == ("activations", "gradients")
+    assert METHODS["activations"].outputs_needed({"rank_by": "mean"}) == ("activations",)
+
+
 def test_normalise_is_exact_and_constant_maps_become_zero():
     maps = np.stack([np.full((3, 3), 7.0), np.arange(9.0).reshape(3, 3) * 1e-9])
     scaled = normalise(maps)

@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import pytest
 from onnxcam.runner.cli import main
+from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
+from onnxcam.runner.model.graph import read_graph_info
 from PIL import Image
 from runner_helpers import (
     FlakyBackend,
@@ -399,3 +401,37 @@ def test_resuming_with_another_model_or_targets_is_refused(exported, toy, tmp_pa
     code, out = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images", methods=["gradcam", "layercam"]))
     assert code == 0 and "done: 2 images" in out.splitlines()[-1], "new methods redo the images"
     assert len(read_index(tmp_path / "out")) == 4
+
+
+def test_activations_write_one_row_and_map_per_channel(toy, tmp_path, capsys):
+    write_images(tmp_path / "images", 2)
+    manifest = write_manifest(tmp_path, toy, tmp_path / "images",
+                              methods=["gradcam", {"activations": {"channels": [3, 0]}}],
+                              output={"dir": str(tmp_path / "out"), "heatmaps": "npy", "overlays": False})
+    code, printed = run_cli(capsys, manifest, "--quiet")
+    assert code == 0, printed
+    rows = read_index(tmp_path / "out")
+    assert [(row["method"], row["channel"]) for row in rows] == \
+        [("gradcam", ""), ("activations.c3", "3"), ("activations.c0", "0")] * 2
+    info = read_graph_info(toy)
+    for row in rows[1:3]:
+        x = to_input(cv2.imread(str(tmp_path / "images" / row["image"])), info.preprocessing)[0]
+        a = OnnxRuntimeBackend(toy, ["cpu"]).run(("activations",), x[None], np.array([-1]))["activations"][0]
+        stored = np.load(tmp_path / "out" / row["heatmap_path"])
+        expected = a[int(row["channel"])]
+        np.testing.assert_allclose(stored, expected / np.abs(expected).max(), atol=1e-3)  # float16 on disk
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"channels": [16]}, "methods: 'activations': the target layer 4 has 16 channels (0..15); pick channels below "
+                         "16 or a top of at most 16"),
+    ({"top": 3, "channels": [1]}, "methods.activations: give either channels: [151, ...] or top: K"),
+    ({}, "methods.activations: give either channels: [151, ...] or top: K"),
+    ({"channels": [1, 1]}, "methods.activations: channels [1, 1] lists a channel twice"),
+    ({"channels": 3}, "methods.activations.channels: expected a list of integers, got int 3"),
+])
+def test_activations_mistakes_are_one_line(toy, tmp_path, capsys, options, expected):
+    write_images(tmp_path / "images", 1)
+    manifest = write_manifest(tmp_path, toy, tmp_path / "images", methods=[{"activations": options}])
+    code, printed = run_cli(capsys, manifest)
+    assert code == 2 and printed.strip().endswith(expected), printed

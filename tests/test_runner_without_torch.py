@@ -50,3 +50,18 @@ def test_a_full_run_needs_no_torch(exported, tmp_path):
     result = subprocess.run([sys.executable, "-c", script, str(manifest)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [row["status"] for row in read_index(tmp_path / "out")] == ["ok"] * 6
+
+
+def test_filters_and_impressions_need_no_torch(exported, tmp_path):
+    path = exported("toy_models:relu_net", saliency=True)[1].path
+    script = BLOCK_TORCH + textwrap.dedent("""
+        from onnxcam.runner.cli import main
+        model, out = sys.argv[1], sys.argv[2]
+        assert main(["filters", model, "--out", out + "/filters.png"]) == 0
+        assert main(["impressions", model, "--classes", "0,3", "--steps", "3", "--out", out, "--providers", "cpu"]) == 0
+        assert "torch" not in sys.modules
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["0-0.png", "3-3.png", "filters.png"]

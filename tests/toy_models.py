@@ -112,3 +112,12 @@ def vit_b_16_live_head() -> nn.Module:
     model = torchvision.models.vit_b_16()
     nn.init.normal_(model.heads.head.weight, std=0.02)
     return model
+
+
+def upsampling_net() -> nn.Module:
+    """Upsamples between its convolutions: ops CNN fixations cannot backtrack through (index gathers)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="bilinear"),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )

@@ -2,7 +2,7 @@
 
 Each takes the explain graph's outputs of a batch plus `input` [N,3,H,W] and `target` [N] (the class
 explained, top-1 resolved) and returns [N,h,w] maps: Score-CAM at the target layer's resolution,
-occlusion and SmoothGrad at model input resolution.
+occlusion, patch scores and SmoothGrad at model input resolution.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 from onnxcam.runner.model.graph import probabilities
 from onnxcam.runner.model.passes import ExtraPasses
@@ -56,6 +57,13 @@ def _window_starts(size: int, patch: int, stride: int) -> range:
     return range(0, -(-(size - patch) // stride) * stride + 1, stride)
 
 
+def _whole_window_starts(size: int, patch: int, stride: int) -> list[int]:
+    """Windows from 0 in steps of `stride`, the last one moved back to end at the edge: every window whole (a
+    cut instance, resized to the input, would be stretched)."""
+    starts = list(range(0, size - patch + 1, stride))
+    return starts + [size - patch] if starts[-1] + patch < size else starts
+
+
 def occlusion(out: dict[str, np.ndarray], passes: ExtraPasses, patch: int = 32, stride: int = 16,
               fill: str = "mean", batch_size: int = 64) -> np.ndarray:
     """Zeiler & Fergus 2014, as Captum's Occlusion: each pixel gets the mean drop in the target's probability
@@ -74,12 +82,45 @@ def occlusion(out: dict[str, np.ndarray], passes: ExtraPasses, patch: int = 32, 
                 yield image, int(targets[i])
 
     scores = passes.scores(occluded(), batch_size).reshape(n, len(windows))
-    total = np.zeros((n, height, width), np.float64)
-    count = np.zeros((height, width), np.float64)
+    return _spread(original[:, None] - scores, windows, patch, (height, width))
+
+
+def _spread(values: np.ndarray, windows: list[tuple[int, int]], patch: int, size: tuple[int, int]) -> np.ndarray:
+    """[N, windows] values -> [N, H, W]: each pixel the mean value of the windows covering it."""
+    total = np.zeros((len(values), *size), np.float64)
+    count = np.zeros(size, np.float64)
     for k, (y, x) in enumerate(windows):
-        total[:, y:y + patch, x:x + patch] += (original - scores[:, k])[:, None, None]
+        total[:, y:y + patch, x:x + patch] += values[:, k, None, None]
         count[y:y + patch, x:x + patch] += 1
     return total / count
+
+
+def patches(out: dict[str, np.ndarray], passes: ExtraPasses, patch: int = 32, stride: int = 32, view: str = "keep",
+            fill: str = "mean", batch_size: int = 64) -> np.ndarray:
+    """Patch (instance) scores as in attention-MIL localisation (Patil et al. 2019): the input cut into whole
+    patch x patch instances (moved by stride, the last one moved back to end at the edge), each classified
+    alone; each pixel gets the mean target-class probability of the instances covering it. `view`: keep (the
+    patch in place at its own scale, the rest filled as `fill` says) or crop (the patch cropped and resized to
+    the model's input size, bilinear: for a model trained on such tiles, as MIL's instance classifiers are)."""
+    inputs, targets = out["input"], out["target"]
+    n, _, height, width = inputs.shape
+    windows = [(y, x) for y in _whole_window_starts(height, patch, stride)
+               for x in _whole_window_starts(width, patch, stride)]
+
+    def instances() -> Iterator[tuple[np.ndarray, int]]:
+        for i in range(n):
+            baseline = passes.fill(inputs[i], fill) if view == "keep" else None
+            for y, x in windows:
+                piece = inputs[i][:, y:y + patch, x:x + patch]
+                if view == "crop":
+                    image = cv2.resize(piece.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)
+                    yield image.transpose(2, 0, 1), int(targets[i])
+                else:
+                    image = baseline.copy()
+                    image[:, y:y + patch, x:x + patch] = piece
+                    yield image, int(targets[i])
+
+    return _spread(passes.scores(instances(), batch_size).reshape(n, len(windows)), windows, patch, (height, width))
 
 
 def noisy_inputs(x: np.ndarray, noise: float, samples: int) -> Iterator[np.ndarray]:

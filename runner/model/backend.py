@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnx.utils
 import onnxruntime as ort
+from onnxcam.runner.model.forward import ForwardGraph
 from onnxcam.runner.model.graph import INPUTS
 
 ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -32,6 +33,9 @@ class Backend(Protocol):
     def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         """The named outputs of the explain graph for one batch."""
         ...
+
+    # CNN fixations also call `forward_values(inputs) -> (ForwardGraph, {name: array})`, which only the ONNX
+    # Runtime backend has; another backend's batches then become error rows naming the missing method.
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -81,17 +85,33 @@ class OnnxRuntimeBackend:
                 ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* pip packages, when installed
         self.wanted = wanted
         self._sessions: dict[tuple[str, ...], ort.InferenceSession] = {}
+        self._forward: tuple[ForwardGraph, ort.InferenceSession] | None = None
         self.provider = ORT_NAMES[wanted[0]]
         for outputs in output_sets:
             self._session(tuple(outputs))
 
+    def _options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(self.path.resolve().parent))
+        return options
+
+    def forward_values(self, inputs: np.ndarray) -> tuple[ForwardGraph, dict[str, np.ndarray]]:
+        """The forward graph and every intermediate float tensor of its pass over `inputs` (CNN fixations)."""
+        if self._forward is None:
+            graph = ForwardGraph(self.path)
+            session = ort.InferenceSession(graph.augmented(), self._options(),
+                                           providers=[ORT_NAMES[p] for p in self.wanted])
+            self._forward = (graph, session)
+        graph, session = self._forward
+        names = ["logits", *graph.returned]
+        return graph, dict(zip(names, session.run(names, {"input": inputs}), strict=True))
+
     def _session(self, outputs: tuple[str, ...]) -> ort.InferenceSession:
         if outputs not in self._sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.log_severity_level = 3
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                             str(self.path.resolve().parent))
+            options = self._options()
             try:
                 session = ort.InferenceSession(_pruned(self.path, outputs), options,
                                                providers=[ORT_NAMES[p] for p in self.wanted])

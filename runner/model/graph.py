@@ -44,6 +44,7 @@ class GraphInfo:
     model: str
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
+    convolutions: dict[str, str] = field(default_factory=dict)  # ONNX weight name -> PyTorch module (filters)
     format_version: int = FORMAT_VERSION
 
     @property

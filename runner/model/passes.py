@@ -65,6 +65,14 @@ class ExtraPasses:
             out.append(values[np.arange(len(targets)), targets])
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
+    def forward(self, inputs: np.ndarray):
+        """The forward graph and all its intermediate tensors for a batch (CNN fixations)."""
+        start = time.perf_counter()
+        result = self.backend.forward_values(inputs)
+        self.seconds += time.perf_counter() - start
+        self.count += len(inputs)
+        return result
+
     def input_gradients(self, stream: Iterable[tuple[np.ndarray, int]], batch_size: int) -> Iterator[np.ndarray]:
         """Plain dS/dinput [3,H,W] for every input of the stream, in order."""
         for inputs, targets in self._batches(stream, batch_size):

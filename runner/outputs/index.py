@@ -20,9 +20,10 @@ from typing import BinaryIO
 from onnxcam.runner.evaluate.metrics import COLUMNS as METRIC_COLUMNS
 from onnxcam.runner.outputs.files import OutputDirError, write_atomic
 
-LAYOUT = "2"  # index.csv's columns and what the files hold (2: compact heatmaps, region and overlay size columns)
+LAYOUT = "3"  # index.csv's columns and what the files hold (2: compact heatmaps, region and overlay size columns;
+# 3: the channel column)
 COLUMNS = ("image", "status", "error", "width", "height", "pred_class", "pred_label", "pred_score",
-           "target_class", "target_label", "target_score", "method", "heatmap_path", "overlay_path",
+           "target_class", "target_label", "target_score", "method", "channel", "heatmap_path", "overlay_path",
            "peak_x", "peak_y", "region_x0", "region_y0", "region_x1", "region_y1", "overlay_width", "overlay_height",
            *METRIC_COLUMNS)
 IMAGE, STATUS, TARGET, METHOD = (COLUMNS.index(name) for name in ("image", "status", "target_class", "method"))

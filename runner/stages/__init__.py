@@ -31,7 +31,7 @@ class Stages:
 
 def output_sets(manifest: Manifest) -> list[tuple[str, ...]]:
     """The sets of outputs the stages ask the model for: the main pass, then each kind of extra pass."""
-    extra = {METHODS[name].extra_pass_output for name in manifest.methods} - {""}
+    extra = {METHODS[name].extra_pass_output for name in manifest.methods} - {"", "forward"}  # forward: its own graph
     if manifest.evaluate and manifest.evaluate.wanted(runs_model=True):
         extra.add("logits")
     return [main_outputs(manifest.methods), *((output,) for output in sorted(extra))]

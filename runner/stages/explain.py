@@ -29,7 +29,7 @@ Pair = tuple[ImageResult, int]
 
 def main_outputs(methods: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     """The explain-graph outputs the main pass must return for these methods (logits always)."""
-    needed = {output for name in methods for output in METHODS[name].needs}
+    needed = {output for name, options in methods.items() for output in METHODS[name].outputs_needed(options)}
     return ("logits", *(output for output in OUTPUTS[1:] if output in needed))
 
 
@@ -105,15 +105,19 @@ class ExplainStage:
 
     def _explain(self, out: dict[str, np.ndarray], scores: np.ndarray, costs: Costs) -> list[TargetResult]:
         """Every method's maps (and, with evaluate, the model-run metrics) for the kept (image, class) pairs."""
-        maps = {}
+        maps, channels = {}, {}
         for name, options in self.methods.items():
             start, passes = time.perf_counter(), self.passes.count
-            maps[name] = METHODS[name](out, options, self.passes)
+            for index_name, (values, shown) in METHODS[name].maps(name, out, options, self.passes).items():
+                maps[index_name] = values
+                if shown is not None:
+                    channels[index_name] = shown
             cost = costs.methods.setdefault(name, Cost())
             cost.rows += len(scores)
             cost.seconds += time.perf_counter() - start
             cost.model_passes += self.passes.count - passes
-        results = [TargetResult(int(out["target"][k]), float(scores[k]), {name: maps[name][k].copy() for name in maps})
+        results = [TargetResult(int(out["target"][k]), float(scores[k]), {name: maps[name][k].copy() for name in maps},
+                                channels={name: int(shown[k]) for name, shown in channels.items()})
                    for k in range(len(scores))]
         if self.evaluation and self.evaluation.wanted(runs_model=True):
             size = out["input"].shape[2:]

@@ -27,6 +27,7 @@ class TargetResult:
     score: float
     maps: dict[str, np.ndarray]  # method -> its map (model or target-layer resolution)
     metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # method -> metric column -> value
+    channels: dict[str, int] = field(default_factory=dict)  # a multi-map method's map -> the channel it shows
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 from onnxcam.runner.evaluate.boxes import read_boxes
 from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring
 from onnxcam.runner.manifest import Manifest, ManifestError
-from onnxcam.runner.methods import METHODS
+from onnxcam.runner.methods import index_names, method_of
 from onnxcam.runner.outputs import render
 from onnxcam.runner.outputs.files import SCRATCH, inside, write_atomic
 from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
@@ -28,7 +28,7 @@ def _cell(value: object) -> str:
 class WriteStage:
     def __init__(self, manifest: Manifest, labels: list[str]):
         self.output_dir, self.labels = manifest.output_dir, labels
-        self.methods = list(manifest.methods)
+        self.methods = index_names(manifest.methods)
         self.heatmaps, self.overlays = manifest.heatmaps, manifest.overlays
         self.evaluation: Evaluation | None = manifest.evaluate
         boxes = {}
@@ -50,7 +50,7 @@ class WriteStage:
             return [self._row(result, status="error", error=f"cannot write outputs ({one_line(error)})")]
 
     def _write(self, result: ImageResult, target: TargetResult, method: str) -> IndexRow:
-        decoded, guided = result.decoded, METHODS[method].guided
+        decoded, guided = result.decoded, method_of(method).guided
         map_ = target.maps[method]
         drawn = decoded.render_size
         values = (render.guided_image if guided else render.heatmap)(
@@ -68,7 +68,8 @@ class WriteStage:
             cells["overlay_width"], cells["overlay_height"] = drawn
         x, y = render.in_image_pixels(render.peak(values, guided), decoded.size, drawn)
         return self._row(result, target_class=target.target_class, target_label=self.labels[target.target_class],
-                         target_score=f"{target.score:.6g}", method=method, peak_x=x, peak_y=y, **cells,
+                         target_score=f"{target.score:.6g}", method=method, channel=target.channels.get(method, ""),
+                         peak_x=x, peak_y=y, **cells,
                          **self._metric_cells(result, target, method, (x, y)))
 
     def _save(self, relative: str, data: bytes) -> None:

@@ -63,4 +63,5 @@ def test_gradcam_matches_pytorch_grad_cam_with_its_reshape_transform(spec, expor
                      targets=[ClassifierOutputTarget(int(t)) for t in targets])
     assert ours.shape == theirs.shape and np.ptp(theirs) > 0
     error = np.abs(ours - theirs).max()
+    print(f"{spec}: Grad-CAM vs pytorch-grad-cam, max |delta| {error:.2e} after normalisation")
     assert error <= TOLERANCE, f"{spec}: max |delta| {error:.2e} after normalisation"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from onnxcam.runner.model.forward import ForwardGraph, Node
+from onnxcam.runner.model.forward import ForwardGraph, Node, forward_graph
 from onnxcam.runner.model.graph import GraphInfo
 from onnxcam.runner.model.passes import ExtraPasses
 
@@ -282,6 +282,6 @@ def fixations(out: dict[str, np.ndarray], passes: ExtraPasses, sigma: float = 12
 
 
 def check_model(options: dict, info: GraphInfo, path: Path) -> str:
-    problem = check(ForwardGraph(path))
+    problem = check(forward_graph(path))
     return (f"{problem}; fixations serve convolutional networks (VGG, AlexNet, ResNet, EfficientNet-Lite): use "
             "gradcam for this one") if problem else ""

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx.utils
 import onnxruntime as ort
-from onnxcam.runner.model.forward import ForwardGraph
+from onnxcam.runner.model.forward import ForwardGraph, forward_graph
 from onnxcam.runner.model.graph import INPUTS
 
 ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -101,7 +101,7 @@ class OnnxRuntimeBackend:
     def forward_values(self, inputs: np.ndarray) -> tuple[ForwardGraph, dict[str, np.ndarray]]:
         """The forward graph and every intermediate float tensor of its pass over `inputs` (CNN fixations)."""
         if self._forward is None:
-            graph = ForwardGraph(self.path)
+            graph = forward_graph(self.path)
             session = ort.InferenceSession(graph.augmented(), self._options(),
                                            providers=[ORT_NAMES[p] for p in self.wanted])
             self._forward = (graph, session)

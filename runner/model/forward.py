@@ -9,7 +9,7 @@ intermediate float tensor too, so one ONNX Runtime pass yields all the activatio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,18 @@ def stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
             stored[node.output[0]] = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(
                 np.asarray(value, np.float32 if "float" in node.attribute[0].name else np.int64))
     return stored
+
+
+def forward_graph(path: Path) -> ForwardGraph:
+    """The file's forward graph, read once for the run's model check and its backend alike (a new read if the
+    file changed)."""
+    stat = path.stat()
+    return _read(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1)
+def _read(path: Path, mtime_ns: int, size: int) -> ForwardGraph:
+    return ForwardGraph(path)
 
 
 class ForwardGraph:
@@ -65,6 +77,7 @@ class ForwardGraph:
                          and kinds.get(node.output) == onnx.TensorProto.FLOAT and node.output not in initializers]
         self.followed = self.dynamic.intersection([*self.returned, "logits"])  # what a backtrack may pass through
         self.producers = {node.output: node for node in self.nodes}  # Constant nodes included
+        self._arrays: dict[str, np.ndarray | None] = {}
 
     @cached_property
     def _stored(self) -> dict[str, onnx.TensorProto]:
@@ -72,9 +85,12 @@ class ForwardGraph:
         return stored_tensors(onnx.load(str(self.path)) if external else self._model)
 
     def constant(self, name: str) -> np.ndarray | None:
-        """A weight or a Constant node's value (None for anything computed)."""
-        tensor = self._stored.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
+        """A weight or a Constant node's value (None for anything computed); converted once, then shared (a
+        backtrack reads every weight for every image), so callers must not write to it."""
+        if name not in self._arrays:
+            tensor = self._stored.get(name)
+            self._arrays[name] = None if tensor is None else numpy_helper.to_array(tensor)
+        return self._arrays[name]
 
     def static(self, name: str) -> np.ndarray | None:
         """A value fixed by the graph alone, such as a Slice's bounds or a ReduceMean's axes: a stored one, or one

@@ -23,6 +23,7 @@ COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "vir
 PROVIDERS = ("cuda", "cpu")
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 DEFAULT_MAX_SIDE = 2048
+DEFAULT_THUMBNAIL_SIDE = 256
 UNITS = {"": 1, "b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
 
 
@@ -67,6 +68,7 @@ class Manifest:
     output_dir: Path
     overlays: Overlays | None
     heatmaps: Heatmaps
+    thumbnails: int | None  # the longer side of the report's small overlays and photos; None: none written
     providers: str | list[str]
     batch_size: int
     workers: int
@@ -285,7 +287,7 @@ def load_manifest(path: str | Path) -> Manifest:
     for pattern in include:
         reader.typed(pattern, "images.include", str, "glob patterns")
 
-    output = reader.mapping(top["output"], "output", ("dir", "overlays", "heatmaps"), required=("dir",))
+    output = reader.mapping(top["output"], "output", ("dir", "overlays", "heatmaps", "thumbnails"), required=("dir",))
     reader.typed(output["dir"], "output.dir", str, "a path")
     overlays_value = output.get("overlays", {})
     overlays = None
@@ -312,6 +314,11 @@ def load_manifest(path: str | Path) -> Manifest:
                              (*HEATMAP_FORMATS, "none")),
         size=reader.choice(options.get("size", "model"), "output.heatmaps.size", ("model", "original")))
 
+    thumbnails = output.get("thumbnails", DEFAULT_THUMBNAIL_SIDE)
+    thumbnails = DEFAULT_THUMBNAIL_SIDE if thumbnails is True else thumbnails
+    if thumbnails is not False:
+        thumbnails = reader.integer(thumbnails, "output.thumbnails", 32, 1024, "a number of pixels or false")
+
     runtime = reader.mapping(top.get("runtime", {}) or {}, "runtime",
                              ("providers", "batch_size", "workers", "memory_budget"))
     providers = runtime.get("providers", "auto")
@@ -334,6 +341,7 @@ def load_manifest(path: str | Path) -> Manifest:
         output_dir=(path.parent / Path(output["dir"]).expanduser()).resolve(),
         overlays=overlays,
         heatmaps=heatmaps,
+        thumbnails=thumbnails or None,
         providers=providers,
         batch_size=reader.integer(runtime.get("batch_size", 32), "runtime.batch_size", 1, 4096),
         workers=reader.integer(runtime.get("workers", 4), "runtime.workers", 1, 256),

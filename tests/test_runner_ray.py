@@ -94,7 +94,8 @@ def test_same_results_as_the_local_engine(toy, cluster, tmp_path):
     sort = lambda rows: sorted(tuple(sorted(row.items())) for row in rows)  # noqa: E731
     assert sort(read_index(out_ray)) == sort(read_index(out_local))
     files = output_files(out_ray)
-    assert len(files) == 2 * 160 and files == output_files(out_local), "heatmaps and overlays byte-identical"
+    thumbnails = 160 + 40  # one per row, one photograph per image
+    assert len(files) == 2 * 160 + thumbnails and files == output_files(out_local), "every file byte-identical"
     report, local_report = (json.loads((out / "run.json").read_text()) for out in (out_ray, out_local))
     assert set(report) == set(local_report) | {"ray"}
     assert (report["engine"], local_report["engine"]) == ("ray", "local")

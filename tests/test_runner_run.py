@@ -102,7 +102,8 @@ def test_heatmap_is_the_upsampled_map_and_overlay_the_blend(toy, tmp_path, capsy
 def test_png_heatmaps_and_no_overlays(toy, tmp_path, capsys):
     write_images(tmp_path / "images", 2)
     manifest = write_manifest(tmp_path, toy, tmp_path / "images", methods=["gradcam", "guided_backprop"],
-                              output={"dir": str(tmp_path / "out"), "heatmaps": "png", "overlays": False})
+                              output={"dir": str(tmp_path / "out"), "heatmaps": "png", "overlays": False,
+                                      "thumbnails": False})
     assert run_cli(capsys, manifest)[0] == 0
     rows = read_index(tmp_path / "out")
     assert all(row["overlay_path"] == "" for row in rows)
@@ -110,7 +111,7 @@ def test_png_heatmaps_and_no_overlays(toy, tmp_path, capsys):
               for row in rows}
     assert shapes == {"gradcam": (112, 112), "guided_backprop": (224, 224, 3)}
     assert all(row["overlay_width"] == row["overlay_height"] == "" for row in rows)
-    assert not list((tmp_path / "out").rglob("*.jpg"))
+    assert not list((tmp_path / "out").rglob("*.jpg")), "neither overlays nor thumbnails"
 
 
 # -- targets ------------------------------------------------------------------------------------------------

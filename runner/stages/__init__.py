@@ -42,7 +42,7 @@ def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend | None) -
     backend they serve only that check (a distributed engine's driver, whose workers build their own)."""
     plan = TargetPlan(manifest.targets, info.labels, info.output_activation)
     read = ReadStage(info.preprocessing, manifest.max_pixels, manifest.max_side,
-                     keep_pixels=manifest.overlays is not None)
+                     keep_pixels=manifest.overlays is not None or manifest.thumbnails is not None)
     return Stages(read=read,
                   explain=ExplainStage(backend, info, plan, manifest.methods, manifest.evaluate, manifest.batch_size),
                   write=WriteStage(manifest, info.labels))

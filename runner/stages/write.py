@@ -1,18 +1,24 @@
-"""The write stage: one image's results -> its heatmap and overlay files under output.dir, and its index rows
-(with the metrics scored on the rendered map, such as the pointing game). Any failure while writing turns the
-image into one error row; nothing here touches index.csv itself, which only the run's driver appends to."""
+"""The write stage: one image's results -> its heatmap, overlay and thumbnail files under output.dir, and its index
+rows (with the metrics scored on the rendered map, such as the pointing game). Any failure while writing turns the
+image into one error row; nothing here touches index.csv itself, which only the run's driver appends to.
+
+Thumbnails (for report.html's gallery) are drawn at their own small size from the map, not scaled down from the
+full overlay, so they cost a few hundred microseconds whatever the photograph's size."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from onnxcam.runner.evaluate.boxes import read_boxes
 from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring
-from onnxcam.runner.manifest import Manifest, ManifestError
+from onnxcam.runner.manifest import Manifest, ManifestError, Overlays
 from onnxcam.runner.methods import index_names, method_of
 from onnxcam.runner.outputs import render
 from onnxcam.runner.outputs.files import SCRATCH, inside, write_atomic
-from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
-from onnxcam.runner.stages.items import ImageResult, TargetResult, one_line
+from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS, overlay_jpg
+from onnxcam.runner.outputs.thumbnails import THUMBNAIL_QUALITY, photo_thumbnail_path, thumbnail_path
+from onnxcam.runner.stages.items import DecodedImage, ImageResult, TargetResult, one_line
+from onnxcam.runner.stages.read import render_size
 
 IndexRow = dict[str, object]
 
@@ -30,6 +36,7 @@ class WriteStage:
         self.output_dir, self.labels = manifest.output_dir, labels
         self.methods = index_names(manifest.methods)
         self.heatmaps, self.overlays = manifest.heatmaps, manifest.overlays
+        self.thumbnails, self.thumbnail_style = manifest.thumbnails, manifest.overlays or Overlays()
         self.evaluation: Evaluation | None = manifest.evaluate
         boxes = {}
         if self.evaluation and self.evaluation.boxes:
@@ -42,14 +49,29 @@ class WriteStage:
     def __call__(self, result: ImageResult) -> list[IndexRow]:
         if result.error:
             return [self._row(result, status="error", error=result.error)]
-        if not result.targets:
-            return [self._row(result, status="no_target")]
         try:
-            return [self._write(result, target, method) for target in result.targets for method in self.methods]
+            small = self._photo_thumbnail(result.decoded) if self.thumbnails else None
+            if not result.targets:
+                return [self._row(result, status="no_target")]
+            return [self._write(result, target, method, small) for target in result.targets for method in self.methods]
         except Exception as error:  # noqa: BLE001 - a full disk or an odd image must not stop the run
             return [self._row(result, status="error", error=f"cannot write outputs ({one_line(error)})")]
 
-    def _write(self, result: ImageResult, target: TargetResult, method: str) -> IndexRow:
+    def _photo_thumbnail(self, decoded: DecodedImage) -> np.ndarray:
+        """The photograph at thumbnail size (BGR), written as thumbs/<key>.photo.jpg."""
+        height, width = decoded.image.shape[:2]
+        small = cv2.resize(decoded.image, render_size(width, height, self.thumbnails), interpolation=cv2.INTER_AREA)
+        self._save(photo_thumbnail_path(decoded.ref.key), overlay_jpg(small, THUMBNAIL_QUALITY))
+        return small
+
+    def _thumbnail(self, map_: np.ndarray, guided: bool, decoded: DecodedImage, small: np.ndarray) -> bytes:
+        """An overlay at thumbnail size, drawn from the map at that size."""
+        drawn = (small.shape[1], small.shape[0])
+        values = (render.guided_image if guided else render.heatmap)(
+            map_, render.scaled(decoded.region, decoded.size, drawn), *drawn)
+        return overlay_jpg(render.overlay(small, values, guided, self.thumbnail_style), THUMBNAIL_QUALITY)
+
+    def _write(self, result: ImageResult, target: TargetResult, method: str, small: np.ndarray | None) -> IndexRow:
         decoded, guided = result.decoded, method_of(method).guided
         map_ = target.maps[method]
         drawn = decoded.render_size
@@ -66,6 +88,8 @@ class WriteStage:
             picture = render.overlay(decoded.image, values, guided, self.overlays)
             self._save(cells["overlay_path"], OVERLAY_FORMATS[self.overlays.format](picture, self.overlays.quality))
             cells["overlay_width"], cells["overlay_height"] = drawn
+        if small is not None:
+            self._save(thumbnail_path(stem), self._thumbnail(map_, guided, decoded, small))
         x, y = render.in_image_pixels(render.peak(values, guided), decoded.size, drawn)
         return self._row(result, target_class=target.target_class, target_label=self.labels[target.target_class],
                          target_score=f"{target.score:.6g}", method=method, channel=target.channels.get(method, ""),

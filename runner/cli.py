@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -152,12 +153,36 @@ def run_manifest(args: argparse.Namespace) -> int:
     resumed = f" ({s.already_done} already done)" if s.already_done else ""
     rate = s.images / s.seconds if s.seconds else 0.0
     print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
-          f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.provider}); index {out / 'index.csv'}, report "
-          f"{out / 'run.json'}")
+          f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.provider}); index {out / 'index.csv'}, run "
+          f"{out / 'run.json'}, report {s.report}")
     if s.table:
         print(f"onnxcam run: faithfulness, mean ± std (rows) over index.csv; {out / 'summary.csv'}, curves in "
               f"{out / 'curves'}\n{s.table}")
     return 130 if s.interrupted else 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """(Re)build report.html for an output.dir from its index.csv."""
+    from onnxcam.runner.outputs.files import OutputDirError
+    from onnxcam.runner.report.build import REPORT_NAME, write_report
+
+    folder: Path = args.output_dir
+    if not folder.is_dir():
+        print(f"onnxcam report: error: {folder}: no such folder; give the output.dir of a run")
+        return 2
+    start = time.perf_counter()
+    try:
+        counts = write_report(folder.resolve())
+    except OutputDirError as error:
+        print(f"onnxcam report: error: {error}")
+        return 2
+    except OSError as error:
+        print(f"onnxcam report: error: {folder}: cannot write the report ({error.strerror or error}); free space or "
+              "check the folder's permissions")
+        return 2
+    print(f"onnxcam report: {counts.images} images ({counts.errors} errors), {counts.entries} gallery entries, "
+          f"{counts.rows} rows -> {folder / REPORT_NAME} in {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output, only the last line")
     run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                      help="run on Ray actors, one per GPU: a local Ray, or the cluster at ADDRESS (or $RAY_ADDRESS)")
+    report = commands.add_parser("report", help="(re)build report.html, a page to browse a run, for an output.dir")
+    report.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
     filters = commands.add_parser("filters", help="draw a convolution's filters (the first by default) as a grid")
     filters.add_argument("model", type=Path)
     filters.add_argument("--out", type=Path, help="the picture to write (.png, .jpg)")
@@ -220,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             exporter_cli.add_export_arguments(parser)
         return exporter_cli.run(argv[0], parser.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
-    commands = {"info": run_info, "run": run_manifest, "filters": run_filters, "impressions": run_impressions}
+    commands = {"info": run_info, "run": run_manifest, "report": run_report, "filters": run_filters,
+                "impressions": run_impressions}
     return commands[args.command](args)
 
 

@@ -23,12 +23,13 @@ from onnxcam.runner.manifest import Manifest
 from onnxcam.runner.methods import METHODS, index_names
 from onnxcam.runner.model.backend import Backend, ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
-from onnxcam.runner.outputs import report
+from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
 from onnxcam.runner.outputs.index import IndexFile
 from onnxcam.runner.outputs.lock import RunLock
 from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
 from onnxcam.runner.progress import Progress
+from onnxcam.runner.report.build import REPORT_NAME, write_report
 from onnxcam.runner.stages import build_stages, output_sets
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class Tally:
     costs: Costs = field(default_factory=Costs)
     error_samples: list[dict[str, str]] = field(default_factory=list)
     table: str = ""  # the faithfulness summary, as printed
+    started: float = 0.0  # time.time() when the run started
+    report: str = ""  # report.html's path, or why it could not be written
 
 
 def check_model(manifest: Manifest, info: GraphInfo) -> None:
@@ -155,7 +158,7 @@ class Run:
         if self.index is None:
             with self.opened():
                 return self.run()
-        start = time.monotonic()
+        start, self.tally.started = time.monotonic(), time.time()
         self.tally.already_done = len(self.index.done)
         self.progress = Progress(sum(1 for _ in self._todo(self.index.done)), self.quiet, self.stream)
         try:
@@ -166,7 +169,12 @@ class Run:
         if self.manifest.evaluate:
             self._summarise()
         self.tally.seconds = time.monotonic() - start
-        report.write_run_json(self)
+        run_json.write_run_json(self)
+        try:
+            write_report(self.output_dir)
+            self.tally.report = str(self.output_dir / REPORT_NAME)
+        except OSError as error:  # the rows are safe in index.csv; `onnxcam report` writes it later
+            self.tally.report = f"not written ({error.strerror or error}); run onnxcam report {self.output_dir}"
         return self.tally
 
     # -- the sink: what the engine hands back ----------------------------------------------------------------

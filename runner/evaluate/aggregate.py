@@ -48,25 +48,41 @@ class MethodFigures:
         return self.curves[name] / self.curve_counts[name] if self.curve_counts.get(name) else None
 
 
+class FigureTable:
+    """Figures per method and metric, added one index row at a time; methods appear as their rows do."""
+
+    def __init__(self, methods: list[str], metrics: list[str]):
+        self.metrics = metrics
+        self.methods = {method: MethodFigures({metric: Figure() for metric in metrics}) for method in methods}
+
+    def add(self, row: dict[str, str]) -> None:
+        """One index row (ok rows only count)."""
+        if row["status"] != "ok":
+            return
+        entry = self.methods.get(row["method"])
+        if entry is None:
+            entry = self.methods[row["method"]] = MethodFigures({metric: Figure() for metric in self.metrics})
+        for metric in self.metrics:
+            if row.get(metric):
+                entry.figures[metric].add(float(row[metric]))
+            curve_text = row.get(f"{metric}_curve")
+            if curve_text:
+                curve = np.array(curve_text.split(), np.float64)
+                if metric not in entry.curves:
+                    entry.curves[metric], entry.curve_counts[metric] = np.zeros_like(curve), 0
+                if curve.shape == entry.curves[metric].shape:
+                    entry.curves[metric] += curve
+                    entry.curve_counts[metric] += 1
+
+
 def read_figures(index: Path, methods: list[str], metrics: list[str]) -> dict[str, MethodFigures]:
-    table = {method: MethodFigures({metric: Figure() for metric in metrics}) for method in methods}
+    """The figures of the manifest's methods over every row of index.csv."""
+    table = FigureTable(methods, metrics)
     with open(index, encoding="utf-8", newline="") as rows:
         for row in csv.DictReader(rows):
-            entry = table.get(row["method"])
-            if row["status"] != "ok" or entry is None:
-                continue
-            for metric in metrics:
-                if row.get(metric):
-                    entry.figures[metric].add(float(row[metric]))
-                curve_text = row.get(f"{metric}_curve")
-                if curve_text:
-                    curve = np.array(curve_text.split(), np.float64)
-                    if metric not in entry.curves:
-                        entry.curves[metric], entry.curve_counts[metric] = np.zeros_like(curve), 0
-                    if curve.shape == entry.curves[metric].shape:
-                        entry.curves[metric] += curve
-                        entry.curve_counts[metric] += 1
-    return table
+            if row["method"] in table.methods:
+                table.add(row)
+    return table.methods
 
 
 def write_summary_csv(path: Path, table: dict[str, MethodFigures], metrics: list[str]) -> None:

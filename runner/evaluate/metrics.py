@@ -164,17 +164,18 @@ class Metric:
     curve: bool = False  # also fills `<name>_curve` (the score curve, space-separated)
     runs_model: bool = True  # scored in the batch stage with extra passes; else in the write stage
     needs_boxes: bool = False  # needs evaluate.boxes (and is left out of the default metrics without it)
+    higher_is_better: bool = True  # which way a more faithful explanation moves the figure
 
     def columns(self, name: str) -> tuple[str, ...]:
         return (name, f"{name}_curve") if self.curve else (name,)
 
 
 METRICS: dict[str, Metric] = {
-    "average_drop": Metric(confidence_change),
+    "average_drop": Metric(confidence_change, higher_is_better=False),
     "increase_in_confidence": Metric(confidence_change),
     "top_removal": Metric(top_removal, {"fraction": Option(0.25, 0.0, 1.0), "fill": Option("mean", choices=FILLS)}),
     "deletion": Metric(deletion, {"steps": Option(20, 2, 1000), "baseline": Option("mean", choices=FILLS)},
-                       curve=True),
+                       curve=True, higher_is_better=False),
     "insertion": Metric(insertion, {"steps": Option(20, 2, 1000), "baseline": Option("blur", choices=FILLS)},
                         curve=True),
     "pointing_game": Metric(pointing_game, runs_model=False, needs_boxes=True),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import cv2
@@ -16,10 +18,16 @@ if TYPE_CHECKING:
     from onnxcam.runner.run import Run
 
 
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
 def write_run_json(run: Run) -> None:
     s, m, costs = run.tally, run.manifest, run.tally.costs
     report = {
         "manifest": str(m.path), "model": str(m.model), "model_spec": run.info.model,
+        "started": _utc(s.started), "finished": _utc(time.time()),
+        "images_base": str(m.images_root or m.images_list.parent), "thumbnails": m.thumbnails,
         "target_layer": run.info.target_layer, "methods": m.methods, "targets": m.targets.kind,
         "images": s.images, "ok": s.ok, "errors": s.errors, "rows": s.rows,
         "already_done": s.already_done, "interrupted": s.interrupted,

@@ -10,9 +10,10 @@ MANIFEST ?= manifests/demo.yaml
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: setup test test-fast lint export info run demo-images demo bench bench-resume bench-big bench-ray zoo clean
+.PHONY: setup test test-fast lint export info run doctor demo-images demo bench bench-resume bench-big bench-ray zoo \
+	wheel platforms clean help
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test and ray extras (editable)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,32 +21,35 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[export,test,ray]'
 	touch $@
 
-lint: setup
+lint: setup  ## ruff
 	$(BIN)/ruff check .
 
-test: lint
+test: lint  ## ruff and every test (~14 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
 # The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 3 minutes.
-test-fast: lint
+test-fast: lint  ## ruff and the tests not marked slow (under 3 minutes)
 	$(BIN)/pytest -q -m "not slow"
 
-export: setup
+export: setup  ## export MODEL (efficientnet-lite0) to OUT with EXPORT_FLAGS (--saliency)
 	$(BIN)/onnxcam export --model $(MODEL) --layer $(LAYER) --out $(OUT) $(EXPORT_FLAGS)
 
-info: setup
+info: setup  ## print OUT's metadata and parity figures
 	$(BIN)/onnxcam info $(OUT)
 
-run: setup
+run: setup  ## run MANIFEST (manifests/demo.yaml) with RUN_FLAGS
 	$(BIN)/onnxcam run $(MANIFEST) $(RUN_FLAGS)
 
-demo-images: setup
+doctor: setup  ## what runs the model here (CUDA or CPU), why, and the command that fixes it
+	$(BIN)/onnxcam doctor
+
+demo-images: setup  ## scikit-image's photographs into demo/images
 	$(BIN)/python scripts/sample_photos.py demo/images
 
 # The main job on the bundled default: export efficientnet-lite0, explain scikit-image's photographs, measure
 # how faithful four methods are on the photographs with object boxes, then look inside the model: channels,
 # fixations and patch scores on five photographs, the first layer's filters, impressions of four classes.
-demo: export demo-images
+demo: export demo-images  ## export, then every demo manifest, the filters and the impressions (see README)
 	$(BIN)/onnxcam info $(OUT)
 	rm -rf demo/out demo/evaluate demo/inside demo/impressions
 	$(BIN)/onnxcam run manifests/demo.yaml $(RUN_FLAGS)
@@ -58,25 +62,36 @@ demo: export demo-images
 	@echo "channels, fixations, patches: demo/inside/   filters: demo/filters.png   impressions: demo/impressions/"
 
 # onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test.
-bench: setup
+bench: setup  ## onnxcam vs pytorch-grad-cam and Captum, side by side (BENCH_FLAGS)
 	$(BIN)/python scripts/benchmark.py $(BENCH_FLAGS)
 
 # 8 camera-sized (48 MP) JPEGs and 64 ordinary photographs: peak RSS, seconds, bytes written; not a test.
-bench-big: export
+bench-big: export  ## 48 MP photographs: peak RSS, seconds, bytes written
 	$(BIN)/python scripts/big_photos_benchmark.py --model $(OUT) $(BENCH_FLAGS)
 
 # Resuming a 1,000,000-image x 2-method index: peak RSS and seconds to the first new image; not a test.
-bench-resume: export
+bench-resume: export  ## resuming a 1,000,000-image index: peak RSS, seconds to the first new image
 	$(BIN)/python scripts/resume_benchmark.py --model $(OUT) $(BENCH_FLAGS)
 
 # `onnxcam run --ray` vs the local engine on the same JPEGs (steady-state images/s, start-up, peak RSS); not a test.
-bench-ray: setup
+bench-ray: setup  ## onnxcam run --ray vs the local engine
 	$(BIN)/python scripts/ray_benchmark.py $(BENCH_FLAGS)
 
 # Export every torchvision classification model (random weights) and write the coverage table into README.md;
 # about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).
-zoo: setup
+zoo: setup  ## export every torchvision classifier, the coverage table into README.md (~70 min)
 	$(BIN)/python scripts/zoo.py $(BENCH_FLAGS)
 
-clean:
-	rm -rf exports out demo
+# The wheel of "Install" (in-tree build: build/ and onnxcam.egg-info are left beside the sources).
+wheel: setup  ## build dist/onnxcam-VERSION-py3-none-any.whl
+	$(BIN)/pip wheel --no-deps -w dist .
+
+# pip's dry run for Linux x86_64 and aarch64, macOS arm64, Windows x86_64; needs the package index.
+platforms: setup  ## which wheels each platform gets: the table into README.md
+	$(BIN)/python scripts/resolve_platforms.py
+
+clean:  ## remove exports, outputs, the demo and the built wheel
+	rm -rf exports out demo dist build
+
+help:  ## this list
+	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import onnx
+from onnxcam.runner import __version__
 from onnxcam.runner.model.graph import read_graph_info
 
 
@@ -185,10 +186,20 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    """Print what runs the model here and the one command that fixes what is missing; exit 1 when there is one."""
+    from onnxcam.runner.doctor import report
+
+    lines, fixable = report()
+    print("\n".join(lines))
+    return 1 if fixable else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from onnxcam.runner.visualise.impressions import Settings
 
     parser = argparse.ArgumentParser(prog="onnxcam", description="Explain image classifiers in bulk with ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"onnxcam {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     export_side = {
         "layers": "list candidate target layers of a PyTorch model (needs torch)",
@@ -229,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"total-variation prior's share of each step, 0 for none ({defaults.tv})")
     impressions.add_argument("--seed", type=int, default=defaults.seed)
     impressions.add_argument("--providers", default="auto", help="auto | cuda | cpu | cuda,cpu (default auto)")
+    commands.add_parser("doctor", help="what runs the model here (CUDA or CPU), why, and the command that fixes "
+                        "what is missing")
     return parser
 
 
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return exporter_cli.run(argv[0], parser.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     commands = {"info": run_info, "run": run_manifest, "report": run_report, "filters": run_filters,
-                "impressions": run_impressions}
+                "impressions": run_impressions, "doctor": run_doctor}
     return commands[args.command](args)
 
 

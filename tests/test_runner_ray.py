@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from onnxcam.runner.cli import main
 from onnxcam.runner.manifest import ManifestError, load_manifest
-from onnxcam.runner.model.backend import cuda_unavailable_reason
+from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.run import Run
 from runner_helpers import read_index, start_run, wait_for_rows, write_images, write_manifest
 
@@ -203,7 +203,7 @@ def test_stopped_then_killed_driver_resumes_exactly_once(toy, cluster, tmp_path)
     assert all(kept.get((r["image"], r["target_class"], r["method"]), r) == r for r in rows), "finished rows kept"
 
 
-@pytest.mark.skipif(cuda_unavailable_reason() is None, reason="CUDA works here: a GPU actor would use it")
+@pytest.mark.skipif(cuda_unavailable() is None, reason="CUDA works here: a GPU actor would use it")
 def test_a_gpu_actor_without_cuda_stops_the_run_in_one_line(toy, cluster, tmp_path, capfd):
     write_images(tmp_path / "images", 4)
     manifest = manifest_in(tmp_path, toy, tmp_path / "images",

@@ -37,7 +37,8 @@ from onnxcam.runner.engines import EngineError, Sink
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import Manifest, ManifestError
-from onnxcam.runner.model.backend import ORT_NAMES, ModelError, OnnxRuntimeBackend, cuda_unavailable_reason
+from onnxcam.runner.model.backend import ORT_NAMES, ModelError, OnnxRuntimeBackend
+from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.model.graph import read_graph_info
 from onnxcam.runner.outputs.files import SCRATCH
 from onnxcam.runner.stages import build_stages, output_sets
@@ -145,15 +146,14 @@ class ExplainWorker:
     def _backend(manifest: Manifest, plan: ActorPlan) -> OnnxRuntimeBackend:
         """The actor's session: on a GPU actor CUDA or nothing; ONNX Runtime's threads = the actor's CPUs."""
         if plan.providers == ("cuda",):
-            reason = cuda_unavailable_reason()
+            reason = cuda_unavailable()
             if reason:
-                raise ModelError(f"CUDA unusable: {reason}; every GPU node needs onnxruntime-gpu with CUDA 13 and "
-                                 "cuDNN 9 (or set runtime.providers: [cpu])")
+                raise ModelError(f"CUDA unusable: {reason} (or set runtime.providers: [cpu])")
         backend = OnnxRuntimeBackend(manifest.model, list(plan.providers), output_sets(manifest),
                                      threads=max(1, int(plan.cpus)))
         if plan.providers == ("cuda",) and backend.provider != ORT_NAMES["cuda"]:
             raise ModelError("the CUDA provider failed to initialise, and a GPU actor does not fall back to CPU; "
-                             "check the node's CUDA 13 and cuDNN 9 libraries")
+                             "`onnxcam doctor` on that node says why")
         return backend
 
     def _explain(self, refs: list[ImageRef], collected: _Collected) -> None:

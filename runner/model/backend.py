@@ -7,7 +7,6 @@ returns the outputs asked for, by name, as NumPy arrays. The stages call nothing
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +15,7 @@ import numpy as np
 import onnx
 import onnx.utils
 import onnxruntime as ort
+from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.model.forward import ForwardGraph, forward_graph
 from onnxcam.runner.model.graph import INPUTS
 
@@ -36,16 +36,6 @@ class Backend(Protocol):
 
     # CNN fixations also call `forward_values(inputs) -> (ForwardGraph, {name: array})`, which only the ONNX
     # Runtime backend has; another backend's batches then become error rows naming the missing method.
-
-
-def cuda_unavailable_reason() -> str | None:
-    if ORT_NAMES["cuda"] not in ort.get_available_providers():
-        return f"this onnxruntime build ({ort.__version__}) has no CUDA provider; pip install onnxruntime-gpu"
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return "no NVIDIA driver (libcuda.so.1 not found)"
-    return None
 
 
 def _pruned(path: Path, outputs: tuple[str, ...]) -> bytes:
@@ -75,14 +65,12 @@ class OnnxRuntimeBackend:
         self.notes: list[str] = []
         wanted = ["cuda", "cpu"] if providers == "auto" else list(providers)
         if "cuda" in wanted:
-            reason = cuda_unavailable_reason()
+            reason = cuda_unavailable()  # when None, the CUDA libraries are loaded (from the nvidia-* pip packages)
             if reason:
                 if providers != "auto" and wanted == ["cuda"]:
                     raise ModelError(f"runtime.providers: CUDA requested but unusable: {reason}; add cpu or use auto")
                 self.notes.append(f"CUDA not used: {reason}")
                 wanted.remove("cuda")
-            elif hasattr(ort, "preload_dlls"):
-                ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* pip packages, when installed
         self.wanted = wanted
         self._sessions: dict[tuple[str, ...], ort.InferenceSession] = {}
         self._forward: tuple[ForwardGraph, ort.InferenceSession] | None = None
@@ -121,7 +109,7 @@ class OnnxRuntimeBackend:
             if not self._sessions:
                 self.provider = provider
                 if "cuda" in self.wanted and provider != ORT_NAMES["cuda"]:
-                    self.notes.append("CUDA provider failed to initialise; running on CPU")
+                    self.notes.append("CUDA provider failed to initialise; running on CPU (`onnxcam doctor` says why)")
             self._sessions[outputs] = session
         return self._sessions[outputs]
 

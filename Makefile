@@ -7,11 +7,12 @@ LAYER ?= auto
 OUT ?= exports/$(subst :,-,$(MODEL)).onnx
 EXPORT_FLAGS ?= --saliency
 MANIFEST ?= manifests/demo.yaml
+DIR ?= demo/out
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: setup test test-fast lint export info run doctor demo-images demo bench bench-resume bench-big bench-ray zoo \
-	wheel platforms clean help
+.PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
+	bench-ray bench-report zoo wheel platforms clean help
 
 setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test and ray extras (editable)
 
@@ -21,14 +22,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[export,test,ray]'
 	touch $@
 
+# report.html's browser tests drive Debian's chromium through Playwright; installed here where it is missing and apt-get
+# can (as root); elsewhere those tests skip, saying why.
+browser:  ## install Chromium for the report's browser tests, if missing (apt-get, as root)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo "make: installing chromium (apt-get)" \
+	     && apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	|| echo "make: no Chromium (apt-get install -y chromium, or set ONNXCAM_CHROMIUM); the browser tests will skip"
+
 lint: setup  ## ruff
 	$(BIN)/ruff check .
 
-test: lint  ## ruff and every test (~14 min on 2 cores; what CI runs)
+test: lint browser  ## ruff and every test (~15 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
 # The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 3 minutes.
-test-fast: lint  ## ruff and the tests not marked slow (under 3 minutes)
+test-fast: lint browser  ## ruff and the tests not marked slow (under 3 minutes)
 	$(BIN)/pytest -q -m "not slow"
 
 export: setup  ## export MODEL (efficientnet-lite0) to OUT with EXPORT_FLAGS (--saliency)
@@ -39,6 +48,9 @@ info: setup  ## print OUT's metadata and parity figures
 
 run: setup  ## run MANIFEST (manifests/demo.yaml) with RUN_FLAGS
 	$(BIN)/onnxcam run $(MANIFEST) $(RUN_FLAGS)
+
+report: setup  ## rebuild report.html for DIR (make report DIR=demo/out)
+	$(BIN)/onnxcam report $(DIR)
 
 doctor: setup  ## what runs the model here (CUDA or CPU), why, and the command that fixes it
 	$(BIN)/onnxcam doctor
@@ -57,7 +69,8 @@ demo: export demo-images  ## export, then every demo manifest, the filters and t
 	$(BIN)/onnxcam run manifests/demo-inside.yaml $(RUN_FLAGS)
 	$(BIN)/onnxcam filters $(OUT) --out demo/filters.png
 	$(BIN)/onnxcam impressions $(OUT) --classes 1,282,417,954 --out demo/impressions
-	@echo "overlays and heatmaps: demo/out/   index: demo/out/index.csv   report: demo/out/run.json"
+	@echo "open in a browser: demo/out/report.html, demo/evaluate/report.html (faithfulness), demo/inside/report.html"
+	@echo "overlays and heatmaps: demo/out/   index: demo/out/index.csv   run: demo/out/run.json"
 	@echo "faithfulness: demo/evaluate/summary.csv   curves: demo/evaluate/curves/"
 	@echo "channels, fixations, patches: demo/inside/   filters: demo/filters.png   impressions: demo/impressions/"
 
@@ -76,6 +89,10 @@ bench-resume: export  ## resuming a 1,000,000-image index: peak RSS, seconds to 
 # `onnxcam run --ray` vs the local engine on the same JPEGs (steady-state images/s, start-up, peak RSS); not a test.
 bench-ray: setup  ## onnxcam run --ray vs the local engine
 	$(BIN)/python scripts/ray_benchmark.py $(BENCH_FLAGS)
+
+# A 100,000-image output.dir's report: build time, opening it in headless Chromium, filters, scrolling; not a test.
+bench-report: demo browser  ## report.html at 100,000 images: build, open, filter, sort, scroll (BENCH_FLAGS)
+	$(BIN)/python scripts/report_benchmark.py $(BENCH_FLAGS)
 
 # Export every torchvision classification model (random weights) and write the coverage table into README.md;
 # about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).

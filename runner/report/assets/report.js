@@ -271,10 +271,12 @@
       for (const metric of HEAD.curves) {
         const texts = (curves.get(chunk)[metric] || [])[local];
         if (!texts) continue;
-        const series = methods.map((method, k) => ({name: method, values: texts[k] ? texts[k].split(" ").map(Number) : null}))
+        const series = methods.map((method, k) => ({name: method, auc: (data.m[metric][i] || [])[k],
+                                                    values: texts[k] ? texts[k].split(" ").map(Number) : null}))
           .filter((s) => s.values);
         charts.append(chart(`${metric}: target score on this image`, metric === "deletion"
-          ? "fraction of pixels removed" : "fraction of pixels inserted", series, (s) => s.name));
+          ? "fraction of pixels removed" : "fraction of pixels inserted", series,
+          (s) => (s.auc === null || s.auc === undefined ? s.name : `${s.name} AUC ${figure(s.auc)}`)));
       }
       body.append(el("h2", {textContent: "Deletion and insertion curves"}), charts);
     }

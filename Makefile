@@ -12,7 +12,7 @@ RUN_FLAGS ?=
 BENCH_FLAGS ?=
 
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
-	bench-ray bench-report zoo wheel platforms clean help
+	bench-ray bench-report bench-stages bench-gpu zoo wheel platforms clean help
 
 setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test and ray extras (editable)
 
@@ -93,6 +93,17 @@ bench-ray: setup  ## onnxcam run --ray vs the local engine
 # A 100,000-image output.dir's report: build time, opening it in headless Chromium, filters, scrolling; not a test.
 bench-report: demo browser  ## report.html at 100,000 images: build, open, filter, sort, scroll (BENCH_FLAGS)
 	$(BIN)/python scripts/report_benchmark.py $(BENCH_FLAGS)
+
+# The CPU stages per image: CPU ms, GIL share, the images/s they allow on 16 cores; not a test.
+bench-stages: export  ## the CPU stages: CPU ms per image, GIL share, projection to 16 cores (BENCH_FLAGS)
+	$(BIN)/python scripts/stage_profile.py --model $(OUT) $(BENCH_FLAGS)
+
+# One shot on a GPU server: parity with the CPU, compute-only and end-to-end images/s of the float and the served
+# graph (Grad-CAM in the graph, uint8 input) at batch 64 and 256, pytorch-grad-cam beside them; not a test.
+GPU_MODEL ?= exports/torchvision-resnet50.onnx
+bench-gpu: setup  ## GPU throughput of GPU_MODEL (ResNet-50: make export MODEL=torchvision:resnet50), one shot
+	@test -f $(GPU_MODEL) || $(BIN)/onnxcam export --model torchvision:resnet50 --out $(GPU_MODEL)
+	$(BIN)/python scripts/gpu_benchmark.py --model $(GPU_MODEL) $(BENCH_FLAGS)
 
 # Export every torchvision classification model (random weights) and write the coverage table into README.md;
 # about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).

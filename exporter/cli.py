@@ -47,6 +47,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="class names, one per line (or a JSON list)")
     parser.add_argument("--multilabel", action="store_true", help="sigmoid outputs (default: softmax)")
     parser.add_argument("--no-guided", action="store_true", help="leave out the guided-backprop input gradients")
+    parser.add_argument("--maps", help="also compute these methods' maps in the graph (as `onnxcam convert`): "
+                        "gradcam,gradcam++,xgradcam,hirescam,layercam")
+    parser.add_argument("--uint8-input", action="store_true",
+                        help="take uint8 [N,H,W,3] BGR pixels and normalise them in the graph (as `onnxcam convert`)")
     parser.add_argument("--saliency", action="store_true",
                         help="add plain input gradients, for the saliency and smoothgrad methods")
 
@@ -90,6 +94,16 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"exporting {loaded.spec}" + (" (bundled pretrained ImageNet weights)" if loaded.spec == BUNDLED else ""))
     export_explain_graph(loaded, args.layer, args.out, guided=not args.no_guided, multilabel=args.multilabel,
                          saliency=args.saliency, grid=args.grid)
+    maps = [name for name in (args.maps or "").split(",") if name]
+    if maps or args.uint8_input:
+        from onnxcam.exporter.serving import convert
+
+        try:
+            info, figures = convert(args.out, args.out, maps, args.uint8_input)
+        except ValueError as error:
+            raise ExportError(str(error)) from None
+        print(f"serving options: maps in the graph {', '.join(info.graph_maps) or 'none'}, input {info.input_format}; "
+              f"within {max(figures.values()):.1e} of the float graph")
     return 0
 
 

@@ -37,6 +37,9 @@ def run_info(args: argparse.Namespace) -> int:
     more = ", ..." if info.num_classes > 3 else ""
     print(f"  classes          {info.num_classes} ({', '.join(info.labels[:3])}{more})")
     print(f"  output           {info.output_activation}; GAP->linear head (exact CAM): {info.gap_linear_head}")
+    if info.graph_maps or info.input_format != "float":
+        print(f"  serving          maps in the graph: {', '.join(info.graph_maps) or 'none'}; input "
+              f"{info.input_format}")
     print(f"  preprocessing    {pre.size[0]}x{pre.size[1]} {pre.resize}, {pre.channel_order}, "
           f"mean {list(pre.mean)}, std {list(pre.std)}")
     for value in graph.input:
@@ -186,6 +189,31 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert(args: argparse.Namespace) -> int:
+    """Add serving options to an explain graph: CAM maps computed in the graph, uint8 input (no torch)."""
+    from onnxcam.exporter.serving import convert
+
+    maps = [name for name in (args.maps or "").split(",") if name]
+    if not args.model.is_file():
+        print(f"onnxcam convert: error: {args.model}: no such file")
+        return 2
+    if not maps and not args.uint8_input:
+        print("onnxcam convert: error: nothing to do; give --maps gradcam,... and/or --uint8-input")
+        return 2
+    if args.out.resolve() == args.model.resolve():
+        print(f"onnxcam convert: error: --out: {args.out} is the input; write the converted graph beside it")
+        return 2
+    try:
+        info, figures = convert(args.model, args.out, maps, args.uint8_input)
+    except ValueError as error:
+        print(f"onnxcam convert: error: {error}")
+        return 2
+    worst = max(figures.values())
+    print(f"onnxcam convert: {args.out}: maps in the graph: {', '.join(info.graph_maps) or 'none'}; input "
+          f"{info.input_format}; every output within {worst:.1e} of the original (relative)")
+    return 0
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     """Print what runs the model here and the one command that fixes what is missing; exit 1 when there is one."""
     from onnxcam.runner.doctor import report
@@ -214,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output, only the last line")
     run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                      help="run on Ray actors, one per GPU: a local Ray, or the cluster at ADDRESS (or $RAY_ADDRESS)")
+    convert = commands.add_parser("convert", help="add serving options to an explain graph: CAM maps in the graph, "
+                                  "uint8 input (checked against the original)")
+    convert.add_argument("model", type=Path)
+    convert.add_argument("--out", type=Path, required=True, help="the converted graph (.onnx)")
+    convert.add_argument("--maps", help="methods whose maps the graph computes: gradcam,gradcam++,xgradcam,hirescam,"
+                         "layercam")
+    convert.add_argument("--uint8-input", action="store_true",
+                         help="take uint8 [N,H,W,3] BGR pixels and normalise them in the graph")
     report = commands.add_parser("report", help="(re)build report.html, a page to browse a run, for an output.dir")
     report.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
     filters = commands.add_parser("filters", help="draw a convolution's filters (the first by default) as a grid")
@@ -261,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return exporter_cli.run(argv[0], parser.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     commands = {"info": run_info, "run": run_manifest, "report": run_report, "filters": run_filters,
-                "impressions": run_impressions, "doctor": run_doctor}
+                "impressions": run_impressions, "doctor": run_doctor,
+                "convert": run_convert}
     return commands[args.command](args)
 
 

@@ -89,7 +89,8 @@ class Run:
             raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
         check_model(manifest, self.info)
         if ray is None:
-            backend = backend or OnnxRuntimeBackend(manifest.model, manifest.providers, output_sets(manifest))
+            backend = backend or OnnxRuntimeBackend(manifest.model, manifest.providers,
+                                                    output_sets(manifest, self.info))
             self.engine: Engine = LocalEngine(build_stages(manifest, self.info, backend), manifest.batch_size,
                                               manifest.workers, manifest.memory_budget)
         else:

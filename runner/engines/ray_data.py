@@ -39,7 +39,7 @@ from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import Manifest, ManifestError
 from onnxcam.runner.model.backend import ORT_NAMES, ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.cuda import cuda_unavailable
-from onnxcam.runner.model.graph import read_graph_info
+from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.outputs.files import SCRATCH
 from onnxcam.runner.stages import build_stages, output_sets
 from onnxcam.runner.stages.items import DecodedImage, ImageResult
@@ -133,8 +133,9 @@ class ExplainWorker:
             if not os.path.exists(token):
                 raise EngineError(f"output.dir {manifest.output_dir} is not the driver's on this node; every node must "
                                   "see the images, the model and output.dir at the same paths")
-            backend = self._backend(manifest, plan)
-            stages = build_stages(manifest, read_graph_info(manifest.model), backend)
+            info = read_graph_info(manifest.model)
+            backend = self._backend(manifest, info, plan)
+            stages = build_stages(manifest, info, backend)
         except Exception as error:  # noqa: BLE001 - the driver turns any of them into one line naming the actor
             where = f"{self.identity['worker']}{f' (GPU {gpus[0]})' if gpus else ''}"
             raise RuntimeError(f"{SETUP_ERROR}{where}: {' '.join(str(error).split())}") from None
@@ -143,13 +144,13 @@ class ExplainWorker:
         self.engine = LocalEngine(stages, manifest.batch_size, manifest.workers, manifest.memory_budget)
 
     @staticmethod
-    def _backend(manifest: Manifest, plan: ActorPlan) -> OnnxRuntimeBackend:
+    def _backend(manifest: Manifest, info: GraphInfo, plan: ActorPlan) -> OnnxRuntimeBackend:
         """The actor's session: on a GPU actor CUDA or nothing; ONNX Runtime's threads = the actor's CPUs."""
         if plan.providers == ("cuda",):
             reason = cuda_unavailable()
             if reason:
                 raise ModelError(f"CUDA unusable: {reason} (or set runtime.providers: [cpu])")
-        backend = OnnxRuntimeBackend(manifest.model, list(plan.providers), output_sets(manifest),
+        backend = OnnxRuntimeBackend(manifest.model, list(plan.providers), output_sets(manifest, info),
                                      threads=max(1, int(plan.cpus)))
         if plan.providers == ("cuda",) and backend.provider != ORT_NAMES["cuda"]:
             raise ModelError("the CUDA provider failed to initialise, and a GPU actor does not fall back to CPU; "

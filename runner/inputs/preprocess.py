@@ -24,9 +24,21 @@ def model_region(width: int, height: int, pre: Preprocessing) -> Region:
     return x0, y0, x0 + crop_width, y0 + crop_height
 
 
-def to_input(image_bgr: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, Region]:
-    """[3,H,W] float32 input and the region it covers. Downscaling uses area averaging (like an antialiased
-    resize), upscaling the recipe's interpolation (bilinear or bicubic)."""
+def normalised(pixels_bgr: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """Resized pixels [..., H, W, 3] BGR uint8 -> the float input [..., 3, H, W]: the model's channel order,
+    / 255, - mean, / std (as one multiply and one subtract, the arithmetic a uint8-input graph does too)."""
+    if pre.channel_order == "RGB":
+        pixels_bgr = pixels_bgr[..., ::-1]
+    scale = np.float32(1 / 255) / np.asarray(pre.std, np.float32)
+    shift = np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)
+    tensor = pixels_bgr.astype(np.float32) * scale - shift
+    return np.ascontiguousarray(np.moveaxis(tensor, -1, -3))
+
+
+def to_input(image_bgr: np.ndarray, pre: Preprocessing, uint8: bool = False) -> tuple[np.ndarray, Region]:
+    """The model input and the region it covers: [3,H,W] float32, or with `uint8` the resized pixels [H,W,3] BGR
+    that a uint8-input graph normalises itself. Downscaling uses area averaging (like an antialiased resize),
+    upscaling the recipe's interpolation (bilinear or bicubic)."""
     height, width = image_bgr.shape[:2]
     region = model_region(width, height, pre)
     x0, y0, x1, y1 = region
@@ -35,9 +47,4 @@ def to_input(image_bgr: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, Reg
     shrinking = out_width * out_height < seen.shape[0] * seen.shape[1]
     upscaling = UPSCALING.get(pre.interpolation, cv2.INTER_LINEAR)
     resized = cv2.resize(seen, (out_width, out_height), interpolation=cv2.INTER_AREA if shrinking else upscaling)
-    if pre.channel_order == "RGB":
-        resized = resized[:, :, ::-1]
-    scale = np.float32(1 / 255) / np.asarray(pre.std, np.float32)
-    shift = np.asarray(pre.mean, np.float32) / np.asarray(pre.std, np.float32)
-    tensor = resized.astype(np.float32) * scale - shift
-    return np.ascontiguousarray(tensor.transpose(2, 0, 1)), region
+    return (np.ascontiguousarray(resized) if uint8 else normalised(resized, pre)), region

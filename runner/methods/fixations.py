@@ -282,6 +282,8 @@ def fixations(out: dict[str, np.ndarray], passes: ExtraPasses, sigma: float = 12
 
 
 def check_model(options: dict, info: GraphInfo, path: Path) -> str:
+    if info.input_format == "uint8":
+        return "needs a float-input graph; use the graph as exported, without --uint8-input"
     problem = check(forward_graph(path))
     return (f"{problem}; fixations serve convolutional networks (VGG, AlexNet, ResNet, EfficientNet-Lite): use "
             "gradcam for this one") if problem else ""

@@ -17,7 +17,7 @@ import onnx.utils
 import onnxruntime as ort
 from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.model.forward import ForwardGraph, forward_graph
-from onnxcam.runner.model.graph import INPUTS
+from onnxcam.runner.model.graph import FLOAT_INPUT, INPUTS, read_graph_info
 
 ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
@@ -38,17 +38,22 @@ class Backend(Protocol):
     # Runtime backend has; another backend's batches then become error rows naming the missing method.
 
 
-def _pruned(path: Path, outputs: tuple[str, ...]) -> bytes:
-    """The graph cut down to `outputs`, so ORT does not compute what the run does not use.
+def _pruned(path: Path, outputs: tuple[str, ...], from_float: bool = False) -> bytes:
+    """The graph cut down to `outputs`, so ORT does not compute what the run does not use; with `from_float`, cut
+    at a uint8-input graph's float input too (the extra passes feed edited float inputs).
 
     Weights in a side file (a graph over 2 GB) stay there: the cut graph refers to them, and the session is
     told the folder to find them in.
     """
     model = onnx.load(str(path), load_external_data=False)
-    if tuple(o.name for o in model.graph.output) == outputs:
+    if tuple(o.name for o in model.graph.output) == outputs and not from_float:
         return model.SerializeToString()
-    inputs = [i.name for i in model.graph.input]
+    inputs = [FLOAT_INPUT if from_float and i.name == INPUTS[0] else i.name for i in model.graph.input]
     extracted = onnx.utils.Extractor(model).extract_model(inputs, list(outputs))
+    if from_float:
+        extracted.graph.input[0].name = INPUTS[0]
+        for node in extracted.graph.node:
+            node.input[:] = [INPUTS[0] if name == FLOAT_INPUT else name for name in node.input]
     extracted.metadata_props.extend(model.metadata_props)
     return extracted.SerializeToString()
 
@@ -57,11 +62,14 @@ class OnnxRuntimeBackend:
     """One ORT session per set of outputs asked for, each over the graph cut down to that set (the extra
     passes that need only `logits` do not pay for backward ops). The sets named at construction get their
     sessions at once, so a file ONNX Runtime cannot load fails before any work starts. CUDA runs with IO binding.
+    A uint8-input graph takes pixels; float inputs (the extra passes', impressions') go through it cut at its
+    float input.
     """
 
     def __init__(self, path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (),
                  threads: int = 0):
         self.path, self.threads = path, threads
+        self.uint8_input = read_graph_info(path).input_format == "uint8"
         self.notes: list[str] = []
         wanted = ["cuda", "cpu"] if providers == "auto" else list(providers)
         if "cuda" in wanted:
@@ -72,11 +80,11 @@ class OnnxRuntimeBackend:
                 self.notes.append(f"CUDA not used: {reason}")
                 wanted.remove("cuda")
         self.wanted = wanted
-        self._sessions: dict[tuple[str, ...], ort.InferenceSession] = {}
+        self._sessions: dict[tuple[tuple[str, ...], bool], ort.InferenceSession] = {}
         self._forward: tuple[ForwardGraph, ort.InferenceSession] | None = None
         self.provider = ORT_NAMES[wanted[0]]
         for outputs in output_sets:
-            self._session(tuple(outputs))
+            self._session(tuple(outputs), from_float=False)
 
     def _options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -97,11 +105,12 @@ class OnnxRuntimeBackend:
         names = ["logits", *graph.returned]
         return graph, dict(zip(names, session.run(names, {"input": inputs}), strict=True))
 
-    def _session(self, outputs: tuple[str, ...]) -> ort.InferenceSession:
-        if outputs not in self._sessions:
+    def _session(self, outputs: tuple[str, ...], from_float: bool) -> ort.InferenceSession:
+        key = (outputs, from_float)
+        if key not in self._sessions:
             options = self._options()
             try:
-                session = ort.InferenceSession(_pruned(self.path, outputs), options,
+                session = ort.InferenceSession(_pruned(self.path, outputs, from_float), options,
                                                providers=[ORT_NAMES[p] for p in self.wanted])
             except Exception as error:  # noqa: BLE001 - ORT raises several types for a bad model file
                 raise ModelError(f"{self.path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None
@@ -110,11 +119,11 @@ class OnnxRuntimeBackend:
                 self.provider = provider
                 if "cuda" in self.wanted and provider != ORT_NAMES["cuda"]:
                     self.notes.append("CUDA provider failed to initialise; running on CPU (`onnxcam doctor` says why)")
-            self._sessions[outputs] = session
-        return self._sessions[outputs]
+            self._sessions[key] = session
+        return self._sessions[key]
 
     def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-        session = self._session(tuple(outputs))
+        session = self._session(tuple(outputs), from_float=self.uint8_input and inputs.dtype != np.uint8)
         feeds = dict(zip(INPUTS, (inputs, targets.astype(np.int64)), strict=True))
         if session.get_providers()[0] != ORT_NAMES["cuda"]:
             return dict(zip(outputs, session.run(list(outputs), feeds), strict=True))

@@ -16,6 +16,13 @@ import onnx
 INPUTS = ("input", "target")
 OUTPUTS = ("logits", "activations", "gradients", "input_gradients", "plain_input_gradients")
 REQUIRED_OUTPUTS = OUTPUTS[:3]
+FLOAT_INPUT = "input_float"  # in a uint8-input graph, the normalised float input its first nodes compute
+GRAPH_MAP_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # maps a graph may compute itself
+
+
+def map_output(method: str) -> str:
+    """The output holding a method's maps [N, h, w] computed in the graph (`onnxcam convert --maps`)."""
+    return f"map_{method}"
 FORMAT_VERSION = 1
 
 
@@ -45,6 +52,8 @@ class GraphInfo:
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
     convolutions: dict[str, str] = field(default_factory=dict)  # ONNX weight name -> PyTorch module (filters)
+    graph_maps: list[str] = field(default_factory=list)  # methods whose maps the graph computes (map_<method>)
+    input_format: str = "float"  # float: [N,3,H,W] normalised; uint8: [N,H,W,3] BGR pixels, normalised in the graph
     format_version: int = FORMAT_VERSION
 
     @property

@@ -29,12 +29,12 @@ class Stages:
     write: WriteStage
 
 
-def output_sets(manifest: Manifest) -> list[tuple[str, ...]]:
+def output_sets(manifest: Manifest, info: GraphInfo) -> list[tuple[str, ...]]:
     """The sets of outputs the stages ask the model for: the main pass, then each kind of extra pass."""
     extra = {METHODS[name].extra_pass_output for name in manifest.methods} - {"", "forward"}  # forward: its own graph
     if manifest.evaluate and manifest.evaluate.wanted(runs_model=True):
         extra.add("logits")
-    return [main_outputs(manifest.methods), *((output,) for output in sorted(extra))]
+    return [main_outputs(manifest.methods, info.graph_maps), *((output,) for output in sorted(extra))]
 
 
 def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend | None) -> Stages:
@@ -42,7 +42,8 @@ def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend | None) -
     backend they serve only that check (a distributed engine's driver, whose workers build their own)."""
     plan = TargetPlan(manifest.targets, info.labels, info.output_activation)
     read = ReadStage(info.preprocessing, manifest.max_pixels, manifest.max_side,
-                     keep_pixels=manifest.overlays is not None or manifest.thumbnails is not None)
+                     keep_pixels=manifest.overlays is not None or manifest.thumbnails is not None,
+                     uint8_input=info.input_format == "uint8")
     return Stages(read=read,
                   explain=ExplainStage(backend, info, plan, manifest.methods, manifest.evaluate, manifest.batch_size),
                   write=WriteStage(manifest, info.labels))

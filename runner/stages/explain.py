@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from onnxcam.runner.costs import Cost, Costs
 from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation
+from onnxcam.runner.inputs.preprocess import normalised
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend
-from onnxcam.runner.model.graph import OUTPUTS, GraphInfo, probabilities
+from onnxcam.runner.model.graph import OUTPUTS, GraphInfo, map_output, probabilities
 from onnxcam.runner.model.passes import ExtraPasses
 from onnxcam.runner.stages.items import BatchResult, DecodedImage, ImageResult, TargetResult, one_line
 from onnxcam.runner.targets import TOP1, TargetPlan
@@ -27,10 +28,18 @@ from onnxcam.runner.targets import TOP1, TargetPlan
 Pair = tuple[ImageResult, int]
 
 
-def main_outputs(methods: dict[str, dict[str, Any]]) -> tuple[str, ...]:
-    """The explain-graph outputs the main pass must return for these methods (logits always)."""
-    needed = {output for name, options in methods.items() for output in METHODS[name].outputs_needed(options)}
-    return ("logits", *(output for output in OUTPUTS[1:] if output in needed))
+def served_by_graph(methods: dict[str, dict[str, Any]], graph_maps: list[str]) -> list[str]:
+    """The methods whose maps the graph computes itself (map_<method>): those it has, with their default options."""
+    return [name for name, options in methods.items() if name in graph_maps and options == METHODS[name].defaults]
+
+
+def main_outputs(methods: dict[str, dict[str, Any]], graph_maps: list[str] = ()) -> tuple[str, ...]:
+    """The explain-graph outputs the main pass must return for these methods (logits always): a method the graph
+    serves asks for its map, the others for the tensors their formulas read."""
+    served = served_by_graph(methods, graph_maps)
+    needed = {output for name, options in methods.items() if name not in served
+              for output in METHODS[name].outputs_needed(options)}
+    return ("logits", *(output for output in OUTPUTS[1:] if output in needed), *map(map_output, served))
 
 
 class ExplainStage:
@@ -38,7 +47,12 @@ class ExplainStage:
                  evaluation: Evaluation | None, batch_size: int):
         self.backend, self.info, self.plan, self.methods = backend, info, plan, methods
         self.evaluation, self.batch_size = evaluation, batch_size
-        self.outputs = main_outputs(methods)
+        self.outputs = main_outputs(methods, info.graph_maps)
+        self.served = served_by_graph(methods, info.graph_maps)
+        # a uint8-input graph gets pixels; methods and metrics that edit the input get it normalised here
+        self.host_input = info.input_format == "uint8" and (
+            any(METHODS[name].extra_pass_output for name in methods) or bool(evaluation and
+                                                                             evaluation.wanted(runs_model=True)))
         self.passes = ExtraPasses(backend, info)
         self.scoring = Scoring(self.passes, evaluation.batch_size) if evaluation else None
 
@@ -94,7 +108,8 @@ class ExplainStage:
         if not kept:
             return finished
         out = {name: value[kept] for name, value in out.items()}
-        out |= {"input": inputs[kept], "target": np.array(chosen, np.int64)}
+        inputs = normalised(inputs[kept], self.info.preprocessing) if self.host_input else inputs[kept]
+        out |= {"input": inputs, "target": np.array(chosen, np.int64)}
         try:
             targets = self._explain(out, scores[kept, chosen], costs)
         except Exception as error:  # noqa: BLE001 - an extra pass can fail too (out of memory on a big batch)
@@ -108,7 +123,9 @@ class ExplainStage:
         maps, channels = {}, {}
         for name, options in self.methods.items():
             start, passes = time.perf_counter(), self.passes.count
-            for index_name, (values, shown) in METHODS[name].maps(name, out, options, self.passes).items():
+            computed = ({name: (out[map_output(name)], None)} if name in self.served
+                        else METHODS[name].maps(name, out, options, self.passes))
+            for index_name, (values, shown) in computed.items():
                 maps[index_name] = values
                 if shown is not None:
                     channels[index_name] = shown

@@ -16,7 +16,7 @@ class DecodedImage:
     size: tuple[int, int] = (0, 0)  # the image's own (width, height); (0, 0) when it could not be decoded
     render_size: tuple[int, int] = (0, 0)  # (width, height) at which overlays, heatmaps and peaks are drawn
     image: np.ndarray | None = None  # 8-bit BGR at render_size, kept only when overlays are written
-    tensor: np.ndarray | None = None  # the model input [3,H,W]
+    tensor: np.ndarray | None = None  # the model input: [3,H,W] float32, or [H,W,3] uint8 for a uint8-input graph
     region: Region = (0, 0, 0, 0)  # the part of the image the model saw, in its own pixels
     error: str = ""
 

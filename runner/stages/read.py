@@ -33,9 +33,10 @@ def render_size(width: int, height: int, max_side: int | None) -> tuple[int, int
 
 
 class ReadStage:
-    def __init__(self, preprocessing: Preprocessing, max_pixels: int, max_side: int | None, keep_pixels: bool):
+    def __init__(self, preprocessing: Preprocessing, max_pixels: int, max_side: int | None, keep_pixels: bool,
+                 uint8_input: bool = False):
         self.preprocessing, self.max_pixels = preprocessing, max_pixels
-        self.max_side, self.keep_pixels = max_side, keep_pixels
+        self.max_side, self.keep_pixels, self.uint8_input = max_side, keep_pixels, uint8_input
 
     def reduction(self, width: int, height: int) -> int:
         """The largest k in 8, 4, 2 (or 1) at which a JPEG of this size still serves the model and the overlays."""
@@ -52,7 +53,7 @@ class ReadStage:
         decoded = DecodedImage(ref)
         try:
             image, decoded.size = decode_image(ref.path, self.max_pixels, self.reduction)
-            decoded.tensor, _ = to_input(image, self.preprocessing)
+            decoded.tensor, _ = to_input(image, self.preprocessing, self.uint8_input)
             decoded.region = model_region(*decoded.size, self.preprocessing)
             decoded.render_size = render_size(*decoded.size, self.max_side)
             if self.keep_pixels:

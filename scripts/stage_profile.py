@@ -1,0 +1,135 @@
+"""The CPU stages per image (`make bench-stages`): how many CPU milliseconds the read stage (decode, resize,
+normalise), the batch stage's host work (everything but the model) and the write stage (render, colour map,
+blend, encode, thumbnails, files) spend on one image, what share of it holds the GIL, and from that how many
+images/s the CPU stages allow on more cores. A script, not a test; run it with nothing else running.
+
+    python scripts/stage_profile.py [--model exports/efficientnet-lite0.onnx] [--images 96] [--size 500x375]
+                                    [--method gradcam] [--no-thumbnails] [--cores 16]
+
+Each stage runs over the same images on one thread (CPU ms per image from the thread's CPU clock), then on
+two threads at once. On two cores a stage that never holds the GIL runs twice as fast on two threads; one that
+always holds it, no faster. The share of its time that is serial, s = 2 / speedup - 1 (Amdahl), is the GIL share
+(it also counts anything else serial, so it is an upper bound). The batch stage's host work runs in the engine's
+one thread, so all of it counts as serial. The projection for N cores with the local engine's threads:
+min(N x 1000 / total CPU ms, 1000 / serial ms) images/s (every core busy, or the GIL busy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import yaml
+from onnxcam.runner.inputs.listing import walk_images
+from onnxcam.runner.manifest import load_manifest
+from onnxcam.runner.model.backend import OnnxRuntimeBackend
+from onnxcam.runner.model.graph import read_graph_info
+from onnxcam.runner.stages import build_stages, output_sets
+from sample_photos import write_photos
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def photographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
+    """`count` JPEGs of `size` (width, height) cut from scikit-image's photographs."""
+    sources = [cv2.imread(str(path)) for path in write_photos(folder / "sources")]
+    images = folder / "images"
+    images.mkdir(parents=True)
+    for i in range(count):
+        picture = cv2.resize(sources[i % len(sources)], size, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(images / f"{i:05d}.jpg"), picture, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return images
+
+
+def timed(function, items: list, threads: int) -> tuple[float, float, list]:
+    """(wall seconds, CPU seconds of the calling threads, results) of `function` over `items` on `threads`."""
+    if threads == 1:
+        start, cpu = time.perf_counter(), time.thread_time()
+        results = [function(item) for item in items]
+        return time.perf_counter() - start, time.thread_time() - cpu, results
+
+    def part(chunk):
+        cpu = time.thread_time()
+        return [function(item) for item in chunk], time.thread_time() - cpu
+
+    chunks = [items[k::threads] for k in range(threads)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        done = list(pool.map(part, chunks))
+    return time.perf_counter() - start, sum(cpu for _, cpu in done), [r for results, _ in done for r in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "exports" / "efficientnet-lite0.onnx")
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of the JPEGs")
+    parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-thumbnails", action="store_true")
+    parser.add_argument("--cores", type=int, default=16, help="the core count to project to")
+    args = parser.parse_args()
+    if not args.model.is_file():
+        sys.exit(f"stage_profile: {args.model}: no such file; make export, or give --model")
+    size = tuple(int(v) for v in args.size.split("x"))
+    folder = Path(tempfile.mkdtemp(prefix="onnxcam-stages-"))
+    images = photographs(folder, args.images, size)
+    manifest_path = folder / "manifest.yaml"
+    manifest_path.write_text(yaml.safe_dump({
+        "model": str(args.model.resolve()), "images": {"root": str(images)}, "methods": [args.method],
+        "output": {"dir": str(folder / "out"), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90},
+                   "thumbnails": False if args.no_thumbnails else 256},
+        "runtime": {"providers": ["cpu"], "batch_size": args.batch_size}}))
+    manifest = load_manifest(manifest_path)
+    info = read_graph_info(manifest.model)
+    backend = OnnxRuntimeBackend(manifest.model, ["cpu"], output_sets(manifest, info))
+    stages = build_stages(manifest, info, backend)
+    refs = list(walk_images(images, manifest.include))
+    stages.read(refs[0])  # warm-up: OpenCV's first calls
+
+    rows = []
+    wall1, cpu1, decoded = timed(stages.read, refs, 1)
+    wall2, _, _ = timed(stages.read, refs, 2)
+    rows.append(("read (decode, resize, normalise)", cpu1, wall1, wall2))
+
+    batches = [decoded[k:k + args.batch_size] for k in range(0, len(decoded), args.batch_size)]
+    stages.explain(batches[0])  # warm-up: the session's first run
+    start, cpu, model = time.perf_counter(), time.thread_time(), 0.0
+    results = []
+    for batch in batches:
+        result = stages.explain(batch)
+        model += result.costs.model_seconds
+        results += result.images
+    host_wall = time.perf_counter() - start - model
+    host_cpu = host_wall  # the model's own threads are not this thread's; its wall time is taken out
+    rows.append(("batch stage, host work (not the model)", host_cpu, host_wall, host_wall))
+
+    stages.write(results[0])
+    wall1, cpu1, _ = timed(stages.write, results, 1)
+    wall2, _, _ = timed(stages.write, results, 2)
+    thumbs = "without thumbnails" if args.no_thumbnails else "with thumbnails"
+    rows.append((f"write (render, blend, encode; {thumbs})", cpu1, wall1, wall2))
+
+    n = len(refs)
+    print(f"{n} JPEGs of {size[0]}x{size[1]}, {args.method}, model {info.model} {info.preprocessing.size}, "
+          f"overlays jpg, heatmaps none; model compute {1000 * model / n:.2f} ms per image (ORT, its own threads)")
+    print(f"{'stage':<48} {'CPU ms/img':>10} {'1 thread':>10} {'2 threads':>10} {'GIL share':>9}")
+    total = serial = 0.0
+    for name, cpu, one, two in rows:
+        share = 1.0 if one == two else min(1.0, max(0.0, 2 / (one / two) - 1))
+        total += 1000 * cpu / n
+        serial += 1000 * cpu / n * share
+        print(f"{name:<48} {1000 * cpu / n:>10.2f} {n / one:>8.0f}/s {n / two:>8.0f}/s {100 * share:>8.0f}%")
+    threads = min(args.cores * 1000 / total, 1000 / serial)
+    print(f"CPU stages: {total:.2f} ms of CPU per image, {serial:.2f} ms of it serial (GIL or the engine's thread)")
+    print(f"projection, {args.cores} cores: {threads:.0f} images/s with threads (the local engine), "
+          f"{args.cores * 1000 / total:.0f} images/s if every core were busy")
+
+
+if __name__ == "__main__":
+    main()

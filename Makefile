@@ -14,12 +14,12 @@ BENCH_FLAGS ?=
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
 	bench-ray bench-report zoo wheel platforms clean help
 
-setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test and ray extras (editable)
+setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test, ray and openvino extras (editable)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,test,ray]'
+	$(BIN)/pip install -q -e '.[export,test,ray,openvino]'
 	touch $@
 
 # report.html's browser tests drive Debian's chromium through Playwright; installed here where it is missing and apt-get

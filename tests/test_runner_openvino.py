@@ -103,6 +103,19 @@ def test_a_file_openvino_cannot_read_is_one_line(openvino, tmp_path):
         open_backend(broken, ["openvino"])
 
 
+def test_fixations_with_weights_in_a_side_file_name_the_fix(openvino, toy, tmp_path):
+    import onnx
+
+    path = tmp_path / "side.onnx"  # as the exporter writes graphs over 1 GB
+    onnx.save(onnx.load(str(toy)), str(path), save_as_external_data=True, location="side.onnx.data", size_threshold=0)
+    backend = open_backend(path, ["openvino"], [("logits",)], precision="f32")
+    batch = np.zeros((1, 3, 224, 224), np.float32)
+    assert backend.run(("logits",), batch, np.array([-1]))["logits"].shape == (1, 5), "the passes read the side file"
+    fix = r"; with weights in a side file, run fixations on ONNX Runtime \(runtime.providers: \[cpu\]\)$"
+    with pytest.raises(ModelError, match=r"OpenVINO cannot read the forward graph fixations run \(.+\)" + fix):
+        backend.forward_values(batch)
+
+
 # -- the backend ---------------------------------------------------------------------------------------------------
 
 

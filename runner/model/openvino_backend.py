@@ -102,7 +102,13 @@ class OpenVinoBackend:
         """The forward graph and every intermediate float tensor of its pass over `inputs` (CNN fixations)."""
         if self._forward is None:
             graph = forward_graph(self.path)
-            self._forward = (graph, self._compile(self.core.read_model(graph.augmented())))
+            try:  # from memory: OpenVINO then cannot find weights kept in a side file (a graph over 2 GB)
+                model = self.core.read_model(graph.augmented())
+            except RuntimeError as error:
+                raise ModelError(f"{self.path}: OpenVINO cannot read the forward graph fixations run "
+                                 f"({_first_line(error)}); with weights in a side file, run fixations on ONNX Runtime "
+                                 "(runtime.providers: [cpu])") from None
+            self._forward = (graph, self._compile(model))
         graph, request = self._forward
         names = ["logits", *graph.returned]
         return graph, dict(zip(names, request.infer({INPUTS[0]: inputs}).to_tuple(), strict=True))

@@ -11,7 +11,8 @@ overlay JPEG written) in a process of its own, one run each:
   - OpenVINO XAI 1.1, ReciproCAM, at its default precision and forced to f32: scripts/ovxai_reciprocam.py, run with
     the Python of its own environment (`make bench-peer` makes .venv-ovxai: its pins clash with onnxcam's), on the
     classifier as a user hands it to OpenVINO (the same weights exported to ONNX by torch.onnx).
-Images/s count from the first image to the last overlay written; start-up (loading, compiling) is listed apart. Then
+Images/s count from the first image to the last overlay written; the rest of each process's time is listed apart as
+start-up (loading, compiling; for onnxcam also writing report.html at the end). Then
 onnxcam's compute-only throughput (preprocessed batches -> Grad-CAM maps at input size) for each runtime, and the
 goals: onnxcam's fastest >= 1.2x OpenVINO XAI's fastest; onnxcam ahead at each precision both ran; onnxcam's bf16 end
 to end >= 85% of its bf16 compute only. It prints a Markdown table (README's "Peers on a CPU server").

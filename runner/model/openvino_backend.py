@@ -102,7 +102,7 @@ class OpenVinoBackend:
         """The forward graph and every intermediate float tensor of its pass over `inputs` (CNN fixations)."""
         if self._forward is None:
             graph = forward_graph(self.path)
-            try:  # from memory: OpenVINO then cannot find weights kept in a side file (a graph over 2 GB)
+            try:  # from memory: OpenVINO then cannot find weights kept in a side file (the exporter's, over 1 GB)
                 model = self.core.read_model(graph.augmented())
             except RuntimeError as error:
                 raise ModelError(f"{self.path}: OpenVINO cannot read the forward graph fixations run "

@@ -10,16 +10,17 @@ MANIFEST ?= manifests/demo.yaml
 DIR ?= demo/out
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
+OVXAI_VENV ?= .venv-ovxai
 
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
-	bench-ray bench-report bench-stages bench-gpu zoo wheel platforms clean help
+	bench-ray bench-report bench-stages bench-gpu bench-peer zoo wheel platforms clean help
 
-setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test and ray extras (editable)
+setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test, ray and openvino extras (editable)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,test,ray]'
+	$(BIN)/pip install -q -e '.[export,test,ray,openvino]'
 	touch $@
 
 # report.html's browser tests drive Debian's chromium through Playwright; installed here where it is missing and apt-get
@@ -89,6 +90,17 @@ bench-resume: export  ## resuming a 1,000,000-image index: peak RSS, seconds to 
 # `onnxcam run --ray` vs the local engine on the same JPEGs (steady-state images/s, start-up, peak RSS); not a test.
 bench-ray: setup  ## onnxcam run --ray vs the local engine
 	$(BIN)/python scripts/ray_benchmark.py $(BENCH_FLAGS)
+
+# OpenVINO XAI 1.1 pins OpenVINO 2024.4, older than onnxcam's openvino extra: it gets an environment of its own.
+$(OVXAI_VENV)/.installed:
+	$(PYTHON) -m venv $(OVXAI_VENV)
+	$(OVXAI_VENV)/bin/pip install -q --upgrade pip
+	$(OVXAI_VENV)/bin/pip install -q openvino-xai==1.1.0
+	touch $@
+
+# onnxcam (ONNX Runtime f32, OpenVINO f32 and bf16) vs OpenVINO XAI ReciproCAM on the same JPEGs; not a test.
+bench-peer: setup $(OVXAI_VENV)/.installed  ## onnxcam vs OpenVINO XAI on this CPU (OpenVINO XAI in .venv-ovxai)
+	$(BIN)/python scripts/peer_benchmark.py --ovxai-python $(OVXAI_VENV)/bin/python $(BENCH_FLAGS)
 
 # A 100,000-image output.dir's report: build time, opening it in headless Chromium, filters, scrolling; not a test.
 bench-report: demo browser  ## report.html at 100,000 images: build, open, filter, sort, scroll (BENCH_FLAGS)

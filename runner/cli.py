@@ -147,7 +147,8 @@ def run_manifest(args: argparse.Namespace) -> int:
                 print(f"onnxcam run: {note}")
             if not args.quiet:
                 print(f"onnxcam run: {run.info.model} ({run.manifest.model.name}), methods {', '.join(run.methods)}, "
-                      f"provider {run.provider}, batch {run.manifest.batch_size}, {run.engine.describe()}")
+                      f"provider {run.provider}, precision {run.precision}, batch {run.manifest.batch_size}, "
+                      f"{run.engine.describe()}")
             s = run.run()
     except (ManifestError, ModelError, OutputDirError, EngineError) as error:
         print(f"onnxcam run: error: {error}")

@@ -20,7 +20,8 @@ from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
 DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp", "**/*.tif", "**/*.tiff")
 COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
              "parula": 12, "rainbow": 4, "bone": 1}  # OpenCV COLORMAP_* values
-PROVIDERS = ("cuda", "cpu")
+PROVIDERS = ("cuda", "cpu", "openvino")
+PRECISIONS = ("auto", "f32", "bf16")
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 DEFAULT_MAX_SIDE = 2048
 DEFAULT_THUMBNAIL_SIDE = 256
@@ -74,6 +75,7 @@ class Manifest:
     workers: int
     memory_budget: int  # bytes that images in flight may hold
     evaluate: Evaluation | None = None
+    precision: str = "auto"  # auto | f32 | bf16: what OpenVINO computes in (auto: bf16 where the CPU has it natively)
 
     @property
     def max_side(self) -> int | None:
@@ -320,14 +322,21 @@ def load_manifest(path: str | Path) -> Manifest:
         thumbnails = reader.integer(thumbnails, "output.thumbnails", 32, 1024, "a number of pixels or false")
 
     runtime = reader.mapping(top.get("runtime", {}) or {}, "runtime",
-                             ("providers", "batch_size", "workers", "memory_budget"))
+                             ("providers", "precision", "batch_size", "workers", "memory_budget"))
     providers = runtime.get("providers", "auto")
     if providers != "auto":
         reader.typed(providers, "runtime.providers", list, "auto or a list such as [cuda, cpu]")
         if not providers:
-            raise reader.fail("runtime.providers", "empty list; use auto, [cuda, cpu] or [cpu]")
+            raise reader.fail("runtime.providers", "empty list; use auto, [cuda, cpu], [cpu] or [openvino]")
         for provider in providers:
             reader.choice(provider, "runtime.providers", PROVIDERS)
+        if "openvino" in providers and len(providers) > 1:
+            raise reader.fail("runtime.providers", f"{providers}: openvino is a runtime of its own, not an ONNX "
+                                                   "Runtime provider; use [openvino], or [cuda, cpu] for ONNX Runtime")
+    precision = reader.choice(runtime.get("precision", "auto"), "runtime.precision", PRECISIONS)
+    if precision == "bf16" and providers != ["openvino"]:
+        raise reader.fail("runtime.precision", "bf16 runs on OpenVINO only (ONNX Runtime computes in f32); set "
+                                               "runtime.providers: [openvino], or precision f32 or auto")
 
     return Manifest(
         path=path,
@@ -348,4 +357,5 @@ def load_manifest(path: str | Path) -> Manifest:
         memory_budget=reader.size_in_bytes(runtime.get("memory_budget", DEFAULT_MEMORY_BUDGET), "runtime.memory_budget",
                                            64 * 1024**2),
         evaluate=_evaluate(reader, top.get("evaluate")),
+        precision=precision,
     )

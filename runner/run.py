@@ -21,7 +21,7 @@ from onnxcam.runner.evaluate import aggregate, curves
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
 from onnxcam.runner.manifest import Manifest
 from onnxcam.runner.methods import METHODS, index_names
-from onnxcam.runner.model.backend import Backend, ModelError, OnnxRuntimeBackend
+from onnxcam.runner.model.backend import Backend, ModelError, open_backend
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
@@ -78,7 +78,7 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
 
 
 class Run:
-    """`backend` replaces the ONNX Runtime one (tests); `ray` runs the work on Ray actors instead of this process."""
+    """`backend` replaces the manifest's (tests); `ray` runs the work on Ray actors instead of this process."""
 
     def __init__(self, manifest: Manifest, quiet: bool = False, stream: TextIO | None = None,
                  backend: Backend | None = None, ray: RaySettings | None = None):
@@ -89,8 +89,8 @@ class Run:
             raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
         check_model(manifest, self.info)
         if ray is None:
-            backend = backend or OnnxRuntimeBackend(manifest.model, manifest.providers,
-                                                    output_sets(manifest, self.info))
+            backend = backend or open_backend(manifest.model, manifest.providers, output_sets(manifest, self.info),
+                                              precision=manifest.precision, workers=manifest.workers)
             self.engine: Engine = LocalEngine(build_stages(manifest, self.info, backend), manifest.batch_size,
                                               manifest.workers, manifest.memory_budget)
         else:
@@ -109,6 +109,11 @@ class Run:
     def provider(self) -> str:
         """What runs the model: the backend's provider, or the Ray actors' (as they reported once they ran)."""
         return (self.backend or self.engine).provider
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in (f32, bf16): the backend's, or the Ray actors'."""
+        return (self.backend or self.engine).precision
 
     @property
     def notes(self) -> list[str]:

@@ -54,7 +54,7 @@ class FlakyBackend:
 
     def __init__(self, inner, fail_at: int, message: str, outputs: tuple[str, ...] | None = None):
         self.inner, self.fail_at, self.message, self.outputs = inner, fail_at, message, outputs
-        self.provider, self.notes, self.calls = inner.provider, inner.notes, 0
+        self.provider, self.precision, self.notes, self.calls = inner.provider, inner.precision, inner.notes, 0
 
     def run(self, outputs, inputs, targets):
         if self.outputs is None or tuple(outputs) == self.outputs:

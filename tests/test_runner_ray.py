@@ -203,6 +203,28 @@ def test_stopped_then_killed_driver_resumes_exactly_once(toy, cluster, tmp_path)
     assert all(kept.get((r["image"], r["target_class"], r["method"]), r) == r for r in rows), "finished rows kept"
 
 
+def test_cpu_actors_run_openvino(toy, cluster, tmp_path):
+    """runtime.providers: [openvino] plans CPU actors even beside GPUs, and they give the local engine's results."""
+    pytest.importorskip("openvino", reason="needs the openvino extra (pip install -e '.[openvino]')")
+    assert plan_actors([{"CPU": 64.0, "GPU": 8.0}], ["openvino"], "m.yaml").__dict__ == {
+        "count": 1, "cpus": 64.0, "gpus": 0, "providers": ("openvino",)}, "OpenVINO runs on the CPU: one actor a node"
+    images = tmp_path / "images"
+    write_images(images, 24, size=(60, 90))
+    runtime = {"providers": ["openvino"], "precision": "f32", "batch_size": 4, "workers": 2}
+    local = Run(load_manifest(manifest_in(tmp_path / "local", toy, images, runtime=runtime)), quiet=True).run()
+    distributed = Run(load_manifest(manifest_in(tmp_path / "ray", toy, images, runtime=runtime)), quiet=True,
+                      ray=RaySettings()).run()
+    assert (distributed.images, distributed.rows, distributed.errors) == (local.images, local.rows, 0) == (24, 96, 0)
+    out_local, out_ray = tmp_path / "local" / "out", tmp_path / "ray" / "out"
+    sort = lambda rows: sorted(tuple(sorted(row.items())) for row in rows)  # noqa: E731
+    assert sort(read_index(out_ray)) == sort(read_index(out_local))
+    assert output_files(out_ray) == output_files(out_local), "every file byte-identical"
+    report = json.loads((out_ray / "run.json").read_text())
+    assert (report["provider"], report["precision"]) == ("OpenVINO CPU", "f32")
+    assert [(actor["provider"], actor["precision"], actor["gpus"]) for actor in report["ray"]["actors"]] == [
+        ("OpenVINO CPU", "f32", [])], "one CPU actor on the one node, though the node declares GPUs"
+
+
 @pytest.mark.skipif(cuda_unavailable() is None, reason="CUDA works here: a GPU actor would use it")
 def test_a_gpu_actor_without_cuda_stops_the_run_in_one_line(toy, cluster, tmp_path, capfd):
     write_images(tmp_path / "images", 4)

@@ -27,7 +27,7 @@ class NumpyModel:
     """A GAP->linear classifier over a 4x4 grid: A = the input averaged over 8x8 cells [N,3,4,4],
     logits = W . mean(A), so dS/dA = W[target] / 16 everywhere. Counts the batches it runs."""
 
-    provider, notes = "numpy", []
+    provider, precision, notes = "numpy", "f32", []
 
     def __init__(self):
         self.weights = np.random.default_rng(0).normal(0, 1, (CLASSES, 3)).astype(np.float32)

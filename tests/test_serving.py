@@ -120,3 +120,13 @@ def test_fixations_refuse_a_uint8_graph_in_one_line(served, tmp_path, capsys):
     assert main(["run", str(manifest), "--quiet"]) == 2
     assert capsys.readouterr().out.strip().endswith("methods: 'fixations': needs a float-input graph; use the graph "
                                                     "as exported, without --uint8-input")
+
+
+def test_openvino_refuses_a_uint8_graph_in_one_line(served):
+    pytest.importorskip("openvino", reason="needs OpenVINO: pip install -e '.[openvino]'")
+    from onnxcam.runner.model.backend import ModelError
+    from onnxcam.runner.model.openvino_backend import OpenVinoBackend
+
+    with pytest.raises(ModelError, match=r"takes uint8 pixels .*; OpenVINO runs the float-input graph: use the graph "
+                                         "as exported$"):
+        OpenVinoBackend(served)

@@ -17,7 +17,7 @@ from runner_helpers import read_index, write_images, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT_FROM = ("pyproject.toml", "README.md", "LICENSE", "runner", "exporter")  # what the build reads
-EXTRAS_ONLY = {"onnxcam.runner.engines.ray_data"}  # needs the ray extra
+EXTRAS_ONLY = {"onnxcam.runner.engines.ray_data", "onnxcam.runner.model.openvino_backend"}  # the ray, openvino extras
 
 IMPORT_ALL = """
 import importlib, importlib.util, pkgutil, sys

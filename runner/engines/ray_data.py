@@ -1,8 +1,8 @@
 """The Ray Data engine (`onnxcam run --ray`): a multi-GPU server, or a Ray cluster the user already runs.
 
 The driver (the run) lists the images still to do and hands them to Ray Data as a dataset of (key, path); a pool
-of actors, one per GPU (CPU actors when the cluster has no GPU), does the work and the rows stream back to the
-driver, which stays the only writer of index.csv. Each actor builds its ONNX Runtime session once, then runs the
+of actors, one per GPU (CPU actors without GPUs, or with OpenVINO), does the work and the rows stream back to the
+driver, which stays the only writer of index.csv. Each actor builds its model backend once, then runs the
 local engine's pipeline (read, explain, write) over every chunk of images it is handed, writing heatmaps and
 overlays itself, atomically, into output.dir (a folder every node sees at the same path).
 
@@ -37,7 +37,7 @@ from onnxcam.runner.engines import EngineError, Sink
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import Manifest, ManifestError
-from onnxcam.runner.model.backend import ORT_NAMES, ModelError, OnnxRuntimeBackend
+from onnxcam.runner.model.backend import ORT_NAMES, PROVIDER_NAMES, Backend, ModelError, open_backend
 from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.outputs.files import SCRATCH
@@ -59,9 +59,9 @@ class RaySettings:
 @dataclass(frozen=True)
 class ActorPlan:
     count: int
-    cpus: float  # per actor: its ONNX Runtime threads
+    cpus: float  # per actor: its ONNX Runtime threads (OpenVINO: its cores, some kept for reading and writing)
     gpus: int  # per actor: 1 (its own GPU) or 0
-    providers: tuple[str, ...]  # what the actor runs the model on; ("cuda",) admits no fallback
+    providers: tuple[str, ...]  # what the actor runs the model on; ("cuda",) admits no fallback; ("openvino",): CPU
 
     def describe(self) -> str:
         kind = "GPU" if self.gpus else "CPU"
@@ -69,23 +69,25 @@ class ActorPlan:
 
 
 def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where: str) -> ActorPlan:
-    """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs CPU actors as large as
-    the smallest node's CPUs, as many as fit (one per node when the nodes are alike). `nodes` are the alive nodes'
-    resources; `where` names the manifest for errors."""
+    """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs, or with OpenVINO (a CPU
+    runtime), CPU actors as large as the smallest node's CPUs, as many as fit (one per node when the nodes are alike).
+    `nodes` are the alive nodes' resources; `where` names the manifest for errors."""
     wants_cuda = providers == "auto" or "cuda" in providers
-    gpu_nodes = [node for node in nodes if node.get("GPU", 0) >= 1]
+    openvino = providers != "auto" and "openvino" in providers
+    gpu_nodes = [] if openvino else [node for node in nodes if node.get("GPU", 0) >= 1]
     if gpu_nodes:
         cpus = min(node.get("CPU", 0) / int(node["GPU"]) for node in gpu_nodes)
         cpus = float(int(cpus)) if cpus >= 1 else cpus
         return ActorPlan(sum(int(node["GPU"]) for node in gpu_nodes), cpus, 1, ("cuda",) if wants_cuda else ("cpu",))
-    if providers != "auto" and "cpu" not in providers:
+    if providers != "auto" and "cpu" not in providers and not openvino:
         raise ManifestError(f"{where}: runtime.providers: {providers} but the Ray cluster has no GPU; add cpu or "
                             "use auto")
     cpu_nodes = [node for node in nodes if node.get("CPU", 0) >= 1]
     if not cpu_nodes:
         raise EngineError("--ray: the Ray cluster has no node with a CPU or a GPU to run actors on")
     cpus = float(int(min(node["CPU"] for node in cpu_nodes)))
-    return ActorPlan(sum(int(node["CPU"] // cpus) for node in cpu_nodes), cpus, 0, ("cpu",))
+    count = sum(int(node["CPU"] // cpus) for node in cpu_nodes)
+    return ActorPlan(count, cpus, 0, ("openvino",) if openvino else ("cpu",))
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -139,19 +141,20 @@ class ExplainWorker:
         except Exception as error:  # noqa: BLE001 - the driver turns any of them into one line naming the actor
             where = f"{self.identity['worker']}{f' (GPU {gpus[0]})' if gpus else ''}"
             raise RuntimeError(f"{SETUP_ERROR}{where}: {' '.join(str(error).split())}") from None
-        self.identity["provider"] = backend.provider
+        self.identity["provider"], self.identity["precision"] = backend.provider, backend.precision
         self.write = stages.write
         self.engine = LocalEngine(stages, manifest.batch_size, manifest.workers, manifest.memory_budget)
 
     @staticmethod
-    def _backend(manifest: Manifest, info: GraphInfo, plan: ActorPlan) -> OnnxRuntimeBackend:
-        """The actor's session: on a GPU actor CUDA or nothing; ONNX Runtime's threads = the actor's CPUs."""
+    def _backend(manifest: Manifest, info: GraphInfo, plan: ActorPlan) -> Backend:
+        """The actor's model: on a GPU actor CUDA or nothing; ONNX Runtime's threads = the actor's CPUs (OpenVINO's: the
+        actor's CPUs less those its read and write threads keep)."""
         if plan.providers == ("cuda",):
             reason = cuda_unavailable()
             if reason:
                 raise ModelError(f"CUDA unusable: {reason} (or set runtime.providers: [cpu])")
-        backend = OnnxRuntimeBackend(manifest.model, list(plan.providers), output_sets(manifest, info),
-                                     threads=max(1, int(plan.cpus)))
+        backend = open_backend(manifest.model, list(plan.providers), output_sets(manifest, info),
+                               precision=manifest.precision, cores=max(1, int(plan.cpus)), workers=manifest.workers)
         if plan.providers == ("cuda",) and backend.provider != ORT_NAMES["cuda"]:
             raise ModelError("the CUDA provider failed to initialise, and a GPU actor does not fall back to CPU; "
                              "`onnxcam doctor` on that node says why")
@@ -243,7 +246,8 @@ class RayEngine:
         _quiet_ray()
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         self.plan = plan_actors(nodes, manifest.providers, str(manifest.path))
-        self.provider = ORT_NAMES[self.plan.providers[0]]
+        self.provider = PROVIDER_NAMES[self.plan.providers[0]]
+        self.precision = manifest.precision if self.plan.providers == ("openvino",) else "f32"  # auto: each actor's CPU
         self.notes: list[str] = []
         self.nodes = len(nodes)
         self.actors: dict[str, dict[str, object]] = {}
@@ -300,6 +304,8 @@ class RayEngine:
             ray.kill(ledger)
         providers = sorted({str(actor["provider"]) for actor in self.actors.values()})
         self.provider = ", ".join(providers) or self.provider
+        precisions = sorted({str(actor["precision"]) for actor in self.actors.values()})
+        self.precision = ", ".join(precisions) or self.precision
         if not interrupted and len(written) != len(items):
             raise EngineError(f"--ray: {len(items) - len(written)} images came back without rows; the same command "
                               "redoes them")

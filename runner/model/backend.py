@@ -1,12 +1,14 @@
-"""The model backend: what the stages need of a model, and its ONNX Runtime implementation.
+"""The model backend: what the stages need of a model, its ONNX Runtime implementation, and `open_backend`, which
+picks the runtime the manifest asks for (OpenVINO's is `model/openvino_backend.py`).
 
 A backend runs batches of (`input` [N,3,H,W] float32, `target` [N] int64) through the explain graph and
 returns the outputs asked for, by name, as NumPy arrays. The stages call nothing else, so another runtime
-(or a NumPy model in the tests) is one class with a `run` method, a `provider` name and its `notes`.
+(or a NumPy model in the tests) is one class with a `run` method, a `provider` name, its `precision` and `notes`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +22,7 @@ from onnxcam.runner.model.forward import ForwardGraph, forward_graph
 from onnxcam.runner.model.graph import FLOAT_INPUT, INPUTS, read_graph_info
 
 ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+PROVIDER_NAMES = {**ORT_NAMES, "openvino": "OpenVINO CPU"}  # runtime.providers -> what the first line reports
 
 
 class ModelError(ValueError):
@@ -28,14 +31,15 @@ class ModelError(ValueError):
 
 class Backend(Protocol):
     provider: str  # what runs the model, as reported on the first line and in run.json
+    precision: str  # what it computes in (f32, bf16), reported beside the provider
     notes: list[str]  # why it runs there (e.g. why not CUDA), printed before the run
 
     def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         """The named outputs of the explain graph for one batch."""
         ...
 
-    # CNN fixations also call `forward_values(inputs) -> (ForwardGraph, {name: array})`, which only the ONNX
-    # Runtime backend has; another backend's batches then become error rows naming the missing method.
+    # CNN fixations also call `forward_values(inputs) -> (ForwardGraph, {name: array})`, which the ONNX Runtime and
+    # OpenVINO backends have; another backend's batches then become error rows naming the missing method.
 
 
 def _pruned(path: Path, outputs: tuple[str, ...], from_float: bool = False) -> bytes:
@@ -65,6 +69,8 @@ class OnnxRuntimeBackend:
     A uint8-input graph takes pixels; float inputs (the extra passes', impressions') go through it cut at its
     float input.
     """
+
+    precision = "f32"  # the graph as exported
 
     def __init__(self, path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (),
                  threads: int = 0):
@@ -134,3 +140,17 @@ class OnnxRuntimeBackend:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
         return dict(zip(outputs, binding.copy_outputs_to_cpu(), strict=True))
+
+
+def open_backend(path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (), *,
+                 precision: str = "auto", cores: int = 0, workers: int = 4) -> Backend:
+    """The backend for the manifest's runtime section: OpenVINO for `providers: [openvino]` (its threads from `cores`,
+    0 for all this process sees, and `workers`), else ONNX Runtime (`cores` intra-op threads, 0 for its default)."""
+    if providers != "auto" and "openvino" in providers:  # the manifest admits it only alone
+        if importlib.util.find_spec("openvino") is None:
+            raise ModelError("runtime.providers: [openvino] needs OpenVINO, an optional extra: "
+                             "pip install 'onnxcam[openvino]'")
+        from onnxcam.runner.model.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(path, output_sets, precision, cores, workers)
+    return OnnxRuntimeBackend(path, providers, output_sets, threads=cores)

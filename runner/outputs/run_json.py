@@ -33,7 +33,7 @@ def write_run_json(run: Run) -> None:
         "already_done": s.already_done, "interrupted": s.interrupted,
         "wall_s": round(s.seconds, 3), "model_s": round(costs.model_seconds, 3),
         "images_per_s": round(s.images / s.seconds, 2) if s.seconds else 0.0,
-        "provider": run.provider, "provider_notes": run.notes, "batch_size": m.batch_size,
+        "provider": run.provider, "precision": run.precision, "provider_notes": run.notes, "batch_size": m.batch_size,
         "workers": m.workers, "error_samples": s.error_samples,
         "evaluate": m.evaluate and {"metrics": m.evaluate.metrics, "boxes": str(m.evaluate.boxes or ""),
                                     "batch_size": m.evaluate.batch_size},

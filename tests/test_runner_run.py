@@ -382,7 +382,7 @@ def test_a_failing_batch_or_write_becomes_error_rows_and_the_run_goes_on(toy, tm
     tally = Run(manifest, quiet=True, backend=backend).run()
     rows = read_index(tmp_path / "out")
     errors = {row["image"]: row["error"] for row in rows if row["status"] == "error"}
-    assert "ONNX Runtime failed on this batch (CUDA out of memory second line)" in errors.values()
+    assert "the model failed on this batch (CPUExecutionProvider: CUDA out of memory second line)" in errors.values()
     assert errors["sub/img00000.png"].startswith("cannot write outputs ([Errno 17] File exists: ")
     assert tally.images == 10 and tally.errors == len(errors) >= 2
     keys = [(row["image"], row["target_class"], row["method"]) for row in rows]

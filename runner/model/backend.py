@@ -75,7 +75,10 @@ class OnnxRuntimeBackend:
     def __init__(self, path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (),
                  threads: int = 0):
         self.path, self.threads = path, threads
-        self.uint8_input = read_graph_info(path).input_format == "uint8"
+        try:
+            self.uint8_input = read_graph_info(path).input_format == "uint8"
+        except Exception:  # noqa: BLE001 - not an explain graph: its session below fails, saying why
+            self.uint8_input = False
         self.notes: list[str] = []
         wanted = ["cuda", "cpu"] if providers == "auto" else list(providers)
         if "cuda" in wanted:

@@ -53,9 +53,6 @@ class OpenVinoBackend:
     def __init__(self, path: Path, output_sets: Iterable[tuple[str, ...]] = (), precision: str = "auto",
                  cores: int = 0, workers: int = 4):
         self.path = path
-        if read_graph_info(path).input_format == "uint8":
-            raise ModelError(f"{path} takes uint8 pixels (onnxcam convert --uint8-input, for GPUs); OpenVINO runs the "
-                             "float-input graph: use the graph as exported")
         self.core = ov.Core()
         native = native_bf16(self.core)
         if precision == "bf16" and not native:
@@ -71,6 +68,9 @@ class OpenVinoBackend:
             self._model = self.core.read_model(str(path))
         except RuntimeError as error:
             raise ModelError(f"{path}: OpenVINO cannot read it ({_first_line(error)})") from None
+        if read_graph_info(path).input_format == "uint8":
+            raise ModelError(f"{path} takes uint8 pixels (onnxcam convert --uint8-input, for GPUs); OpenVINO runs the "
+                             "float-input graph: use the graph as exported")
         self._results = {name: output.node for output in self._model.outputs for name in output.get_names()}
         self._requests: dict[tuple[str, ...], ov.InferRequest] = {}
         self._forward: tuple[ForwardGraph, ov.InferRequest] | None = None

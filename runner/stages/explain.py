@@ -86,7 +86,7 @@ class ExplainStage:
             inputs = np.stack([result.decoded.tensor for result, _ in chunk])
             out = self.backend.run(self.outputs, inputs, np.array([target for _, target in chunk], np.int64))
         except Exception as error:  # noqa: BLE001 - ORT raises its own types (e.g. out of memory)
-            return _fail(chunk, pairs, f"ONNX Runtime failed on this batch ({one_line(error)})")
+            return _fail(chunk, pairs, f"the model failed on this batch ({self.backend.provider}: {one_line(error)})")
         costs.model_seconds += time.perf_counter() - start
         scores = probabilities(out["logits"], self.info.output_activation)
         finished, kept, chosen = [], [], []

@@ -6,12 +6,13 @@ images/s the CPU stages allow on more cores. A script, not a test; run it with n
     python scripts/stage_profile.py [--model exports/efficientnet-lite0.onnx] [--images 96] [--size 500x375]
                                     [--method gradcam] [--no-thumbnails] [--cores 16]
 
-Each stage runs over the same images on one thread (CPU ms per image from the thread's CPU clock), then on
-two threads at once. On two cores a stage that never holds the GIL runs twice as fast on two threads; one that
-always holds it, no faster. The share of its time that is serial, s = 2 / speedup - 1 (Amdahl), is the GIL share
-(it also counts anything else serial, so it is an upper bound). The batch stage's host work runs in the engine's
-one thread, so all of it counts as serial. The projection for N cores with the local engine's threads:
-min(N x 1000 / total CPU ms, 1000 / serial ms) images/s (every core busy, or the GIL busy).
+Each stage runs over the same images on one thread (CPU ms per image from the process's CPU clock; OpenCV's
+own thread pool is turned off, as it would only hide the cost), then on two threads at once. On two cores a
+stage that never holds the GIL runs twice as fast on two threads; one that always holds it, no faster. The share
+of its time that is serial, s = 2 / speedup - 1 (Amdahl), is the GIL share (it also counts anything else serial,
+so it is an upper bound). The batch stage's host work runs in the engine's one thread, so all of it counts as
+serial. The projection for N cores with the local engine's threads: min(N x 1000 / total CPU ms, 1000 / serial
+ms) images/s (every core busy, or the GIL busy).
 """
 
 from __future__ import annotations
@@ -47,21 +48,15 @@ def photographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
 
 
 def timed(function, items: list, threads: int) -> tuple[float, float, list]:
-    """(wall seconds, CPU seconds of the calling threads, results) of `function` over `items` on `threads`."""
+    """(wall seconds, CPU seconds of the process, results) of `function` over `items` on `threads`."""
+    start, cpu = time.perf_counter(), time.process_time()
     if threads == 1:
-        start, cpu = time.perf_counter(), time.thread_time()
         results = [function(item) for item in items]
-        return time.perf_counter() - start, time.thread_time() - cpu, results
-
-    def part(chunk):
-        cpu = time.thread_time()
-        return [function(item) for item in chunk], time.thread_time() - cpu
-
-    chunks = [items[k::threads] for k in range(threads)]
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        done = list(pool.map(part, chunks))
-    return time.perf_counter() - start, sum(cpu for _, cpu in done), [r for results, _ in done for r in results]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            results = [r for chunk in pool.map(lambda chunk: [function(item) for item in chunk],
+                                               [items[k::threads] for k in range(threads)]) for r in chunk]
+    return time.perf_counter() - start, time.process_time() - cpu, results
 
 
 def main() -> None:
@@ -74,6 +69,7 @@ def main() -> None:
     parser.add_argument("--no-thumbnails", action="store_true")
     parser.add_argument("--cores", type=int, default=16, help="the core count to project to")
     args = parser.parse_args()
+    cv2.setNumThreads(1)
     if not args.model.is_file():
         sys.exit(f"stage_profile: {args.model}: no such file; make export, or give --model")
     size = tuple(int(v) for v in args.size.split("x"))
@@ -99,7 +95,7 @@ def main() -> None:
 
     batches = [decoded[k:k + args.batch_size] for k in range(0, len(decoded), args.batch_size)]
     stages.explain(batches[0])  # warm-up: the session's first run
-    start, cpu, model = time.perf_counter(), time.thread_time(), 0.0
+    start, model = time.perf_counter(), 0.0
     results = []
     for batch in batches:
         result = stages.explain(batch)

@@ -26,16 +26,23 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes], scratch: Path | None
     """Write `data` (bytes, or blocks of bytes) to a temporary name, then rename it to `path`: a crash never leaves
     half a file, and several writers (threads, processes, nodes) can write into one folder. The temporary file is
     beside the target, or in `scratch` (a folder on the same filesystem), where a crash's leftovers are found
-    without walking the tree."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if scratch:
-        scratch.mkdir(exist_ok=True)
+    without walking the tree. Folders are made when the file system says they are missing, not asked about
+    before every file."""
     partial = temporary_name(path, scratch)
     try:
-        with open(partial, "wb") as file:
+        try:
+            file = open(partial, "wb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            file = open(partial, "wb")  # noqa: SIM115
+        with file:
             for block in [data] if isinstance(data, bytes) else data:
                 file.write(block)
-        os.replace(partial, path)
+        try:
+            os.replace(partial, path)
+        except (FileNotFoundError, NotADirectoryError):  # mkdir says why when a file is in the folder's way
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -50,8 +57,10 @@ def clear_partials(output_dir: Path) -> None:
 
 
 def inside(folder: Path, relative: str) -> Path:
-    """folder / relative, refusing a path that would leave the folder (ValueError, one line)."""
-    path = (folder / relative).resolve()
-    if not path.is_relative_to(folder):
+    """folder / relative, refusing a path that would leave the folder (ValueError, one line). A check on the text
+    (no file system calls: Path.resolve walks every part with lstat in Python, holding the GIL, and the write
+    stage calls this for every file); keys are made safe when listed, and output.dir itself is resolved."""
+    path = os.path.normpath(os.path.join(folder, relative))
+    if not path.startswith(os.path.join(folder, "")):
         raise ValueError(f"output path {relative!r} would leave output.dir; rename the file")
-    return path
+    return Path(path)

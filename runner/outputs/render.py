@@ -74,5 +74,17 @@ def overlay(image_bgr: np.ndarray, values: np.ndarray, guided: bool, style: Over
     """Colormapped heatmap blended over the photo (alpha = heatmap weight); guided maps as their own image."""
     if guided:
         return np.round(values[:, :, ::-1] * 255).astype(np.uint8)
-    colored = cv2.applyColorMap(np.round(values * 255).astype(np.uint8), COLORMAPS[style.colormap])
+    colored = cv2.applyColorMap(cv2.convertScaleAbs(values, alpha=255), COLORMAPS[style.colormap])  # round(255 v)
     return cv2.addWeighted(colored, style.alpha, image_bgr, 1 - style.alpha, 0)
+
+
+def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A picture scaled down to `size` (width, height) for a thumbnail: area averaging by the largest whole factor
+    that stays above it (OpenCV's fast path; a factor like 1.95 takes its slow one, 0.7 ms for 500x375), then
+    bilinear."""
+    height, width = image.shape[:2]
+    k = min(width // size[0], height // size[1])
+    if k >= 2:
+        image = cv2.resize(image[:height - height % k, :width - width % k], None, fx=1 / k, fy=1 / k,
+                           interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)

@@ -7,7 +7,6 @@ full overlay, so they cost a few hundred microseconds whatever the photograph's 
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from onnxcam.runner.evaluate.boxes import read_boxes
 from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring
@@ -60,7 +59,7 @@ class WriteStage:
     def _photo_thumbnail(self, decoded: DecodedImage) -> np.ndarray:
         """The photograph at thumbnail size (BGR), written as thumbs/<key>.photo.jpg."""
         height, width = decoded.image.shape[:2]
-        small = cv2.resize(decoded.image, render_size(width, height, self.thumbnails), interpolation=cv2.INTER_AREA)
+        small = render.shrink(decoded.image, render_size(width, height, self.thumbnails))
         self._save(photo_thumbnail_path(decoded.ref.key), overlay_jpg(small, THUMBNAIL_QUALITY))
         return small
 

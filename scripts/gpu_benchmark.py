@@ -79,7 +79,8 @@ def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, d
         "output": {"dir": str(out), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90}},
         "runtime": {"providers": [device], "batch_size": batch, "workers": workers,
                     "memory_budget": "8GB"}}))
-    subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True)
+    subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
+                   capture_output=True)
     report = json.loads((out / "run.json").read_text())
     return report["images"] / report["wall_s"], report["provider"]
 
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    args.model = args.model.resolve()  # the manifests live in a temporary folder
     batches = [int(b) for b in args.batches.split(",")]
     size = tuple(int(v) for v in args.size.split("x"))
     figures: dict[str, object] = {"gpu": gpu_name(), "device": args.device}
@@ -125,8 +127,8 @@ def main() -> None:
         served = tmp / "served.onnx"
         convert(args.model, served, ["gradcam"], uint8=True)
         try:
-            backends = {name: OnnxRuntimeBackend(graph, [args.device], [RAW, ("logits", map_output("gradcam"))])
-                        for name, graph in (("float", args.model), ("served", served))}
+            backends = {name: OnnxRuntimeBackend(graph, [args.device], [outputs]) for name, graph, outputs in (
+                ("float", args.model, RAW), ("served", served, ("logits", map_output("gradcam"))))}
         except ModelError as error:
             sys.exit(f"gpu_benchmark: {args.device} was asked for and cannot run: {error}")
         provider = backends["float"].provider

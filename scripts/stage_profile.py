@@ -4,7 +4,7 @@ blend, encode, thumbnails, files) spend on one image, what share of it holds the
 images/s the CPU stages allow on more cores. A script, not a test; run it with nothing else running.
 
     python scripts/stage_profile.py [--model exports/efficientnet-lite0.onnx] [--images 96] [--size 500x375]
-                                    [--method gradcam] [--no-thumbnails] [--cores 16]
+                                    [--method gradcam] [--no-thumbnails] [--cores 16] [--end-to-end]
 
 Each stage runs over the same images on one thread (CPU ms per image from the process's CPU clock; OpenCV's
 own thread pool is turned off, as it would only hide the cost), then on two threads at once. On two cores a
@@ -13,11 +13,17 @@ of its time that is serial, s = 2 / speedup - 1 (Amdahl), is the GIL share (it a
 so it is an upper bound). The batch stage's host work runs in the engine's one thread, so all of it counts as
 serial. The projection for N cores with the local engine's threads: min(N x 1000 / total CPU ms, 1000 / serial
 ms) images/s (every core busy, or the GIL busy).
+
+--end-to-end then compares, on this machine, `onnxcam run` over the same JPEGs (its own process, images/s after
+its start-up, from run.json) with the compute-only throughput of the same graph and batch size (preprocessed
+batches in memory -> the method's maps), the share of its own speed the pipeline keeps.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,9 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
+import numpy as np
 import yaml
 from onnxcam.runner.inputs.listing import walk_images
 from onnxcam.runner.manifest import load_manifest
+from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import OnnxRuntimeBackend
 from onnxcam.runner.model.graph import read_graph_info
 from onnxcam.runner.stages import build_stages, output_sets
@@ -59,6 +67,24 @@ def timed(function, items: list, threads: int) -> tuple[float, float, list]:
     return time.perf_counter() - start, time.process_time() - cpu, results
 
 
+def compute_only(backend: OnnxRuntimeBackend, outputs: tuple[str, ...], batches: list[np.ndarray],
+                 method: str) -> float:
+    """Preprocessed batches in memory -> the method's maps; images/s."""
+    backend.run(outputs, batches[0], np.full(len(batches[0]), -1))
+    start = time.perf_counter()
+    for batch in batches:
+        METHODS[method](backend.run(outputs, batch, np.full(len(batch), -1)), METHODS[method].defaults)
+    return sum(len(batch) for batch in batches) / (time.perf_counter() - start)
+
+
+def end_to_end(manifest: Path) -> float:
+    """`onnxcam run` in its own process; images/s after its start-up (run.json)."""
+    subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
+                   capture_output=True)
+    report = json.loads((Path(yaml.safe_load(manifest.read_text())["output"]["dir"]) / "run.json").read_text())
+    return report["images"] / report["wall_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "exports" / "efficientnet-lite0.onnx")
@@ -68,6 +94,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-thumbnails", action="store_true")
     parser.add_argument("--cores", type=int, default=16, help="the core count to project to")
+    parser.add_argument("--end-to-end", action="store_true", help="also onnxcam run vs compute only, here")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     if not args.model.is_file():
@@ -80,7 +107,7 @@ def main() -> None:
         "model": str(args.model.resolve()), "images": {"root": str(images)}, "methods": [args.method],
         "output": {"dir": str(folder / "out"), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90},
                    "thumbnails": False if args.no_thumbnails else 256},
-        "runtime": {"providers": ["cpu"], "batch_size": args.batch_size}}))
+        "runtime": {"providers": ["cpu"], "batch_size": args.batch_size, "workers": 2}}))
     manifest = load_manifest(manifest_path)
     info = read_graph_info(manifest.model)
     backend = OnnxRuntimeBackend(manifest.model, ["cpu"], output_sets(manifest, info))
@@ -125,6 +152,13 @@ def main() -> None:
     print(f"CPU stages: {total:.2f} ms of CPU per image, {serial:.2f} ms of it serial (GIL or the engine's thread)")
     print(f"projection, {args.cores} cores: {threads:.0f} images/s with threads (the local engine), "
           f"{args.cores * 1000 / total:.0f} images/s if every core were busy")
+    if args.end_to_end:
+        inputs = np.stack([image.tensor for image in decoded])
+        batches = [inputs[k:k + args.batch_size] for k in range(0, len(inputs), args.batch_size)]
+        compute = compute_only(backend, stages.explain.outputs, batches, args.method)
+        e2e = end_to_end(manifest_path)
+        print(f"this machine: onnxcam run {e2e:.1f} images/s after start-up, compute only {compute:.1f} images/s "
+              f"(batch {args.batch_size}): end to end is {100 * e2e / compute:.0f}% of compute only")
 
 
 if __name__ == "__main__":

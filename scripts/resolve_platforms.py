@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+from readme_block import replace_block
 
 ROOT = Path(__file__).resolve().parent.parent
 START = "<!-- platform table: scripts/resolve_platforms.py writes between these lines -->"
@@ -136,12 +136,7 @@ def main() -> None:
     text = "\n".join(rows)
     print(text)
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        content = readme.read_text()
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-        if not pattern.search(content):
-            raise SystemExit(f"README.md has no {START} ... {END} block")
-        readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", content))
+        replace_block(START, END, text)
 
 
 if __name__ == "__main__":

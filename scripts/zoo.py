@@ -21,11 +21,12 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from readme_block import replace_block
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- zoo table: scripts/zoo.py writes between these lines -->", "<!-- end of zoo table -->"
@@ -162,12 +163,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        content = readme.read_text()
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-        if not pattern.search(content):
-            raise SystemExit(f"README.md has no {START} ... {END} block")
-        readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", content))
+        replace_block(START, END, text)
 
 
 if __name__ == "__main__":

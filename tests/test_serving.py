@@ -73,27 +73,27 @@ def test_the_main_pass_asks_for_maps_not_tensors_where_the_graph_serves_every_me
 
 
 def test_a_run_on_the_served_graph_writes_what_the_float_graph_writes(toy, served, tmp_path, capsys):
-    """Methods the graph serves, a NumPy one, a perturbation method and model-run metrics, over real pixels."""
-    write_images(tmp_path / "images", 5, size=(90, 130))
-    methods = ["gradcam", "gradcam++", "layercam", "eigencam", "occlusion", "guided_backprop"]
+    """Methods the graph serves, a NumPy one, a perturbation method and a model-run metric, over real pixels."""
+    write_images(tmp_path / "images", 3, size=(90, 130))
+    methods = ["gradcam", "layercam", "eigencam", "occlusion"]
     folders = {}
     for name, model in (("float", toy), ("served", served)):
         folder = tmp_path / name
         folder.mkdir()
         manifest = write_manifest(folder, model, tmp_path / "images", methods=methods, targets={"topk": 2},
                                   occlusion={"patch": 112, "stride": 56},
-                                  evaluate={"metrics": ["average_drop", "deletion"], "deletion": {"steps": 4}})
+                                  evaluate={"metrics": ["average_drop"]})
         assert main(["run", str(manifest), "--quiet"]) == 0, capsys.readouterr().out
         folders[name] = folder / "out"
     assert load_manifest(tmp_path / "served" / "manifest.yaml").model == served
     rows = {name: {(r["image"], r["target_class"], r["method"]): r for r in read_index(out)}
             for name, out in folders.items()}
-    assert rows["float"].keys() == rows["served"].keys() and len(rows["float"]) == 5 * 2 * len(methods)
+    assert rows["float"].keys() == rows["served"].keys() and len(rows["float"]) == 3 * 2 * len(methods)
     for key, row in rows["float"].items():
         other = rows["served"][key]
         for column in ("pred_class", "target_class", "peak_x", "peak_y"):
             assert row[column] == other[column], (key, column)
-        for column in ("target_score", "average_drop", "deletion"):
+        for column in ("target_score", "average_drop"):
             assert float(other[column]) == pytest.approx(float(row[column]), rel=1e-4, abs=1e-6), (key, column)
         heatmaps = [np.load(out / rows[name][key]["heatmap_path"]).astype(np.float32) for name, out in folders.items()]
         assert np.abs(heatmaps[0] - heatmaps[1]).max() <= 1e-3, key  # float16 files: 1e-3 is their resolution

@@ -51,8 +51,8 @@ def write_index(path: Path, images: int) -> None:
             key = done_key(i)
             for method in METHODS:
                 chunk.writerow([key, "ok", "", 500, 375, 281, "tabby", "0.612345", 281, "tabby",
-                                "0.612345", method, f"{key}.{method}.281.npy", f"{key}.{method}.281.jpg", 211, 157,
-                                *([""] * (len(COLUMNS) - 16))])
+                                "0.612345", method, "", f"{key}.{method}.281.npy", f"{key}.{method}.281.jpg", 211, 157,
+                                0, 0, 500, 375, 500, 375, *([""] * (len(COLUMNS) - 23))])
             if i % 10_000 == 9_999:
                 file.write(buffer.getvalue())
                 buffer.seek(0)

@@ -130,3 +130,16 @@ def test_openvino_refuses_a_uint8_graph_in_one_line(served):
     with pytest.raises(ModelError, match=r"takes uint8 pixels .*; OpenVINO runs the float-input graph: use the graph "
                                          "as exported$"):
         OpenVinoBackend(served)
+
+
+def test_served_graph_on_cuda_matches_the_cpu(served):
+    """Exercised on a GPU machine (uint8 pixels in, maps out, IO binding); skipped where CUDA cannot run."""
+    cuda = OnnxRuntimeBackend(served, "auto")
+    if cuda.provider != "CUDAExecutionProvider":
+        pytest.skip("no usable CUDA provider here: " + "; ".join(cuda.notes))
+    info = read_graph_info(served)
+    pixels, targets = pictures(8, info.preprocessing.size, seed=2), np.array([-1, 0, 1, 2, 3, 4, -1, 2])
+    outputs = ("logits", *map(map_output, ALL))
+    expected = OnnxRuntimeBackend(served, ["cpu"]).run(outputs, pixels, targets)
+    for name, value in cuda.run(outputs, pixels, targets).items():
+        assert np.linalg.norm(value - expected[name]) <= 1e-4 * np.linalg.norm(expected[name]), name

@@ -34,7 +34,7 @@ browser:  ## install Chromium for the report's browser tests, if missing (apt-ge
 lint: setup  ## ruff
 	$(BIN)/ruff check .
 
-test: lint browser  ## ruff and every test (~15 min on 2 cores; what CI runs)
+test: lint browser  ## ruff and every test (14 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
 # The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 3 minutes.

@@ -263,7 +263,8 @@ def _head(output_dir: Path, folder: _Folder, chunks: _ChunkWriter) -> dict:
     metrics = [name for name in METRIC_NAMES if any(entry.figures[name].count for entry in methods.values())]
     thumbnails = bool(folder.first_picture) and (output_dir / photo_thumbnail_path(folder.first_picture)).is_file()
     return {
-        "title": output_dir.name, "built": datetime.now(UTC).isoformat(timespec="seconds"),
+        "title": f"{output_dir.parent.name}/{output_dir.name}",
+        "built": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": _run_facts(run, stamp), "counts": folder.counts.__dict__, "methods": chunks.methods,
         "metrics": metrics, "higherIsBetter": {name: METRICS[name].higher_is_better for name in metrics},
         "curves": [name for name in CURVES if name in metrics],

@@ -37,7 +37,7 @@ from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, expl
 from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.methods.maps import normalise, resize_maps
-from onnxcam.runner.model.backend import OnnxRuntimeBackend
+from onnxcam.runner.model.backend import Backend, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import probabilities, read_graph_info
 from onnxcam.runner.model.passes import ExtraPasses
 from pytorch_grad_cam import GradCAM, ScoreCAM
@@ -49,6 +49,9 @@ from sample_photos import write_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_OUTPUTS = ("logits", "activations", "gradients")
+# `onnxcam run` in a fresh process (so its peak RSS is its own), then its peak RSS on the last line.
+RUN = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
+       "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
 
 
 def dataset(folder: Path, count: int) -> list[Path]:
@@ -68,9 +71,7 @@ def onnxcam_end_to_end(graph: Path, images: Path, out: Path, batch: int, workers
         "model": str(graph), "images": {"root": str(images)}, "methods": [method],
         "output": {"dir": str(out), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90}},
         "runtime": {"providers": providers, "batch_size": batch, "workers": workers}}))
-    code = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
-            "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", RUN, str(manifest)], capture_output=True, text=True, check=True)
     report = json.loads((out / "run.json").read_text())
     peak = int(re.search(r"VmHWM (\d+)", done.stdout).group(1)) / 1024
     return report["images"] / report["wall_s"], peak, report["provider"]
@@ -95,7 +96,7 @@ def grad_cam_end_to_end(model, layer, paths: list[Path], pre, batch: int, device
     return len(paths) / (time.perf_counter() - start)
 
 
-def onnxcam_compute(backend: OnnxRuntimeBackend, batches: list[np.ndarray], method: str) -> float:
+def onnxcam_compute(backend: Backend, batches: list[np.ndarray], method: str) -> float:
     """Preprocessed batches -> maps at input size, with the method's default options."""
     backend.run(MAIN_OUTPUTS, batches[0], np.full(len(batches[0]), -1))  # warm-up
     start = time.perf_counter()

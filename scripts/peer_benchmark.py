@@ -38,23 +38,17 @@ import onnxruntime as ort
 import openvino as ov
 import torch
 import yaml
-from benchmark import exported
+from benchmark import MAIN_OUTPUTS, RUN, exported, onnxcam_compute
 from onnxcam.runner.inputs.preprocess import to_input
-from onnxcam.runner.methods import METHODS
-from onnxcam.runner.methods.maps import normalise, resize_maps
-from onnxcam.runner.model.backend import Backend, open_backend
+from onnxcam.runner.model.backend import open_backend
 from onnxcam.runner.model.graph import read_graph_info
 from onnxcam.runner.model.openvino_backend import available_cores, native_bf16
-from sample_photos import write_photos
+from sample_photos import write_sized
 
 ROOT = Path(__file__).resolve().parent.parent
-MAIN_OUTPUTS = ("logits", "activations", "gradients")
 PHOTO_SIZE = (500, 375)  # width, height
 GOAL_FASTEST, GOAL_PIPELINE = 1.2, 0.85
 
-# `onnxcam run` in a fresh process (so its peak RSS is its own), then its peak RSS on the last line.
-RUN = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
-       "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
 
 
 @dataclasses.dataclass
@@ -69,17 +63,6 @@ class Result:
     @property
     def label(self) -> str:
         return f"{self.name}, {self.precision}"
-
-
-def photographs(folder: Path, count: int) -> Path:
-    """`count` JPEGs of 500x375, scikit-image's photographs in turn."""
-    photos = write_photos(folder / "photos")
-    images = folder / "images"
-    images.mkdir(parents=True)
-    for i in range(count):
-        picture = cv2.resize(cv2.imread(str(photos[i % len(photos)])), PHOTO_SIZE, interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(images / f"{i:05d}.jpg"), picture, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return images
 
 
 def plain_onnx(loaded, graph: Path) -> Path:
@@ -117,16 +100,6 @@ def ovxai_run(name: str, python: str, plain: Path, recipe: Path, images: Path, o
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     return Result(f"{name} (OpenVINO {figures['openvino']})", figures["precision"],
                   figures["images"] / figures["seconds"], figures["startup_s"], figures["peak_rss_mib"])
-
-
-def compute_only(backend: Backend, batches: list[np.ndarray]) -> float:
-    """Preprocessed batches -> Grad-CAM maps at input size (one warm-up batch first)."""
-    backend.run(MAIN_OUTPUTS, batches[0], np.full(len(batches[0]), -1))
-    start = time.perf_counter()
-    for x in batches:
-        out = backend.run(MAIN_OUTPUTS, x, np.full(len(x), -1))
-        normalise(resize_maps(METHODS["gradcam"](out, METHODS["gradcam"].defaults), x.shape[2:]))
-    return sum(len(x) for x in batches) / (time.perf_counter() - start)
 
 
 def goals(ours: list[Result], theirs: list[Result]) -> list[str]:
@@ -169,7 +142,7 @@ def main() -> None:
           f"{args.workers} read/write threads, {available_cores()} cores, native bf16: {'yes' if bf16 else 'no'}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        images = photographs(tmp, args.images)
+        images = write_sized(tmp, args.images, PHOTO_SIZE, quality=95)
         recipe = tmp / "preprocessing.json"
         recipe.write_text(json.dumps(dataclasses.asdict(info.preprocessing)))
         runtime = {"batch_size": args.batch_size, "workers": args.workers}
@@ -188,7 +161,7 @@ def main() -> None:
         backends += [open_backend(graph, ["openvino"], [MAIN_OUTPUTS], precision=p, workers=args.workers)
                      for p in precisions]
         for result, backend in zip(ours, backends, strict=True):
-            result.compute = compute_only(backend, batches)
+            result.compute = onnxcam_compute(backend, batches, "gradcam")
     print("\n| | precision | end to end | start-up | compute only | peak RSS |\n| --- | --- | --- | --- | --- | --- |")
     for r in ours + theirs:
         compute = f"{r.compute:.1f} images/s" if r.compute else ""

@@ -39,20 +39,9 @@ from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import OnnxRuntimeBackend
 from onnxcam.runner.model.graph import read_graph_info
 from onnxcam.runner.stages import build_stages, output_sets
-from sample_photos import write_photos
+from sample_photos import write_sized
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def photographs(folder: Path, count: int, size: tuple[int, int]) -> Path:
-    """`count` JPEGs of `size` (width, height) cut from scikit-image's photographs."""
-    sources = [cv2.imread(str(path)) for path in write_photos(folder / "sources")]
-    images = folder / "images"
-    images.mkdir(parents=True)
-    for i in range(count):
-        picture = cv2.resize(sources[i % len(sources)], size, interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(images / f"{i:05d}.jpg"), picture, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return images
 
 
 def timed(function, items: list, threads: int) -> tuple[float, float, list]:
@@ -101,7 +90,7 @@ def main() -> None:
         sys.exit(f"stage_profile: {args.model}: no such file; make export, or give --model")
     size = tuple(int(v) for v in args.size.split("x"))
     folder = Path(tempfile.mkdtemp(prefix="onnxcam-stages-"))
-    images = photographs(folder, args.images, size)
+    images = write_sized(folder, args.images, size)
     manifest_path = folder / "manifest.yaml"
     manifest_path.write_text(yaml.safe_dump({
         "model": str(args.model.resolve()), "images": {"root": str(images)}, "methods": [args.method],

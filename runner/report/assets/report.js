@@ -11,7 +11,7 @@
   for (const metric of HEAD.metrics) data.m[metric] = [];
   const curves = new Map();  // chunk number -> {metric: [per entry: curve texts per method, or null]}
   const view = {search: "", cls: "", status: "", sort: "index", descending: false, size: 140, hidden: new Set()};
-  let order = new Int32Array(0), rowHeight = 0, rows = new Map(), viewerPosition = -1, loaded = 0;
+  let order = new Int32Array(0), rowHeight = 0, rows = new Map(), viewerPosition = -1;
 
   const $ = (id) => document.getElementById(id);
   function el(tag, props, ...children) {
@@ -91,7 +91,6 @@
         $("loading").textContent = `${chunkName("items", k)} is missing: rebuild with onnxcam report ${HEAD.title}`;
         return;
       }
-      loaded = k + 1;
       if (k === 0 || k === HEAD.chunks - 1 || performance.now() - lastRefresh > 400) {
         refresh(false);
         lastRefresh = performance.now();

@@ -51,6 +51,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         "gradcam,gradcam++,xgradcam,hirescam,layercam")
     parser.add_argument("--uint8-input", action="store_true",
                         help="take uint8 [N,H,W,3] BGR pixels and normalise them in the graph (as `onnxcam convert`)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="compute in float16 (GPUs; inputs and outputs stay float32, gradients scaled exactly)")
     parser.add_argument("--saliency", action="store_true",
                         help="add plain input gradients, for the saliency and smoothgrad methods")
 
@@ -93,7 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
         loaded.crop_fraction = args.crop_fraction
     print(f"exporting {loaded.spec}" + (" (bundled pretrained ImageNet weights)" if loaded.spec == BUNDLED else ""))
     export_explain_graph(loaded, args.layer, args.out, guided=not args.no_guided, multilabel=args.multilabel,
-                         saliency=args.saliency, grid=args.grid)
+                         saliency=args.saliency, grid=args.grid, fp16=args.fp16)
     maps = [name for name in (args.maps or "").split(",") if name]
     if maps or args.uint8_input:
         from onnxcam.exporter.serving import convert

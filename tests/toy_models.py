@@ -16,6 +16,15 @@ def relu_net() -> nn.Module:
     )
 
 
+def faint_gradient_net() -> nn.Module:
+    """relu_net with a head 1000 times weaker: its target-layer gradients (about 1e-8) are below float16's
+    smallest number (6e-8), so a half-precision graph keeps them only by scaling."""
+    model = relu_net()
+    with torch.no_grad():
+        model[-1].weight.mul_(1e-3)
+    return model
+
+
 def mlp() -> nn.Module:
     """No spatial feature map at all."""
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 4))

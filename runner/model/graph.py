@@ -54,6 +54,8 @@ class GraphInfo:
     convolutions: dict[str, str] = field(default_factory=dict)  # ONNX weight name -> PyTorch module (filters)
     graph_maps: list[str] = field(default_factory=list)  # methods whose maps the graph computes (map_<method>)
     input_format: str = "float"  # float: [N,3,H,W] normalised; uint8: [N,H,W,3] BGR pixels, normalised in the graph
+    precision: str = "fp32"  # fp32 | fp16: what the model computes in; its inputs and outputs are float32 either way
+    gradient_scale: float = 1.0  # fp16: the power of two the class score is scaled by before the backward (undone)
     format_version: int = FORMAT_VERSION
 
     @property

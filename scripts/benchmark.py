@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 from captum.attr import Occlusion
+from grad_cam_loops import grad_cam_compute, grad_cam_end_to_end
 from onnxcam.exporter.export import export_explain_graph
 from onnxcam.exporter.sources import load_model
 from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation
@@ -40,9 +41,8 @@ from onnxcam.runner.methods.maps import normalise, resize_maps
 from onnxcam.runner.model.backend import Backend, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import probabilities, read_graph_info
 from onnxcam.runner.model.passes import ExtraPasses
-from pytorch_grad_cam import GradCAM, ScoreCAM
+from pytorch_grad_cam import ScoreCAM
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from reference_model import reference_model
 from sample_photos import write_photos
@@ -77,25 +77,6 @@ def onnxcam_end_to_end(graph: Path, images: Path, out: Path, batch: int, workers
     return report["images"] / report["wall_s"], peak, report["provider"]
 
 
-def grad_cam_end_to_end(model, layer, paths: list[Path], pre, batch: int, device: str, out: Path) -> float:
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with GradCAM(model=model, target_layers=[layer]) as cam:
-        for first in range(0, len(paths), batch):
-            chunk = paths[first:first + batch]
-            pictures = [cv2.imread(str(p)) for p in chunk]
-            tensor = torch.from_numpy(np.stack([to_input(p, pre)[0] for p in pictures])).to(device)
-            maps = cam(input_tensor=tensor.requires_grad_(), targets=None)
-            for path, picture, grey in zip(chunk, pictures, maps, strict=True):
-                rgb = picture[:, :, ::-1].astype(np.float32) / 255
-                grey = cv2.resize(grey, (picture.shape[1], picture.shape[0]))
-                overlay = show_cam_on_image(rgb, grey, use_rgb=True)
-                cv2.imwrite(str(out / f"{path.name}.gradcam.jpg"), overlay[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return len(paths) / (time.perf_counter() - start)
-
-
 def onnxcam_compute(backend: Backend, batches: list[np.ndarray], method: str) -> float:
     """Preprocessed batches -> maps at input size, with the method's default options."""
     backend.run(MAIN_OUTPUTS, batches[0], np.full(len(batches[0]), -1))  # warm-up
@@ -103,17 +84,6 @@ def onnxcam_compute(backend: Backend, batches: list[np.ndarray], method: str) ->
     for x in batches:
         out = backend.run(MAIN_OUTPUTS, x, np.full(len(x), -1))
         normalise(resize_maps(METHODS[method](out, METHODS[method].defaults), x.shape[2:]))
-    return sum(len(x) for x in batches) / (time.perf_counter() - start)
-
-
-def grad_cam_compute(model, layer, batches: list[np.ndarray], device: str) -> float:
-    with GradCAM(model=model, target_layers=[layer]) as cam:
-        cam(input_tensor=torch.from_numpy(batches[0]).to(device).requires_grad_(), targets=None)  # warm-up
-        start = time.perf_counter()
-        for x in batches:
-            cam(input_tensor=torch.from_numpy(x).to(device).requires_grad_(), targets=None)
-        if device == "cuda":
-            torch.cuda.synchronize()
     return sum(len(x) for x in batches) / (time.perf_counter() - start)
 
 

@@ -1,38 +1,46 @@
 """GPU throughput in one shot (`make bench-gpu`): the GPU and the provider actually used, GPU-vs-CPU parity,
-compute-only and end-to-end images/s of the float graph and of the served graph (Grad-CAM in the graph, uint8
-input) at two batch sizes, and pytorch-grad-cam on the same GPU, images and batch where it is installed. A
+float16 against float32, compute-only and end-to-end images/s of float32 and float16 graphs with the maps on the
+host or in the graph (uint8 input) at two batch sizes, and pytorch-grad-cam on the same GPU, images and batches. A
 script, not a test; it makes its own JPEGs and needs no network.
 
-    python scripts/gpu_benchmark.py --model exports/resnet50.onnx [--images 4096] [--batches 64,256]
-                                    [--size 500x375] [--workers 16] [--device cuda] [--json results.json]
+    python scripts/gpu_benchmark.py --model exports/resnet50.onnx --fp16-model exports/resnet50-fp16.onnx
+                                    [--images 4096] [--batches 64,256] [--size 500x375] [--workers 16]
+                                    [--device cuda] [--json results.json]
 
---model is a float explain graph (`onnxcam export --model torchvision:resnet50`, exported wherever torch and
-torchvision are); the served variant is converted from it here (`onnxcam convert --maps gradcam --uint8-input`).
-With --device cuda (the default) the run stops, saying why, when ONNX Runtime does not run the graph on CUDA;
---device cpu runs the same measurements on the CPU (a check of the script on a machine without a GPU). FP16
-graphs are not measured: onnxcam exports no half-precision graph yet.
+--model and --fp16-model are float-input explain graphs (`onnxcam export --model torchvision:resnet50 [--fp16]`,
+exported wherever torch and torchvision are); the served variants (Grad-CAM in the graph, uint8 input) are
+converted from them here. With --device cuda (the default) the run stops, saying why, when ONNX Runtime does not
+run a graph on CUDA; --device cpu runs the same measurements on the CPU (a check of the script without a GPU).
+End to end is `onnxcam run` in its own process (JPEGs -> Grad-CAM overlays and thumbnails written) with the read
+and write stages in --workers processes, and once with threads for comparison; the figures are written to --json
+after each section, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import json
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import yaml
 from onnxcam.exporter.serving import convert
 from onnxcam.runner.inputs.preprocess import normalised, to_input
 from onnxcam.runner.methods import METHODS
-from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
+from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend, pruned_graph
 from onnxcam.runner.model.graph import map_output, read_graph_info
 
 RAW = ("logits", "activations", "gradients")
+SERVED = ("logits", map_output("gradcam"))
 
 
 def jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
@@ -58,58 +66,135 @@ def gpu_name() -> str:
         return "no GPU (no nvidia-smi)"
 
 
-def compute_only(backend: OnnxRuntimeBackend, batch: np.ndarray, served: bool, repeats: int) -> float:
-    """Batches in memory -> Grad-CAM maps in host memory; images/s."""
-    outputs = ("logits", map_output("gradcam")) if served else RAW
+def gradcam(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    return METHODS["gradcam"](outputs, METHODS["gradcam"].defaults)
+
+
+def compute_only(run, batch: np.ndarray, served: bool, repeats: int) -> float:
+    """Batches in memory -> Grad-CAM maps in host memory; images/s. `run(outputs, inputs, targets)`."""
     targets = np.full(len(batch), -1)
-    backend.run(outputs, batch, targets)  # warm-up
+    run(SERVED if served else RAW, batch, targets)  # warm-up (and the convolution algorithms' search)
     start = time.perf_counter()
     for _ in range(repeats):
-        out = backend.run(outputs, batch, targets)
+        out = run(SERVED if served else RAW, batch, targets)
         if not served:
-            METHODS["gradcam"](out, METHODS["gradcam"].defaults)
+            gradcam(out)
     return repeats * len(batch) / (time.perf_counter() - start)
 
 
-def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, device: str) -> tuple[float, str]:
-    """`onnxcam run` in its own process: JPEGs -> Grad-CAM overlays (and thumbnails) written; images/s, provider."""
+def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, device: str, processes: bool
+               ) -> tuple[float, str]:
+    """`onnxcam run` in its own process: JPEGs -> Grad-CAM overlays (and thumbnails) written; images/s over the
+    run's wall time, and the provider it used."""
     manifest = out.with_suffix(".yaml")
     manifest.write_text(yaml.safe_dump({
         "model": str(graph), "images": {"root": str(images)}, "methods": ["gradcam"],
         "output": {"dir": str(out), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90}},
-        "runtime": {"providers": [device], "batch_size": batch, "workers": workers,
-                    "memory_budget": "8GB"}}))
+        "runtime": {"providers": [device], "batch_size": batch, "workers": workers, "worker_processes": processes,
+                    "memory_budget": "16GB"}}))
     subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
                    capture_output=True)
     report = json.loads((out / "run.json").read_text())
     return report["images"] / report["wall_s"], report["provider"]
 
 
-def reference_rows(info, paths: list[Path], batches: list[int], device: str, out: Path) -> list[dict]:
-    """pytorch-grad-cam end to end on the same JPEGs and batch sizes (its usual loop, `make bench`'s), with the
-    torchvision model the graph was exported from; skipped, saying why, where torch, torchvision or grad-cam is
-    missing."""
+def nhwc_session(graph: Path, outputs: tuple[str, ...]):
+    """A CUDA session of the same pruned graph with the provider's channels-last convolutions (`prefer_nhwc`), which
+    the runner does not set; a run function like OnnxRuntimeBackend.run, with IO binding."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(pruned_graph(graph, outputs), options,
+                                   providers=[("CUDAExecutionProvider", {"prefer_nhwc": "1"})])
+
+    def run(names, inputs, targets):
+        binding = session.io_binding()
+        binding.bind_cpu_input("input", inputs)
+        binding.bind_cpu_input("target", targets.astype(np.int64))
+        for name in names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
+
+    return run
+
+
+def _stand_in(name: str) -> type:
+    """What an absent package's module hands `from package import name`: an empty class (dunder names stay
+    missing, as inspect and importlib expect of a module)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return type(name, (), {})
+
+
+class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Empty modules for packages that pytorch_grad_cam imports at its top for methods this benchmark never runs
+    (scikit-learn's KernelPCA, matplotlib, scipy), on a GPU server that lacks them; GradCAM never calls them."""
+
+    def __init__(self, roots: set[str]):
+        self.roots = roots
+
+    def find_spec(self, name, path, target=None):
+        return importlib.util.spec_from_loader(name, self, is_package=True) if name.split(".")[0] in self.roots \
+            else None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = _stand_in
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def reference_rows(info, paths: list[Path], floats: np.ndarray, batches: list[int], device: str, out: Path,
+                   repeats: int) -> tuple[list[dict], str]:
+    """pytorch-grad-cam's GradCAM, end to end and compute only, on the same JPEGs and batch sizes, with the
+    torchvision model the graph was exported from (its own random initialisation, as the graph's: the weights do
+    not change the speed); ([], why) where torch, torchvision or pytorch-grad-cam is missing."""
+    absent = {root for root in ("sklearn", "matplotlib", "scipy") if importlib.util.find_spec(root) is None}
+    if absent:
+        sys.meta_path.append(_Absent(absent))
     try:
         import torch
-        from benchmark import grad_cam_end_to_end
+        from grad_cam_loops import grad_cam_compute, grad_cam_end_to_end
         from onnxcam.exporter.sources import load_model
     except ImportError as error:
-        print(f"pytorch-grad-cam: not measured ({error}; pip install -e '.[export,test]')")
-        return []
+        return [], f"not measured ({error}; pip install -e '.[export,test]')"
+    torch.backends.cudnn.benchmark = True
     model = load_model(info.model).model.to(device).requires_grad_(False)
+    layer = model.get_submodule(info.target_layer)
     rows = []
     for batch in batches:
-        rate = grad_cam_end_to_end(model, model.get_submodule(info.target_layer), paths, info.preprocessing, batch,
-                                   device, out)
-        rows.append({"batch": batch, "end_to_end": rate, "torch": torch.__version__})
-        print(f"{'pytorch-grad-cam, parameters frozen':<34} {batch:>5} {'':>14} {rate:>10.0f}/s")
-    return rows
+        inputs = [np.resize(floats, (batch, *floats.shape[1:]))] * repeats
+        compute = grad_cam_compute(model, layer, inputs, device)
+        rate = grad_cam_end_to_end(model, layer, paths, info.preprocessing, batch, device, out / str(batch))
+        rows.append({"batch": batch, "compute_only": compute, "end_to_end": rate, "images": len(paths)})
+        print(f"{'pytorch-grad-cam (float32, frozen)':<38} {batch:>5} {compute:>12.0f}/s {rate:>10.0f}/s")
+    note = f"torch {torch.__version__}" + (f"; stand-ins for {', '.join(sorted(absent))}" if absent else "")
+    return rows, note
+
+
+def agreement(half: dict[str, np.ndarray], full: dict[str, np.ndarray]) -> dict[str, float]:
+    """float16 vs float32 on the same images: the smallest cosine of their Grad-CAM maps, and the share of images
+    whose map peaks at the same position and whose top-1 class is the same."""
+    a, b = gradcam(half), gradcam(full)
+    flat_a, flat_b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    cosines = (flat_a * flat_b).sum(1) / (np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1))
+    return {"min_cosine": float(cosines.min()), "same_peak": float((flat_a.argmax(1) == flat_b.argmax(1)).mean()),
+            "same_top1": float((half["logits"].argmax(1) == full["logits"].argmax(1)).mean())}
+
+
+def relative(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a float explain graph (ResNet-50 for the goals)")
+    parser.add_argument("--model", type=Path, required=True, help="a float32 explain graph (ResNet-50 for the goals)")
+    parser.add_argument("--fp16-model", type=Path, help="the same model exported with --fp16")
     parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--reference-images", type=int, default=1024, help="pytorch-grad-cam's end to end")
     parser.add_argument("--batches", default="64,256")
     parser.add_argument("--size", default="500x375")
     parser.add_argument("--workers", type=int, default=16)
@@ -117,57 +202,87 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    args.model = args.model.resolve()  # the manifests live in a temporary folder
     batches = [int(b) for b in args.batches.split(",")]
     size = tuple(int(v) for v in args.size.split("x"))
-    figures: dict[str, object] = {"gpu": gpu_name(), "device": args.device}
+    figures: dict[str, object] = {"gpu": gpu_name(), "device": args.device, "onnxruntime": ort.__version__}
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+
     print(f"GPU: {figures['gpu']}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        served = tmp / "served.onnx"
-        convert(args.model, served, ["gradcam"], uint8=True)
+        precisions = {"fp32": args.model.resolve(), **({"fp16": args.fp16_model.resolve()} if args.fp16_model else {})}
+        graphs = {}  # (precision, maps in the graph) -> graph
+        for precision, graph in precisions.items():
+            graphs[precision, False] = graph
+            graphs[precision, True] = tmp / f"served-{precision}.onnx"
+            convert(graph, graphs[precision, True], ["gradcam"], uint8=True)
         try:
-            backends = {name: OnnxRuntimeBackend(graph, [args.device], [outputs]) for name, graph, outputs in (
-                ("float", args.model, RAW), ("served", served, ("logits", map_output("gradcam"))))}
+            backends = {key: OnnxRuntimeBackend(graph, [args.device], [SERVED if key[1] else RAW])
+                        for key, graph in graphs.items()}
         except ModelError as error:
             sys.exit(f"gpu_benchmark: {args.device} was asked for and cannot run: {error}")
-        provider = backends["float"].provider
-        figures["provider"] = provider
-        print(f"provider: {provider}")
-        if args.device == "cuda" and provider != "CUDAExecutionProvider":
-            sys.exit(f"gpu_benchmark: CUDA was asked for and {provider} runs the model; `onnxcam doctor` says why")
+        figures["providers"] = {f"{p}{' served' * s}": b.provider for (p, s), b in backends.items()}
+        print(f"providers: {figures['providers']}")
+        if args.device == "cuda" and any(b.provider != "CUDAExecutionProvider" for b in backends.values()):
+            sys.exit("gpu_benchmark: CUDA was asked for and another provider runs a graph; `onnxcam doctor` says why")
+        save()
+
         info = read_graph_info(args.model)
         paths = jpegs(tmp / "images", args.images, size)
         pixels = np.stack([to_input(cv2.imread(str(p)), info.preprocessing, uint8=True)[0] for p in paths[:16]])
         floats = normalised(pixels, info.preprocessing)
         targets = np.full(len(pixels), -1)
-        cpu = OnnxRuntimeBackend(args.model, ["cpu"]).run(RAW, floats, targets)
-        on_device = backends["float"].run(RAW, floats, targets)
-        maps = backends["served"].run(("logits", map_output("gradcam")), pixels, targets)[map_output("gradcam")]
-        reference = METHODS["gradcam"](cpu, METHODS["gradcam"].defaults)
-        parity = {name: float(np.abs(on_device[name] - cpu[name]).max() / np.abs(cpu[name]).max()) for name in RAW}
-        parity["map_gradcam (served graph)"] = float(np.abs(maps - reference).max() / np.abs(reference).max())
-        figures["parity"] = parity
+        parity, outputs = {}, {}
+        for precision, graph in precisions.items():
+            cpu = OnnxRuntimeBackend(graph, ["cpu"]).run(RAW, floats, targets)
+            outputs[precision] = backends[precision, False].run(RAW, floats, targets)
+            for name in RAW:
+                parity[f"{precision} {name}"] = relative(outputs[precision][name], cpu[name])
+            maps = backends[precision, True].run(SERVED, pixels, targets)[map_output("gradcam")]
+            parity[f"{precision} map_gradcam (served graph)"] = relative(maps, gradcam(cpu))
+        figures["parity_vs_cpu"] = parity
         print("parity vs the CPU provider (max |difference| / max |value|): "
               + ", ".join(f"{name} {value:.1e}" for name, value in parity.items()))
-        print(f"{'graph':<34} {'batch':>5} {'compute only':>14} {'end to end':>12}")
-        rows = []
-        for name, label in (("float", "float32, maps on the host"), ("served", "float32, Grad-CAM in the graph")):
-            graph = args.model if name == "float" else served
+        if "fp16" in outputs:
+            figures["fp16_vs_fp32"] = agreement(outputs["fp16"], outputs["fp32"])
+            print(f"float16 vs float32 on {args.device}, {len(pixels)} images: {figures['fp16_vs_fp32']}")
+        save()
+
+        print(f"{'graph':<38} {'batch':>5} {'compute only':>14} {'end to end':>12}")
+        rows = figures["rows"] = []
+        for (precision, served), graph in graphs.items():
+            label = f"{precision}, " + ("Grad-CAM in the graph, uint8" if served else "maps on the host")
             for batch in batches:
-                inputs = np.resize(pixels if name == "served" else floats,
-                                   (batch, *(pixels if name == "served" else floats).shape[1:]))
-                compute = compute_only(backends[name], inputs, name == "served", args.repeats)
-                e2e, used = end_to_end(graph, tmp / "images", tmp / f"out-{name}-{batch}", batch, args.workers,
-                                       args.device)
+                source = pixels if served else floats
+                compute = compute_only(backends[precision, served].run, np.resize(source, (batch, *source.shape[1:])),
+                                       served, args.repeats)
+                e2e, used = end_to_end(graph, tmp / "images", tmp / f"out-{precision}-{served}-{batch}", batch,
+                                       args.workers, args.device, processes=True)
                 rows.append({"graph": label, "batch": batch, "compute_only": compute, "end_to_end": e2e,
-                             "provider": used})
-                print(f"{label:<34} {batch:>5} {compute:>12.0f}/s {e2e:>10.0f}/s")
-        figures["rows"] = rows
-        figures["pytorch_grad_cam"] = reference_rows(info, paths, batches, args.device, tmp / "reference")
-        print("float16: not measured (onnxcam exports no half-precision graph yet)")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+                             "provider": used, "workers": f"{args.workers} processes"})
+                print(f"{label:<38} {batch:>5} {compute:>12.0f}/s {e2e:>10.0f}/s")
+                save()
+        best = max(graphs, key=lambda key: (key[0] == "fp16", key[1]))
+        e2e, _ = end_to_end(graphs[best], tmp / "images", tmp / "out-threads", batches[-1], args.workers, args.device,
+                            processes=False)
+        figures["threads"] = {"graph": f"{best[0]}, served={best[1]}", "batch": batches[-1], "end_to_end": e2e,
+                              "workers": f"{args.workers} threads"}
+        print(f"{'the same, threads instead of processes':<38} {batches[-1]:>5} {'':>14} {e2e:>10.0f}/s")
+        if args.device == "cuda":
+            source = pixels if best[1] else floats
+            rate = compute_only(nhwc_session(graphs[best], SERVED if best[1] else RAW),
+                                np.resize(source, (batches[-1], *source.shape[1:])), best[1], args.repeats)
+            figures["prefer_nhwc"] = {"graph": f"{best[0]}, served={best[1]}", "batch": batches[-1],
+                                      "compute_only": rate}
+            print(f"{'the same, CUDA prefer_nhwc (not in runner)':<38} {batches[-1]:>5} {rate:>12.0f}/s")
+        save()
+        figures["pytorch_grad_cam"], figures["pytorch_grad_cam_note"] = reference_rows(
+            info, paths[:args.reference_images], floats, batches, args.device, tmp / "reference", args.repeats)
+        print(f"pytorch-grad-cam: {figures['pytorch_grad_cam_note']}")
+        save()
 
 
 if __name__ == "__main__":

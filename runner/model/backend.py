@@ -42,7 +42,7 @@ class Backend(Protocol):
     # OpenVINO backends have; another backend's batches then become error rows naming the missing method.
 
 
-def _pruned(path: Path, outputs: tuple[str, ...], from_float: bool = False) -> bytes:
+def pruned_graph(path: Path, outputs: tuple[str, ...], from_float: bool = False) -> bytes:
     """The graph cut down to `outputs`, so ORT does not compute what the run does not use; with `from_float`, cut
     at a uint8-input graph's float input too (the extra passes feed edited float inputs).
 
@@ -119,7 +119,7 @@ class OnnxRuntimeBackend:
         if key not in self._sessions:
             options = self._options()
             try:
-                session = ort.InferenceSession(_pruned(self.path, outputs, from_float), options,
+                session = ort.InferenceSession(pruned_graph(self.path, outputs, from_float), options,
                                                providers=[ORT_NAMES[p] for p in self.wanted])
             except Exception as error:  # noqa: BLE001 - ORT raises several types for a bad model file
                 raise ModelError(f"{self.path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None

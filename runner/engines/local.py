@@ -1,5 +1,6 @@
-"""The local engine: one machine, `workers` threads that read (decode and preprocess), the batch stage in the
-calling thread, and `workers` threads that write (engines/workers.py).
+"""The local engine: one machine, `workers` that read (decode and preprocess), the batch stage in the calling
+thread, and `workers` that write: threads, or with `runtime.worker_processes` processes (engines/workers.py); the
+scheduling here is the same for both.
 
 What is in flight is bounded twice: by counts (images read ahead, writes pending) and by bytes. Before an image
 is read, the read stage estimates what it will hold until its rows are back (`memory`); an image is only read
@@ -17,17 +18,18 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 
 from onnxcam.runner.engines import Sink
-from onnxcam.runner.engines.workers import ThreadWorkers, Workers
+from onnxcam.runner.engines.workers import ProcessWorkers, ThreadWorkers, Workers
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.stages import Stages
 
 
 class LocalEngine:
-    def __init__(self, stages: Stages, batch_size: int, workers: int, memory_budget: int):
+    def __init__(self, stages: Stages, batch_size: int, workers: int, memory_budget: int, processes: bool = False):
         self.stages, self.batch_size, self.workers, self.memory_budget = stages, batch_size, workers, memory_budget
+        self.processes = processes
 
     def describe(self) -> str:
-        return f"local engine, {self.workers} read/write threads"
+        return f"local engine, {self.workers} read/write {'processes' if self.processes else 'threads'}"
 
     def report(self) -> dict[str, object]:
         return {"engine": "local"}
@@ -43,7 +45,7 @@ class LocalEngine:
         writing: deque[tuple[Future, int]] = deque()
         held = 0  # bytes of the images in flight, from their reads to their rows
         waiting: list[tuple[ImageRef, int]] = []  # the next image, when it does not fit yet
-        pool: Workers = ThreadWorkers(stages, self.workers)
+        pool: Workers = (ProcessWorkers if self.processes else ThreadWorkers)(stages, self.workers)
 
         def refill() -> None:
             nonlocal held

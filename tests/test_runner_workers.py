@@ -57,6 +57,7 @@ def test_processes_write_the_threads_rows_and_files(numpy_onnx, tmp_path):
         assert run.engine.describe() == f"local engine, 2 read/write {'processes' if processes else 'threads'}"
         tally = run.run()
         assert (tally.images, tally.ok, tally.errors) == (11, 10, 1)
+        assert json.loads((folder / "out" / "run.json").read_text())["worker_processes"] is processes
         rows = read_index(folder / "out")
         results[processes] = sorted(tuple(row.items()) for row in rows), written_files(folder / "out")
     assert not multiprocessing.active_children(), "the workers end with the run"

@@ -32,7 +32,7 @@ class LocalEngine:
         return f"local engine, {self.workers} read/write {'processes' if self.processes else 'threads'}"
 
     def report(self) -> dict[str, object]:
-        return {"engine": "local"}
+        return {"engine": "local", "worker_processes": self.processes}
 
     def close(self) -> None:
         """Nothing to release: the workers end with each run."""

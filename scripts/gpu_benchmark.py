@@ -4,7 +4,8 @@ input) at two batch sizes, and pytorch-grad-cam on the same GPU, images and batc
 script, not a test; it makes its own JPEGs and needs no network.
 
     python scripts/gpu_benchmark.py --model exports/resnet50.onnx [--images 4096] [--batches 64,256]
-                                    [--size 500x375] [--workers 16] [--device cuda] [--json results.json]
+                                    [--size 500x375] [--workers 16] [--worker-processes] [--device cuda]
+                                    [--json results.json]
 
 --model is a float explain graph (`onnxcam export --model torchvision:resnet50`, exported wherever torch and
 torchvision are); the served variant is converted from it here (`onnxcam convert --maps gradcam --uint8-input`).
@@ -71,13 +72,14 @@ def compute_only(backend: OnnxRuntimeBackend, batch: np.ndarray, served: bool, r
     return repeats * len(batch) / (time.perf_counter() - start)
 
 
-def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, device: str) -> tuple[float, str]:
+def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, processes: bool, device: str
+               ) -> tuple[float, str]:
     """`onnxcam run` in its own process: JPEGs -> Grad-CAM overlays (and thumbnails) written; images/s, provider."""
     manifest = out.with_suffix(".yaml")
     manifest.write_text(yaml.safe_dump({
         "model": str(graph), "images": {"root": str(images)}, "methods": ["gradcam"],
         "output": {"dir": str(out), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90}},
-        "runtime": {"providers": [device], "batch_size": batch, "workers": workers,
+        "runtime": {"providers": [device], "batch_size": batch, "workers": workers, "worker_processes": processes,
                     "memory_budget": "8GB"}}))
     subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
                    capture_output=True)
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--batches", default="64,256")
     parser.add_argument("--size", default="500x375")
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--worker-processes", action="store_true",
+                        help="end to end: read and write in worker processes (runtime.worker_processes: true)")
     parser.add_argument("--repeats", type=int, default=20, help="compute-only batches per figure")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -120,7 +124,8 @@ def main() -> None:
     args.model = args.model.resolve()  # the manifests live in a temporary folder
     batches = [int(b) for b in args.batches.split(",")]
     size = tuple(int(v) for v in args.size.split("x"))
-    figures: dict[str, object] = {"gpu": gpu_name(), "device": args.device}
+    figures: dict[str, object] = {"gpu": gpu_name(), "device": args.device, "workers": args.workers,
+                                  "worker_processes": args.worker_processes}
     print(f"GPU: {figures['gpu']}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -159,7 +164,7 @@ def main() -> None:
                                    (batch, *(pixels if name == "served" else floats).shape[1:]))
                 compute = compute_only(backends[name], inputs, name == "served", args.repeats)
                 e2e, used = end_to_end(graph, tmp / "images", tmp / f"out-{name}-{batch}", batch, args.workers,
-                                       args.device)
+                                       args.worker_processes, args.device)
                 rows.append({"graph": label, "batch": batch, "compute_only": compute, "end_to_end": e2e,
                              "provider": used})
                 print(f"{label:<34} {batch:>5} {compute:>12.0f}/s {e2e:>10.0f}/s")

@@ -76,6 +76,7 @@ class Manifest:
     memory_budget: int  # bytes that images in flight may hold
     evaluate: Evaluation | None = None
     precision: str = "auto"  # auto | f32 | bf16: what OpenVINO computes in (auto: bf16 where the CPU has it natively)
+    worker_processes: bool = False  # the local engine reads and writes in `workers` processes instead of threads
 
     @property
     def max_side(self) -> int | None:
@@ -322,7 +323,7 @@ def load_manifest(path: str | Path) -> Manifest:
         thumbnails = reader.integer(thumbnails, "output.thumbnails", 32, 1024, "a number of pixels or false")
 
     runtime = reader.mapping(top.get("runtime", {}) or {}, "runtime",
-                             ("providers", "precision", "batch_size", "workers", "memory_budget"))
+                             ("providers", "precision", "batch_size", "workers", "worker_processes", "memory_budget"))
     providers = runtime.get("providers", "auto")
     if providers != "auto":
         reader.typed(providers, "runtime.providers", list, "auto or a list such as [cuda, cpu]")
@@ -358,4 +359,6 @@ def load_manifest(path: str | Path) -> Manifest:
                                            64 * 1024**2),
         evaluate=_evaluate(reader, top.get("evaluate")),
         precision=precision,
+        worker_processes=reader.typed(runtime.get("worker_processes", False), "runtime.worker_processes", bool,
+                                      "true or false"),
     )

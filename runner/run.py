@@ -92,7 +92,7 @@ class Run:
             backend = backend or open_backend(manifest.model, manifest.providers, output_sets(manifest, self.info),
                                               precision=manifest.precision, workers=manifest.workers)
             self.engine: Engine = LocalEngine(build_stages(manifest, self.info, backend), manifest.batch_size,
-                                              manifest.workers, manifest.memory_budget)
+                                              manifest.workers, manifest.memory_budget, manifest.worker_processes)
         else:
             from onnxcam.runner.engines.ray_data import RayEngine
 

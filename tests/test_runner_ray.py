@@ -238,6 +238,16 @@ def test_a_gpu_actor_without_cuda_stops_the_run_in_one_line(toy, cluster, tmp_pa
     assert "CUDA unusable: " in lines[0] and lines[0].endswith("(or set runtime.providers: [cpu])")
 
 
+def test_ray_actors_read_and_write_on_threads_whatever_worker_processes_says(toy, cluster, tmp_path):
+    write_images(tmp_path / "images", 1)
+    manifest = load_manifest(manifest_in(tmp_path, toy, tmp_path / "images",
+                                         runtime={"providers": ["cpu"], "worker_processes": True}))
+    run = Run(manifest, quiet=True, ray=RaySettings())
+    assert run.notes == ["runtime.worker_processes: the Ray actors read and write on threads; the key is the local "
+                         "engine's"]
+    assert run.engine.report()["worker_processes"] is False
+
+
 def test_without_ray_installed_the_flag_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxcam.runner.engines.ray_data", None)  # what a missing `ray` makes of it
     assert main(["run", str(tmp_path / "m.yaml"), "--ray"]) == 2

@@ -1,5 +1,6 @@
-"""The local engine: one machine, a thread pool that reads (decodes and preprocesses), the batch stage in the
-calling thread, and a thread pool that writes.
+"""The local engine: one machine, `workers` that read (decode and preprocess), the batch stage in the calling
+thread, and `workers` that write: threads, or with `runtime.worker_processes` processes (engines/workers.py); the
+scheduling here is the same for both.
 
 What is in flight is bounded twice: by counts (images read ahead, writes pending) and by bytes. Before an image
 is read, the read stage estimates what it will hold until its rows are back (`memory`); an image is only read
@@ -14,25 +15,27 @@ from __future__ import annotations
 import signal
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from onnxcam.runner.engines import Sink
+from onnxcam.runner.engines.workers import ProcessWorkers, ThreadWorkers, Workers
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.stages import Stages
 
 
 class LocalEngine:
-    def __init__(self, stages: Stages, batch_size: int, workers: int, memory_budget: int):
+    def __init__(self, stages: Stages, batch_size: int, workers: int, memory_budget: int, processes: bool = False):
         self.stages, self.batch_size, self.workers, self.memory_budget = stages, batch_size, workers, memory_budget
+        self.processes = processes
 
     def describe(self) -> str:
-        return f"local engine, {self.workers} read/write threads"
+        return f"local engine, {self.workers} read/write {'processes' if self.processes else 'threads'}"
 
     def report(self) -> dict[str, object]:
-        return {"engine": "local"}
+        return {"engine": "local", "worker_processes": self.processes}
 
     def close(self) -> None:
-        """Nothing to release: the thread pools end with each run."""
+        """Nothing to release: the workers end with each run."""
 
     def run(self, todo: Iterator[ImageRef], sink: Sink) -> bool:
         """Runs every image of `todo`; returns True when interrupted."""
@@ -42,8 +45,7 @@ class LocalEngine:
         writing: deque[tuple[Future, int]] = deque()
         held = 0  # bytes of the images in flight, from their reads to their rows
         waiting: list[tuple[ImageRef, int]] = []  # the next image, when it does not fit yet
-        readers = ThreadPoolExecutor(self.workers, thread_name_prefix="read")
-        writers = ThreadPoolExecutor(self.workers, thread_name_prefix="write")
+        pool: Workers = (ProcessWorkers if self.processes else ThreadWorkers)(stages, self.workers)
 
         def refill() -> None:
             nonlocal held
@@ -59,7 +61,7 @@ class LocalEngine:
                     return
                 waiting.clear()
                 held += size
-                reading.append((readers.submit(stages.read, ref), size))
+                reading.append((pool.submit_read(ref), size))
 
         def collect(block_above: int) -> None:
             nonlocal held
@@ -86,7 +88,7 @@ class LocalEngine:
                     continue
                 result = stages.explain(batch)
                 sink.add_costs(result.costs)
-                writing.extend((writers.submit(stages.write, image), sizes[id(image.decoded)])
+                writing.extend((pool.submit_write(image), sizes[id(image.decoded)])
                                for image in result.images)
                 collect(block_above=look_ahead)
             collect(block_above=0)
@@ -97,6 +99,5 @@ class LocalEngine:
             collect(block_above=0)  # keep what is finished; the rest is redone by the next run
             return True
         finally:
-            readers.shutdown(wait=False, cancel_futures=True)
-            writers.shutdown(wait=True)
+            pool.shutdown()
         return False

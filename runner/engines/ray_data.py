@@ -248,7 +248,8 @@ class RayEngine:
         self.plan = plan_actors(nodes, manifest.providers, str(manifest.path))
         self.provider = PROVIDER_NAMES[self.plan.providers[0]]
         self.precision = manifest.precision if self.plan.providers == ("openvino",) else "f32"  # auto: each actor's CPU
-        self.notes: list[str] = []
+        self.notes = ["runtime.worker_processes: the Ray actors read and write on threads; the key is the local "
+                      "engine's"] if manifest.worker_processes else []
         self.nodes = len(nodes)
         self.actors: dict[str, dict[str, object]] = {}
         self.worker_died = False
@@ -315,8 +316,9 @@ class RayEngine:
         return f"ray: {self.plan.describe()} on {self.nodes} node{'s' * (self.nodes != 1)}"
 
     def report(self) -> dict[str, object]:
-        return {"engine": "ray", "ray": {"plan": self.plan.describe(), "connect_s": round(self.connect_s, 3),
-                                         "worker_died": self.worker_died, "actors": list(self.actors.values())}}
+        return {"engine": "ray", "worker_processes": False,  # the actors' local engines read and write on threads
+                "ray": {"plan": self.plan.describe(), "connect_s": round(self.connect_s, 3),
+                        "worker_died": self.worker_died, "actors": list(self.actors.values())}}
 
     def close(self) -> None:
         """Stops the Ray this run started (the run then clears what killed workers left half-written)."""

@@ -212,7 +212,7 @@ def _run_facts(run: dict, stamp: dict) -> dict:
     except ValueError:
         methods = []
     keep = ("model", "model_spec", "target_layer", "provider", "images", "already_done", "wall_s", "images_per_s",
-            "started", "finished", "interrupted", "batch_size", "workers", "manifest")
+            "started", "finished", "interrupted", "batch_size", "workers", "worker_processes", "manifest")
     facts = {key: run[key] for key in keep if key in run}
     if "model" in facts:
         facts["model"] = Path(facts["model"]).name

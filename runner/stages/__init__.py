@@ -5,7 +5,7 @@
 `read` decodes and preprocesses one file, `explain` runs a batch of decoded images through the model and
 the methods (and the metrics that run the model), `write` renders and writes one image's files and returns
 its index rows. Each is a callable built from the manifest and the model, once per process (the local engine
-shares them between its threads).
+shares them between its threads, or sends the read and write stages to each of its worker processes).
 """
 
 from __future__ import annotations

@@ -1,0 +1,196 @@
+"""runtime.worker_processes: the local engine's read and write stages in worker processes give the threads' rows and
+files; an image's pixels stay in the worker that read it; a worker that dies fails only the images it held; no
+process outlives the run, however it ends."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from onnxcam.runner.cli import main
+from onnxcam.runner.engines.local import LocalEngine
+from onnxcam.runner.engines.workers import DIED_HOLDING, DIED_READING, ProcessWorkers
+from onnxcam.runner.inputs.listing import ImageRef
+from onnxcam.runner.manifest import load_manifest
+from onnxcam.runner.run import Run
+from onnxcam.runner.stages import Stages, build_stages
+from runner_helpers import read_index, wait_for_rows, write_images, write_manifest
+from test_runner_stages import NumpyModel, graph_info, metadata_only_graph
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def numpy_onnx(tmp_path) -> Path:
+    return metadata_only_graph(tmp_path / "numpy.onnx")
+
+
+def numpy_manifest(folder: Path, model: Path, images: Path, processes: bool, workers: int = 2) -> Path:
+    folder.mkdir(exist_ok=True)
+    return write_manifest(folder, model, images, methods=["gradcam", "cam"], targets={"topk": 2},
+                          output={"dir": str(folder / "out"), "heatmaps": "png", "thumbnails": 64},
+                          runtime={"providers": ["cpu"], "batch_size": 4, "workers": workers,
+                                   "worker_processes": processes})
+
+
+def written_files(out: Path) -> dict[str, bytes]:
+    """Every file of the run but its reports (which name the folder and the times)."""
+    return {path.relative_to(out).as_posix(): path.read_bytes() for path in out.rglob("*") if path.is_file()
+            and path.name not in ("run.json", "report.html", "index.csv") and "report" not in path.parts}
+
+
+def test_processes_write_the_threads_rows_and_files(numpy_onnx, tmp_path):
+    write_images(tmp_path / "images", 10, size=(40, 56))
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    results = {}
+    for processes in (False, True):
+        folder = tmp_path / f"processes-{processes}"
+        run = Run(load_manifest(numpy_manifest(folder, numpy_onnx, tmp_path / "images", processes)), quiet=True,
+                  backend=NumpyModel())
+        assert run.engine.describe() == f"local engine, 2 read/write {'processes' if processes else 'threads'}"
+        tally = run.run()
+        assert (tally.images, tally.ok, tally.errors) == (11, 10, 1)
+        assert json.loads((folder / "out" / "run.json").read_text())["worker_processes"] is processes
+        rows = read_index(folder / "out")
+        results[processes] = sorted(tuple(row.items()) for row in rows), written_files(folder / "out")
+    assert not multiprocessing.active_children(), "the workers end with the run"
+    rows, files = results[True]
+    assert rows == results[False][0]
+    assert files == results[False][1] and any(name.endswith(".jpg") for name in files), "the same overlays"
+    errors = [(row["image"], row["error"]) for row in map(dict, rows) if row["status"] == "error"]
+    assert len(errors) == 1 and errors[0][0] == "broken.png" and errors[0][1].startswith("not a decodable image")
+
+
+def test_the_pixels_stay_in_the_worker_that_read_them(numpy_onnx, tmp_path):
+    write_images(tmp_path / "images", 1, size=(40, 56))
+    manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True, workers=1))
+    stages = build_stages(manifest, graph_info(), NumpyModel())
+    workers = ProcessWorkers(stages, 1)
+    try:
+        decoded = workers.submit_read(ImageRef("img00000.png", str(tmp_path / "images" / "img00000.png"))).result()
+    finally:
+        workers.shutdown()
+    assert decoded.image is None and decoded.render_size == (56, 40) and decoded.tensor.shape == (3, 32, 32)
+
+
+class CrashOn:
+    """A stage that kills its worker process on one image (as a crashing decoder or the out-of-memory killer would),
+    and records which process read each image; in the run's own process it only runs `stage`."""
+
+    def __init__(self, stage, key: str, log: Path):
+        self.stage, self.key, self.log = stage, key, log
+
+    def __call__(self, item):
+        ref = item if isinstance(item, ImageRef) else item.decoded.ref
+        if multiprocessing.parent_process() is not None:
+            if isinstance(item, ImageRef):
+                with open(self.log, "a", encoding="utf-8") as file:
+                    file.write(f"{ref.key} {os.getpid()}\n")
+            if ref.key == self.key:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return self.stage(item)
+
+    def memory(self, ref: ImageRef) -> int:
+        return self.stage.memory(ref)
+
+
+@pytest.mark.parametrize("stage", ["read", "write"])
+def test_a_dead_worker_fails_only_the_images_it_held(numpy_onnx, tmp_path, stage):
+    write_images(tmp_path / "images", 40, size=(40, 56))
+    manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True))
+    stages = build_stages(manifest, graph_info(), NumpyModel())
+    # an early image: the reads still to submit when its worker dies (the look-ahead bounds those before) go on
+    log, culprit = tmp_path / "readers.log", "img00001.png"
+    crashing = CrashOn(getattr(stages, stage), culprit, log)
+    stages = Stages(read=crashing, explain=stages.explain, write=stages.write) if stage == "read" else Stages(
+        read=CrashOn(stages.read, "", log), explain=stages.explain, write=crashing)
+    rows = {}
+
+    class Sink:
+        def add_rows(self, found):
+            assert found[0]["image"] not in rows
+            rows[found[0]["image"]] = found
+
+        def add_costs(self, costs):
+            pass
+
+    refs = iter(ImageRef(path.name, str(path)) for path in sorted((tmp_path / "images").iterdir()))
+    assert LocalEngine(stages, batch_size=4, workers=2, memory_budget=2**30, processes=True).run(refs, Sink()) is False
+    assert not multiprocessing.active_children(), "the workers end with the run"
+    assert len(rows) == 40
+    errors = {key: found[0]["error"] for key, found in rows.items() if found[0]["status"] == "error"}
+    assert errors[culprit] == (DIED_READING if stage == "read" else DIED_HOLDING)
+    assert set(errors.values()) <= {DIED_READING, DIED_HOLDING} and all(len(found) == 1 for found in
+                                                                        (rows[key] for key in errors))
+    readers = dict(line.split() for line in log.read_text().splitlines())
+    dead = readers[culprit]
+    assert len(set(readers.values())) == 3, "a fresh worker took the dead one's place"
+    assert all(readers.get(key, dead) == dead for key in errors), "only images the dead worker held fail"
+    assert all(found[0]["status"] == "ok" for key, found in rows.items() if readers.get(key, dead) != dead)
+
+
+def test_worker_processes_is_true_or_false(numpy_onnx, tmp_path, capsys):
+    write_images(tmp_path / "images", 1)
+    manifest = numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", processes="yes please")
+    assert main(["run", str(manifest)]) == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "manifest.yaml: runtime.worker_processes: expected true or false, got a string 'yes please'"), lines
+
+
+# A run of the NumPy model in its own process and session (as a terminal starts one), each batch slowed down so
+# that it can be stopped halfway.
+SLOW_RUN = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.path.insert(0, sys.argv[2]); from test_runner_stages import NumpyModel; "
+            "from onnxcam.runner.manifest import load_manifest; from onnxcam.runner.run import Run\n"
+            "class Slow(NumpyModel):\n"
+            "    def run(self, *args):\n"
+            "        time.sleep(0.05)\n"
+            "        return super().run(*args)\n"
+            "Run(load_manifest(sys.argv[1]), quiet=True, backend=Slow()).run()")
+
+
+def session_processes(session: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
+                found.append(int(entry.name))
+        except ProcessLookupError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="lists processes through /proc")
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill -9"])
+def test_a_stopped_run_leaves_no_worker(numpy_onnx, tmp_path, stop):
+    write_images(tmp_path / "images", 200, size=(40, 56))
+    manifest = numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True)
+    process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(manifest), str(TESTS)], start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_rows(tmp_path / "out" / "index.csv", 20, process)
+        assert len(session_processes(process.pid)) >= 3, "the run and its two workers"
+        if stop == "ctrl-c":  # a terminal sends it to every process of the foreground group
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=60) == 0, process.stdout.read()
+            assert json.loads((tmp_path / "out" / "run.json").read_text())["interrupted"] is True
+            rows = read_index(tmp_path / "out")
+            assert 0 < len(rows) < 200 * 4 and {row["status"] for row in rows} == {"ok"}, "writes under way finish"
+        else:
+            process.kill()
+            process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while session_processes(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not session_processes(process.pid), "no worker outlives the run"
+    finally:
+        if session_processes(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)

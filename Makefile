@@ -113,9 +113,16 @@ bench-stages: export  ## the CPU stages: CPU ms per image, GIL share, projection
 # One shot on a GPU server: parity with the CPU, compute-only and end-to-end images/s of the float and the served
 # graph (Grad-CAM in the graph, uint8 input) at batch 64 and 256, pytorch-grad-cam beside them; not a test.
 GPU_MODEL ?= exports/torchvision-resnet50.onnx
-bench-gpu: setup  ## GPU throughput of GPU_MODEL (ResNet-50: make export MODEL=torchvision:resnet50), one shot
-	@test -f $(GPU_MODEL) || $(BIN)/onnxcam export --model torchvision:resnet50 --out $(GPU_MODEL)
-	$(BIN)/python scripts/gpu_benchmark.py --model $(GPU_MODEL) $(BENCH_FLAGS)
+GPU_FP16_MODEL ?= $(GPU_MODEL:.onnx=-fp16.onnx)
+GPU_WEIGHTS := exports/torchvision-resnet50-seed0.pt
+bench-gpu: setup  ## GPU throughput of GPU_MODEL and GPU_FP16_MODEL (ResNet-50, float32 and float16), one shot
+	@# one set of random weights for both graphs (no pretrained ResNet-50 ships offline; the speed is the same)
+	@test -f $(GPU_WEIGHTS) || $(BIN)/python -c "import torch, torchvision; torch.manual_seed(0); \
+		torch.save(torchvision.models.resnet50().state_dict(), '$(GPU_WEIGHTS)')"
+	@test -f $(GPU_MODEL) || $(BIN)/onnxcam export --model torchvision:resnet50 --weights $(GPU_WEIGHTS) --out $(GPU_MODEL)
+	@test -f $(GPU_FP16_MODEL) || $(BIN)/onnxcam export --model torchvision:resnet50 --weights $(GPU_WEIGHTS) \
+		--out $(GPU_FP16_MODEL) --fp16
+	$(BIN)/python scripts/gpu_benchmark.py --model $(GPU_MODEL) --fp16-model $(GPU_FP16_MODEL) $(BENCH_FLAGS)
 
 # Export every torchvision classification model (random weights) and write the coverage table into README.md;
 # about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).

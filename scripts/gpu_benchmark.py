@@ -4,7 +4,7 @@ host or in the graph (uint8 input) at two batch sizes, and pytorch-grad-cam on t
 script, not a test; it makes its own JPEGs and needs no network.
 
     python scripts/gpu_benchmark.py --model exports/resnet50.onnx --fp16-model exports/resnet50-fp16.onnx
-                                    [--images 4096] [--batches 64,256] [--size 500x375] [--workers 16]
+                                    [--images 16384] [--batches 64,256] [--size 500x375] [--workers 16]
                                     [--device cuda] [--json results.json]
 
 --model and --fp16-model are float-input explain graphs (`onnxcam export --model torchvision:resnet50 [--fp16]`,
@@ -12,8 +12,9 @@ exported wherever torch and torchvision are); the served variants (Grad-CAM in t
 converted from them here. With --device cuda (the default) the run stops, saying why, when ONNX Runtime does not
 run a graph on CUDA; --device cpu runs the same measurements on the CPU (a check of the script without a GPU).
 End to end is `onnxcam run` in its own process (JPEGs -> Grad-CAM overlays and thumbnails written) with the read
-and write stages in --workers processes, and once with threads for comparison; the figures are written to --json
-after each section, so a run cut short keeps what it measured.
+and write stages in --workers processes, and once with threads for comparison, over the whole run and after its
+start-up (`end_to_end`). The figures are written to --json after each section, so a run cut short keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import importlib.abc
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,10 +84,10 @@ def compute_only(run, batch: np.ndarray, served: bool, repeats: int) -> float:
     return repeats * len(batch) / (time.perf_counter() - start)
 
 
-def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, device: str, processes: bool
-               ) -> tuple[float, str]:
-    """`onnxcam run` in its own process: JPEGs -> Grad-CAM overlays (and thumbnails) written; images/s over the
-    run's wall time, and the provider it used."""
+def onnxcam_run(graph: Path, images: Path, out: Path, batch: int, workers: int, device: str, processes: bool
+                ) -> tuple[int, float, str]:
+    """`onnxcam run` in its own process: JPEGs -> Grad-CAM overlays (and thumbnails) written; (images, the run's wall
+    seconds, the provider it used). Its outputs are deleted afterwards."""
     manifest = out.with_suffix(".yaml")
     manifest.write_text(yaml.safe_dump({
         "model": str(graph), "images": {"root": str(images)}, "methods": ["gradcam"],
@@ -95,7 +97,25 @@ def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, d
     subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
                    capture_output=True)
     report = json.loads((out / "run.json").read_text())
-    return report["images"] / report["wall_s"], report["provider"]
+    shutil.rmtree(out)
+    return report["images"], report["wall_s"], report["provider"]
+
+
+def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, device: str, processes: bool
+               ) -> dict[str, object]:
+    """images/s of a run over every JPEG (wall time, start-up included), and after start-up: a second run over one
+    batch of them gives the start-up (processes, sessions, the first batch's convolution search), and the rest
+    of the images over the rest of the time is the rate a long run settles at."""
+    count, wall, provider = onnxcam_run(graph, images, out, batch, workers, device, processes)
+    first = images.parent / f"{images.name}-{batch}"
+    if not first.exists():
+        first.mkdir()
+        for path in sorted(images.iterdir())[:batch]:
+            (first / path.name).hardlink_to(path)
+    _, startup, _ = onnxcam_run(graph, first, out, batch, workers, device, processes)
+    return {"end_to_end": count / wall, "after_startup": (count - batch) / max(wall - startup, 1e-9),
+            "startup_s": startup, "images": count, "provider": provider,
+            "workers": f"{workers} {'processes' if processes else 'threads'}"}
 
 
 def nhwc_session(graph: Path, outputs: tuple[str, ...]):
@@ -193,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a float32 explain graph (ResNet-50 for the goals)")
     parser.add_argument("--fp16-model", type=Path, help="the same model exported with --fp16")
-    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--images", type=int, default=16384)
     parser.add_argument("--reference-images", type=int, default=1024, help="pytorch-grad-cam's end to end")
     parser.add_argument("--batches", default="64,256")
     parser.add_argument("--size", default="500x375")
@@ -251,7 +271,8 @@ def main() -> None:
             print(f"float16 vs float32 on {args.device}, {len(pixels)} images: {figures['fp16_vs_fp32']}")
         save()
 
-        print(f"{'graph':<38} {'batch':>5} {'compute only':>14} {'end to end':>12}")
+        print(f"{'graph':<38} {'batch':>5} {'compute only':>14} {'end to end':>12} {'after start-up':>14} "
+              f"{'start-up':>8}")
         rows = figures["rows"] = []
         for (precision, served), graph in graphs.items():
             label = f"{precision}, " + ("Grad-CAM in the graph, uint8" if served else "maps on the host")
@@ -259,18 +280,17 @@ def main() -> None:
                 source = pixels if served else floats
                 compute = compute_only(backends[precision, served].run, np.resize(source, (batch, *source.shape[1:])),
                                        served, args.repeats)
-                e2e, used = end_to_end(graph, tmp / "images", tmp / f"out-{precision}-{served}-{batch}", batch,
-                                       args.workers, args.device, processes=True)
-                rows.append({"graph": label, "batch": batch, "compute_only": compute, "end_to_end": e2e,
-                             "provider": used, "workers": f"{args.workers} processes"})
-                print(f"{label:<38} {batch:>5} {compute:>12.0f}/s {e2e:>10.0f}/s")
+                e2e = end_to_end(graph, tmp / "images", tmp / "out", batch, args.workers, args.device, processes=True)
+                rows.append({"graph": label, "batch": batch, "compute_only": compute, **e2e})
+                print(f"{label:<38} {batch:>5} {compute:>12.0f}/s {e2e['end_to_end']:>10.0f}/s "
+                      f"{e2e['after_startup']:>10.0f}/s {e2e['startup_s']:>6.1f} s")
                 save()
         best = max(graphs, key=lambda key: (key[0] == "fp16", key[1]))
-        e2e, _ = end_to_end(graphs[best], tmp / "images", tmp / "out-threads", batches[-1], args.workers, args.device,
-                            processes=False)
-        figures["threads"] = {"graph": f"{best[0]}, served={best[1]}", "batch": batches[-1], "end_to_end": e2e,
-                              "workers": f"{args.workers} threads"}
-        print(f"{'the same, threads instead of processes':<38} {batches[-1]:>5} {'':>14} {e2e:>10.0f}/s")
+        e2e = end_to_end(graphs[best], tmp / "images", tmp / "out", batches[-1], args.workers, args.device,
+                         processes=False)
+        figures["threads"] = {"graph": f"{best[0]}, served={best[1]}", "batch": batches[-1], **e2e}
+        print(f"{'the same, threads instead of processes':<38} {batches[-1]:>5} {'':>14} {e2e['end_to_end']:>10.0f}/s "
+              f"{e2e['after_startup']:>10.0f}/s {e2e['startup_s']:>6.1f} s")
         if args.device == "cuda":
             source = pixels if best[1] else floats
             rate = compute_only(nhwc_session(graphs[best], SERVED if best[1] else RAW),

@@ -75,7 +75,7 @@ class Manifest:
     workers: int
     memory_budget: int  # bytes that images in flight may hold
     evaluate: Evaluation | None = None
-    precision: str = "auto"  # auto | f32 | bf16: what OpenVINO computes in (auto: bf16 where the CPU has it natively)
+    precision: str = "auto"  # auto | f32 | bf16: auto is bf16 on OpenVINO where the CPU has it, TF32 on CUDA
     worker_processes: bool = False  # the local engine reads and writes in `workers` processes instead of threads
 
     @property

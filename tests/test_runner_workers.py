@@ -74,7 +74,8 @@ def test_the_pixels_stay_in_the_worker_that_read_them(numpy_onnx, tmp_path):
     stages = build_stages(manifest, graph_info(), NumpyModel())
     workers = ProcessWorkers(stages, 1)
     try:
-        decoded = workers.submit_read(ImageRef("img00000.png", str(tmp_path / "images" / "img00000.png"))).result()
+        ref = ImageRef("img00000.png", str(tmp_path / "images" / "img00000.png"))
+        decoded = workers.submit_reads([ref])[0].result()
     finally:
         workers.shutdown()
     assert decoded.image is None and decoded.render_size == (56, 40) and decoded.tensor.shape == (3, 32, 32)

@@ -40,7 +40,10 @@ class LocalEngine:
     def run(self, todo: Iterator[ImageRef], sink: Sink) -> bool:
         """Runs every image of `todo`; returns True when interrupted."""
         stages = self.stages
-        look_ahead = self.batch_size + 2 * self.workers
+        # Worker processes get reads in groups (a message per worker, not per image), so the look-ahead keeps a
+        # second batch in flight and reads are handed out once a group's worth of room is free.
+        look_ahead = (2 if self.processes else 1) * self.batch_size + 2 * self.workers
+        group = max(1, self.batch_size // 4) if self.processes else 1
         reading: deque[tuple[Future, int]] = deque()  # (read, the bytes it holds)
         writing: deque[tuple[Future, int]] = deque()
         held = 0  # bytes of the images in flight, from their reads to their rows
@@ -50,18 +53,23 @@ class LocalEngine:
         def refill() -> None:
             nonlocal held
             collect(block_above=len(writing))  # writes that are done give their bytes back
-            while len(reading) < look_ahead:
+            if reading and look_ahead - len(reading) < group:
+                return
+            refs, sizes = [], []
+            while len(reading) + len(refs) < look_ahead:
                 if not waiting:
                     ref = next(todo, None)
                     if ref is None:
-                        return
+                        break
                     waiting.append((ref, stages.read.memory(ref)))
                 ref, size = waiting[0]
                 if held and held + size > self.memory_budget:
-                    return
+                    break
                 waiting.clear()
                 held += size
-                reading.append((pool.submit_read(ref), size))
+                refs.append(ref)
+                sizes.append(size)
+            reading.extend(zip(pool.submit_reads(refs), sizes, strict=True))
 
         def collect(block_above: int) -> None:
             nonlocal held
@@ -88,8 +96,8 @@ class LocalEngine:
                     continue
                 result = stages.explain(batch)
                 sink.add_costs(result.costs)
-                writing.extend((pool.submit_write(image), sizes[id(image.decoded)])
-                               for image in result.images)
+                writing.extend(zip(pool.submit_writes(result.images),
+                                   [sizes[id(image.decoded)] for image in result.images], strict=True))
                 collect(block_above=look_ahead)
             collect(block_above=0)
         except KeyboardInterrupt:

@@ -4,25 +4,29 @@
 Worker processes are spawned, never forked (the run's process holds ONNX Runtime's or CUDA's state and threads),
 and each builds its read and write stages once. An image stays with the worker that read it: the worker keeps
 the photograph's pixels (`DecodedImage.image`, drawn on by the write stage) and returns the model input without
-them, and that image's write goes back to the same worker, which puts them back. Each worker is a pool of one
-process, so its tasks run in the order given; a read goes to the worker with the fewest tasks pending.
+them, and that image's write goes back to the same worker, which puts them back.
+
+The run's process must hand out thousands of images a second, so the workers are plain processes on pipes, not
+concurrent.futures pools (whose two threads and several wake-ups per task cost about a millisecond of the run's
+process per image): the engine submits reads and writes in groups, each worker gets its share of a group as one
+message and answers with one, and a single thread receives every answer and settles the images' futures.
 
 A worker that dies (a crash in a decoder or an encoder, the out-of-memory killer) fails only the images it held:
-each becomes an error row saying so, a fresh worker takes its place at its next task, and the run goes on.
+each becomes an error row saying so, a fresh worker takes its place, and the run goes on.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -37,13 +41,12 @@ DIED_HOLDING = "the worker process holding this image died before writing its fi
 # What a write task carries instead of the model input: the write stage only asks whether there was one (for the
 # rows' region columns), and the input would cross back to the worker for nothing.
 NO_TENSOR = np.empty(0, np.float32)
-T = TypeVar("T")
 
 
 class Workers(Protocol):
-    def submit_read(self, ref: ImageRef) -> Future[DecodedImage]: ...
+    def submit_reads(self, refs: Sequence[ImageRef]) -> list[Future[DecodedImage]]: ...
 
-    def submit_write(self, result: ImageResult) -> Future[list[IndexRow]]: ...
+    def submit_writes(self, results: Sequence[ImageResult]) -> list[Future[list[IndexRow]]]: ...
 
     def shutdown(self) -> None:
         """Ends the workers: reads not started are dropped; returns once no write runs any more."""
@@ -58,31 +61,32 @@ class ThreadWorkers:
         self.readers = ThreadPoolExecutor(count, thread_name_prefix="read")
         self.writers = ThreadPoolExecutor(count, thread_name_prefix="write")
 
-    def submit_read(self, ref: ImageRef) -> Future[DecodedImage]:
-        return self.readers.submit(self.read, ref)
+    def submit_reads(self, refs: Sequence[ImageRef]) -> list[Future[DecodedImage]]:
+        return [self.readers.submit(self.read, ref) for ref in refs]
 
-    def submit_write(self, result: ImageResult) -> Future[list[IndexRow]]:
-        return self.writers.submit(self.write, result)
+    def submit_writes(self, results: Sequence[ImageResult]) -> list[Future[list[IndexRow]]]:
+        return [self.writers.submit(self.write, result) for result in results]
 
     def shutdown(self) -> None:
         self.readers.shutdown(wait=False, cancel_futures=True)
         self.writers.shutdown(wait=True)
 
 
+@dataclass
+class _Task:
+    futures: list[Future]
+    instead: Callable[[int], object]  # the outcome of item i when the worker died before answering
+
+
+@dataclass(eq=False)
 class _Worker:
-    """One worker process: a pool of one, so its tasks run in the order they were submitted."""
+    """One worker process, its task pipe (the run's process writes) and answer pipe (the collector reads)."""
 
-    def __init__(self, stages: Stages, count: int):
-        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
-                                        initargs=(stages.read, stages.write, count))
-        self.pending: set[Future] = set()
-
-    def submit(self, task: Callable, argument: object) -> Future:
-        """Raises BrokenProcessPool once the process is known to have died."""
-        future = self.pool.submit(task, argument)
-        self.pending.add(future)
-        future.add_done_callback(self.pending.discard)
-        return future
+    process: multiprocessing.process.BaseProcess
+    tasks: multiprocessing.connection.Connection
+    answers: multiprocessing.connection.Connection
+    pending: dict[int, _Task] = field(default_factory=dict)  # task id -> what waits on its answer
+    items: int = 0  # images in its pending tasks
 
 
 class ProcessWorkers:
@@ -90,70 +94,180 @@ class ProcessWorkers:
 
     def __init__(self, stages: Stages, count: int):
         self.stages, self.count = stages, count
-        self.workers = [_Worker(stages, count) for _ in range(count)]
+        self.context = multiprocessing.get_context("spawn")
+        self.ids = itertools.count()
+        self.lock = threading.Lock()  # the workers and their pending tasks, shared with the collector
+        self.workers = [self._start() for _ in range(count)]
         self.holders: dict[str, _Worker] = {}  # image key -> the worker that read it, until its write is submitted
+        self.wake_reader, self.wake_writer = self.context.Pipe(duplex=False)  # tells the collector to look again
+        self.stopping = False
+        self.collector = threading.Thread(target=self._collect, name="collect", daemon=True)
+        self.collector.start()
 
-    def submit_read(self, ref: ImageRef) -> Future[DecodedImage]:
-        worker = min(self.workers, key=lambda w: len(w.pending))
-        try:
-            future = worker.submit(_read, ref)
-        except BrokenProcessPool:
-            worker = self._replace(worker)
-            future = worker.submit(_read, ref)
-        self.holders[ref.key] = worker
-        return _surviving(future, lambda: DecodedImage(ref, error=DIED_READING))
+    def submit_reads(self, refs: Sequence[ImageRef]) -> list[Future[DecodedImage]]:
+        """Shares `refs` among the workers, the least busy first, one message each."""
+        futures = [Future() for _ in refs]
+        shares: dict[int, list[int]] = {}
+        with self.lock:
+            load = {index: worker.items for index, worker in enumerate(self.workers)}
+            for i in range(len(refs)):
+                index = min(load, key=load.get)
+                load[index] += 1
+                shares.setdefault(index, []).append(i)
+        for index, positions in shares.items():
+            worker = self.workers[index]
+            for i in positions:
+                self.holders[refs[i].key] = worker
+            chunk = [refs[i] for i in positions]
+            self._send(worker, "read", chunk, [futures[i] for i in positions],
+                       lambda i, chunk=chunk: DecodedImage(chunk[i], error=DIED_READING))
+        return futures
 
-    def submit_write(self, result: ImageResult) -> Future[list[IndexRow]]:
-        worker = self.holders.pop(result.decoded.ref.key)
-        sent = replace(result, decoded=replace(result.decoded, tensor=None if result.decoded.tensor is None
-                                               else NO_TENSOR))
-        if worker in self.workers:
-            try:
-                return _surviving(worker.submit(_write, sent), lambda: self._error_rows(result))
-            except BrokenProcessPool:
-                self._replace(worker)
-        done: Future[list[IndexRow]] = Future()
-        done.set_result(self._error_rows(result))
-        return done
+    def submit_writes(self, results: Sequence[ImageResult]) -> list[Future[list[IndexRow]]]:
+        """Sends each image's write to the worker holding its pixels, one message per worker."""
+        futures = [Future() for _ in results]
+        shares: dict[int, tuple[_Worker, list[int]]] = {}
+        for i, result in enumerate(results):
+            worker = self.holders.pop(result.decoded.ref.key)
+            shares.setdefault(id(worker), (worker, []))[1].append(i)
+        for worker, positions in shares.values():
+            chunk = [results[i] for i in positions]
+            sent = [replace(r, decoded=replace(r.decoded, tensor=None if r.decoded.tensor is None else NO_TENSOR))
+                    for r in chunk]
+            self._send(worker, "write", sent, [futures[i] for i in positions],
+                       lambda i, chunk=chunk: self._error_rows(chunk[i]))
+        return futures
 
     def shutdown(self) -> None:
-        for worker in self.workers:
-            worker.pool.shutdown(wait=True, cancel_futures=True)
+        """Lets the tasks under way finish (the engine has cancelled the reads it gave up), then ends the workers."""
+        with self.lock:
+            self.stopping = True
+            workers = list(self.workers)
+        for worker in workers:
+            try:
+                worker.tasks.send(None)
+            except OSError:
+                pass  # it died; the collector settles its tasks
+        self.wake_writer.send(None)
+        self.collector.join()
 
-    def _replace(self, worker: _Worker) -> _Worker:
-        """A fresh worker in the place of one whose process died."""
-        worker.pool.shutdown(wait=True)
-        fresh = _Worker(self.stages, self.count)
-        self.workers[self.workers.index(worker)] = fresh
-        return fresh
+    def _start(self) -> _Worker:
+        tasks_in, tasks_out = self.context.Pipe(duplex=False)
+        answers_in, answers_out = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_serve, args=(tasks_in, answers_out, self.stages.read,
+                                                            self.stages.write, self.count), daemon=True)
+        process.start()
+        tasks_in.close()
+        answers_out.close()
+        return _Worker(process, tasks_out, answers_in)
+
+    def _send(self, worker: _Worker, kind: str, items: list, futures: list[Future], instead: Callable) -> None:
+        task = next(self.ids)
+        with self.lock:
+            alive = worker in self.workers
+            if alive:
+                worker.pending[task] = _Task(futures, instead)
+                worker.items += len(items)
+        if alive:
+            try:
+                worker.tasks.send((task, kind, items))
+                return
+            except OSError:
+                return  # it died while we sent; the collector settles the task with the rest of its work
+        for i, future in enumerate(futures):
+            _settle(future, instead(i))
+
+    def _collect(self) -> None:
+        """The collector thread: each answer settles its task's futures; a worker's death settles all its tasks
+        with their substitutes and starts a fresh worker (once the run is ending, none)."""
+        while True:
+            with self.lock:
+                if self.stopping and not self.workers:
+                    return
+                watched = {worker.answers: worker for worker in self.workers}
+                watched |= {worker.process.sentinel: worker for worker in self.workers}
+            for ready in multiprocessing.connection.wait([*watched, self.wake_reader]):
+                if ready is self.wake_reader:
+                    self.wake_reader.recv()
+                elif ready is watched[ready].answers:
+                    self._receive(watched[ready])
+                else:
+                    self._bury(watched[ready])
+
+    def _receive(self, worker: _Worker) -> bool:
+        """Settles the task of the worker's next answer; False when there is none (it died mid-answer)."""
+        try:
+            task, outcomes = worker.answers.recv()
+        except (EOFError, OSError):
+            return False  # its sentinel says the rest
+        with self.lock:
+            done = worker.pending.pop(task)
+            worker.items -= len(done.futures)
+        for future, outcome in zip(done.futures, outcomes, strict=True):
+            _settle(future, outcome)
+        return True
+
+    def _bury(self, worker: _Worker) -> None:
+        """A worker process ended: what it answered counts, the rest of its tasks get their substitutes."""
+        while worker.answers.poll() and self._receive(worker):
+            pass
+        with self.lock:
+            if worker not in self.workers:
+                return
+            index = self.workers.index(worker)
+            if self.stopping:
+                del self.workers[index]
+            else:
+                self.workers[index] = self._start()
+            tasks, worker.pending = list(worker.pending.values()), {}
+        for task in tasks:
+            for i, future in enumerate(task.futures):
+                _settle(future, task.instead(i))
+        worker.process.join()
+        worker.tasks.close()
+        worker.answers.close()
 
     def _error_rows(self, result: ImageResult) -> list[IndexRow]:
         """The rows of an image whose worker died: its own error if it had one, else the death (no pixels needed)."""
         return self.stages.write(result if result.error else replace(result, error=DIED_HOLDING, targets=[]))
 
 
-def _surviving(future: Future[T], instead: Callable[[], T]) -> Future[T]:
-    """`future`'s outcome, or `instead()` when its worker process died; cancelling it drops the outcome."""
-    outcome: Future[T] = Future()
-
-    def settle(done: Future[T]) -> None:
-        if not outcome.set_running_or_notify_cancel():
-            return
-        try:
-            outcome.set_result(done.result())
-        except BrokenProcessPool:
-            outcome.set_result(instead())
-        except BaseException as error:  # noqa: BLE001 - handed on to whoever waits on the outcome
-            outcome.set_exception(error)
-
-    future.add_done_callback(settle)
-    return outcome
+def _settle(future: Future, outcome: object) -> None:
+    """Hands `outcome` (a result, or an exception raised in the worker) to `future` unless it was cancelled."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass  # cancelled: the engine gave up on this read
 
 
 # -- inside a worker process -----------------------------------------------------------------------------------
 
 _stages: tuple[ReadStage, WriteStage] | None = None
 _pixels: dict[str, np.ndarray] = {}  # image key -> its pixels, from its read to its write
+
+
+def _serve(tasks, answers, read: ReadStage, write: WriteStage, count: int) -> None:
+    """A worker's life: (task id, "read" | "write", items) in, (task id, one outcome per item) out, until None."""
+    _start(read, write, count)
+    run = {"read": _read, "write": _write}
+    while True:
+        try:
+            message = tasks.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        task, kind, items = message
+        outcomes = []
+        for item in items:
+            try:
+                outcomes.append(run[kind](item))
+            except Exception as error:  # noqa: BLE001 - the stages catch what a file can do; this is a bug: hand it on
+                outcomes.append(error)
+        answers.send((task, outcomes))
 
 
 def _start(read: ReadStage, write: WriteStage, count: int) -> None:
@@ -169,8 +283,7 @@ def _start(read: ReadStage, write: WriteStage, count: int) -> None:
 
 
 def _end_with_parent() -> None:
-    """Ends this worker when the run's process ends, however it ends (its pool's queues would keep it waiting
-    after a kill -9)."""
+    """Ends this worker when the run's process ends, however it ends (a kill -9 closes no pipe of ours in time)."""
     multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
     os._exit(1)
 

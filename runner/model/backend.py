@@ -68,17 +68,20 @@ class OnnxRuntimeBackend:
     sessions at once, so a file ONNX Runtime cannot load fails before any work starts. CUDA runs with IO binding.
     A uint8-input graph takes pixels; float inputs (the extra passes', impressions') go through it cut at its
     float input.
+
+    `precision` (runtime.precision) matters on CUDA only: `auto` lets a float32 graph's convolutions and matrix
+    products run in TF32 on tensor cores (as PyTorch's convolutions do by default: about 1e-3 from float32), `f32`
+    keeps them in float32. A float16 graph (`onnxcam export --fp16`) computes in float16 whatever the precision.
     """
 
-    precision = "f32"  # the graph as exported
-
     def __init__(self, path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (),
-                 threads: int = 0):
+                 threads: int = 0, precision: str = "auto"):
         self.path, self.threads = path, threads
         try:
-            self.uint8_input = read_graph_info(path).input_format == "uint8"
+            info = read_graph_info(path)
+            self.uint8_input, half = info.input_format == "uint8", info.precision == "fp16"
         except Exception:  # noqa: BLE001 - not an explain graph: its session below fails, saying why
-            self.uint8_input = False
+            self.uint8_input = half = False
         self.notes: list[str] = []
         wanted = ["cuda", "cpu"] if providers == "auto" else list(providers)
         if "cuda" in wanted:
@@ -92,6 +95,8 @@ class OnnxRuntimeBackend:
         self._sessions: dict[tuple[tuple[str, ...], bool], ort.InferenceSession] = {}
         self._forward: tuple[ForwardGraph, ort.InferenceSession] | None = None
         self.provider = ORT_NAMES[wanted[0]]
+        self.tf32 = precision != "f32" and not half
+        self.precision = "fp16" if half else "tf32" if self.tf32 and "cuda" in wanted else "f32"
         for outputs in output_sets:
             self._session(tuple(outputs), from_float=False)
 
@@ -102,6 +107,10 @@ class OnnxRuntimeBackend:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(self.path.resolve().parent))
         return options
+
+    def _providers(self) -> list[str | tuple[str, dict[str, str]]]:
+        return [(ORT_NAMES[p], {"use_tf32": "1" if self.tf32 else "0"}) if p == "cuda" else ORT_NAMES[p]
+                for p in self.wanted]
 
     def forward_values(self, inputs: np.ndarray) -> tuple[ForwardGraph, dict[str, np.ndarray]]:
         """The forward graph and every intermediate float tensor of its pass over `inputs` (CNN fixations)."""
@@ -120,13 +129,14 @@ class OnnxRuntimeBackend:
             options = self._options()
             try:
                 session = ort.InferenceSession(pruned_graph(self.path, outputs, from_float), options,
-                                               providers=[ORT_NAMES[p] for p in self.wanted])
+                                               providers=self._providers())
             except Exception as error:  # noqa: BLE001 - ORT raises several types for a bad model file
                 raise ModelError(f"{self.path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None
             provider = session.get_providers()[0]
             if not self._sessions:
                 self.provider = provider
                 if "cuda" in self.wanted and provider != ORT_NAMES["cuda"]:
+                    self.precision = "f32" if self.precision == "tf32" else self.precision
                     self.notes.append("CUDA provider failed to initialise; running on CPU (`onnxcam doctor` says why)")
             self._sessions[key] = session
         return self._sessions[key]
@@ -156,4 +166,4 @@ def open_backend(path: Path, providers: str | list[str], output_sets: Iterable[t
         from onnxcam.runner.model.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(path, output_sets, precision, cores, workers)
-    return OnnxRuntimeBackend(path, providers, output_sets, threads=cores)
+    return OnnxRuntimeBackend(path, providers, output_sets, threads=cores, precision=precision)

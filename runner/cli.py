@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
@@ -37,6 +38,9 @@ def run_info(args: argparse.Namespace) -> int:
     more = ", ..." if info.num_classes > 3 else ""
     print(f"  classes          {info.num_classes} ({', '.join(info.labels[:3])}{more})")
     print(f"  output           {info.output_activation}; GAP->linear head (exact CAM): {info.gap_linear_head}")
+    if info.precision != "fp32":
+        print(f"  precision        {info.precision} inside (float32 in and out); gradients scaled by "
+              f"2^{round(math.log2(info.gradient_scale))} before the backward, exactly undone")
     if info.graph_maps or info.input_format != "float":
         print(f"  serving          maps in the graph: {', '.join(info.graph_maps) or 'none'}; input "
               f"{info.input_format}")

@@ -4,7 +4,7 @@ host or in the graph (uint8 input) at two batch sizes, and pytorch-grad-cam on t
 script, not a test; it makes its own JPEGs and needs no network.
 
     python scripts/gpu_benchmark.py --model exports/resnet50.onnx --fp16-model exports/resnet50-fp16.onnx
-                                    [--images 16384] [--batches 64,256] [--size 500x375] [--workers 16]
+                                    [--images 8192] [--batches 64,256] [--size 500x375] [--workers 16]
                                     [--device cuda] [--json results.json]
 
 --model and --fp16-model are float-input explain graphs (`onnxcam export --model torchvision:resnet50 [--fp16]`,
@@ -23,6 +23,7 @@ import argparse
 import importlib.abc
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -213,11 +214,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a float32 explain graph (ResNet-50 for the goals)")
     parser.add_argument("--fp16-model", type=Path, help="the same model exported with --fp16")
-    parser.add_argument("--images", type=int, default=16384)
-    parser.add_argument("--reference-images", type=int, default=1024, help="pytorch-grad-cam's end to end")
+    parser.add_argument("--images", type=int, default=8192)
+    parser.add_argument("--reference-images", type=int, default=512, help="pytorch-grad-cam's end to end")
     parser.add_argument("--batches", default="64,256")
     parser.add_argument("--size", default="500x375")
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 2),
+                        help="worker processes (default: the cores less two, for the run's process and the GPU's)")
     parser.add_argument("--repeats", type=int, default=20, help="compute-only batches per figure")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -14,6 +14,12 @@ so it is an upper bound). The batch stage's host work runs in the engine's one t
 serial. The projection for N cores with the local engine's threads: min(N x 1000 / total CPU ms, 1000 / serial
 ms) images/s (every core busy, or the GIL busy).
 
+With worker processes (`runtime.worker_processes: true`) the read and write stages leave the run's process; what
+stays there per image (handing images to the workers and back, the batch stage's host work, index.csv) is
+measured by a run over the same JPEGs whose model answers at once (all the run's process's threads, its CPU
+clock). The projection for N cores: min((N - 1) x 1000 / (read + write ms), 1000 / the run's process ms), one
+core left to the run's process.
+
 --end-to-end then compares, on this machine, `onnxcam run` over the same JPEGs (its own process, images/s after
 its start-up, from run.json) with the compute-only throughput of the same graph and batch size (preprocessed
 batches in memory -> the method's maps), the share of its own speed the pipeline keeps.
@@ -23,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +46,7 @@ from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import OnnxRuntimeBackend
 from onnxcam.runner.model.graph import read_graph_info
+from onnxcam.runner.run import Run
 from onnxcam.runner.stages import build_stages, output_sets
 from sample_photos import write_sized
 
@@ -72,6 +81,31 @@ def end_to_end(manifest: Path) -> float:
                    capture_output=True)
     report = json.loads((Path(yaml.safe_load(manifest.read_text())["output"]["dir"]) / "run.json").read_text())
     return report["images"] / report["wall_s"]
+
+
+class InstantModel:
+    """A backend that answers at once with `answers` (one image's outputs, repeated for the batch)."""
+
+    provider, precision, notes = "instant", "f32", []
+
+    def __init__(self, answers: dict[str, np.ndarray]):
+        self.answers = answers
+
+    def run(self, outputs, inputs, targets):
+        return {name: np.repeat(self.answers[name][:1], len(inputs), axis=0) for name in outputs}
+
+
+def run_process_ms(manifest_path: Path, answers: dict[str, np.ndarray]) -> float:
+    """CPU ms per image of the run's own process (every thread) when worker processes read and write."""
+    manifest = load_manifest(manifest_path)
+    manifest.worker_processes = True
+    shutil.rmtree(manifest.output_dir, ignore_errors=True)
+    run = Run(manifest, quiet=True, backend=InstantModel(answers))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    images = run.run().images
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    shutil.rmtree(manifest.output_dir)
+    return 1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / images
 
 
 def main() -> None:
@@ -141,6 +175,13 @@ def main() -> None:
     print(f"CPU stages: {total:.2f} ms of CPU per image, {serial:.2f} ms of it serial (GIL or the engine's thread)")
     print(f"projection, {args.cores} cores: {threads:.0f} images/s with threads (the local engine), "
           f"{args.cores * 1000 / total:.0f} images/s if every core were busy")
+    answers = backend.run(stages.explain.outputs, batches[0][0].tensor[None], np.array([-1]))
+    process_ms = run_process_ms(manifest_path, answers)
+    workers_ms = 1000 * (rows[0][1] + rows[2][1]) / n
+    processes = min((args.cores - 1) * 1000 / workers_ms, 1000 / process_ms)
+    print(f"worker processes: the run's own process spends {process_ms:.2f} ms of CPU per image (the model "
+          f"answering at once); projection, {args.cores} cores: {processes:.0f} images/s "
+          f"({args.cores - 1} cores x {workers_ms:.2f} ms of reading and writing, or the run's process busy)")
     if args.end_to_end:
         inputs = np.stack([image.tensor for image in decoded])
         batches = [inputs[k:k + args.batch_size] for k in range(0, len(inputs), args.batch_size)]

@@ -15,6 +15,7 @@ import pytest
 from onnxcam.exporter import export
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.sources import load_model
+from onnxcam.runner.cli import main
 from onnxcam.runner.inputs.decode import decode_image
 from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.methods import METHODS
@@ -59,7 +60,8 @@ def assert_maps_agree(half: dict[str, np.ndarray], full: dict[str, np.ndarray]) 
                 f"{method}, photograph {i}: the peak moved"
 
 
-def test_the_graph_is_float16_inside_and_float32_at_its_edges(graphs):
+@pytest.mark.slow  # exports efficientnet-lite0 twice
+def test_the_graph_is_float16_inside_and_float32_at_its_edges(graphs, capsys):
     info = read_graph_info(graphs[1])
     assert info.precision == "fp16" and read_graph_info(graphs[0]).precision == "fp32"
     assert info.gradient_scale > 1 and math.log2(info.gradient_scale).is_integer()
@@ -69,8 +71,12 @@ def test_the_graph_is_float16_inside_and_float32_at_its_edges(graphs):
     kinds = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]}
     assert kinds["input"] == kinds["logits"] == kinds["gradients"] == onnx.TensorProto.FLOAT
     assert (graphs[1].stat().st_size - 0.5 * graphs[0].stat().st_size) < 0.1 * graphs[0].stat().st_size
+    assert main(["info", str(graphs[1])]) == 0
+    assert (f"precision        fp16 inside (float32 in and out); gradients scaled by "
+            f"2^{round(math.log2(info.gradient_scale))} before the backward, exactly undone") in capsys.readouterr().out
 
 
+@pytest.mark.slow  # exports efficientnet-lite0 twice
 def test_maps_agree_with_float32_on_real_photographs(graphs, photographs):
     targets = np.array([-1, -1, 281, -1])  # 281: tabby cat, also asked of the other photographs' graph
     full = OnnxRuntimeBackend(graphs[0], ["cpu"]).run(RAW, photographs, targets)
@@ -78,6 +84,7 @@ def test_maps_agree_with_float32_on_real_photographs(graphs, photographs):
     assert_maps_agree(half, full)
 
 
+@pytest.mark.slow  # exports efficientnet-lite0 twice
 def test_float16_graph_on_cuda_agrees_with_float32_on_the_cpu(graphs, photographs):
     """Exercised on a GPU machine (where float16 runs on tensor cores); skipped where CUDA cannot run."""
     cuda = OnnxRuntimeBackend(graphs[1], "auto")
@@ -102,6 +109,7 @@ def test_gradients_below_float16s_range_survive_by_scaling(tmp_path, monkeypatch
     assert not (tmp_path / "plain.onnx").exists()
 
 
+@pytest.mark.slow  # exports efficientnet-lite0 twice
 def test_serving_options_apply_to_a_float16_graph(graphs, tmp_path):
     from onnxcam.exporter.serving import convert
 

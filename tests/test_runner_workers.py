@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from onnxcam.runner.cli import main
 from onnxcam.runner.engines.local import LocalEngine
@@ -21,6 +23,7 @@ from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.run import Run
 from onnxcam.runner.stages import Stages, build_stages
+from onnxcam.runner.stages.items import ImageResult, TargetResult
 from runner_helpers import read_index, wait_for_rows, write_images, write_manifest
 from test_runner_stages import NumpyModel, graph_info, metadata_only_graph
 
@@ -135,6 +138,57 @@ def test_a_dead_worker_fails_only_the_images_it_held(numpy_onnx, tmp_path, stage
     assert len(set(readers.values())) == 3, "a fresh worker took the dead one's place"
     assert all(readers.get(key, dead) == dead for key in errors), "only images the dead worker held fail"
     assert all(found[0]["status"] == "ok" for key, found in rows.items() if readers.get(key, dead) != dead)
+
+
+def image_refs(folder: Path) -> list[ImageRef]:
+    return [ImageRef(path.name, str(path)) for path in sorted(folder.iterdir())]
+
+
+def shut_down(workers: ProcessWorkers, seconds: float = 30) -> bool:
+    """Shuts `workers` down; False when that did not return within `seconds` (the workers are killed then)."""
+    stopping = threading.Thread(target=workers.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(seconds)
+    if stopping.is_alive():
+        for worker in workers.workers:
+            worker.process.kill()
+        stopping.join(10)
+        return False
+    return True
+
+
+class SlowWrite:
+    """A write stage that takes `seconds` and writes nothing; its one row names the image."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, result):
+        time.sleep(self.seconds)
+        return [{"image": result.decoded.ref.key}]
+
+
+def test_ctrl_c_in_the_middle_of_a_message_does_not_hang_the_shutdown(numpy_onnx, tmp_path):
+    write_images(tmp_path / "images", 2, size=(40, 56))
+    manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True, workers=1))
+    stages = build_stages(manifest, graph_info(), NumpyModel())
+    workers = ProcessWorkers(Stages(read=stages.read, explain=stages.explain, write=SlowWrite(1.0)), 1)
+    decoded = [future.result(timeout=60) for future in workers.submit_reads(image_refs(tmp_path / "images"))]
+    under_way = workers.submit_writes([ImageResult(decoded[0])])  # the worker is busy with it for a second
+    # a write of 4 MB: the task pipe takes 64 KB of it, the rest waits for the worker; Ctrl-C comes meanwhile
+    big = ImageResult(decoded[1], targets=[TargetResult(0, 1.0, {"gradcam": np.zeros((1024, 1024), np.float32)})])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ctrl_c = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    try:
+        ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt):
+            workers.submit_writes([big])
+    finally:
+        ctrl_c.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert under_way[0].result(timeout=30) == [{"image": "img00000.png"}], "the write under way finishes"
+    assert shut_down(workers), "the shutdown returns"
+    assert not multiprocessing.active_children()
 
 
 def test_worker_processes_is_true_or_false(numpy_onnx, tmp_path, capsys):

@@ -139,15 +139,14 @@ class ProcessWorkers:
         return futures
 
     def shutdown(self) -> None:
-        """Lets the tasks under way finish (the engine has cancelled the reads it gave up), then ends the workers."""
+        """Lets the tasks under way finish (the engine has cancelled the reads it gave up), then ends the workers:
+        each stops at the end of its task pipe, once it has answered every task it got whole (a message that Ctrl-C
+        cut short ends there too; a None sent after it would only be read as the rest of it)."""
         with self.lock:
             self.stopping = True
             workers = list(self.workers)
         for worker in workers:
-            try:
-                worker.tasks.send(None)
-            except OSError:
-                pass  # it died; the collector settles its tasks
+            worker.tasks.close()  # a dead one's too: the collector settles its tasks
         self.wake_writer.send(None)
         self.collector.join()
 
@@ -171,9 +170,14 @@ class ProcessWorkers:
         if alive:
             try:
                 worker.tasks.send((task, kind, items))
-                return
             except OSError:
-                return  # it died while we sent; the collector settles the task with the rest of its work
+                pass  # it died while we sent (or its pipe is closed); the collector settles the task
+            except BaseException:
+                # Ctrl-C while the message waited for room in the pipe: the rest of it never comes, so the worker
+                # ends after the tasks before it, and the collector settles this one with its substitutes
+                worker.tasks.close()
+                raise
+            return
         for i, future in enumerate(futures):
             _settle(future, instead(i))
 
@@ -224,8 +228,7 @@ class ProcessWorkers:
             for i, future in enumerate(task.futures):
                 _settle(future, task.instead(i))
         worker.process.join()
-        worker.tasks.close()
-        worker.answers.close()
+        worker.answers.close()  # not its task pipe: the run's thread may be sending on it (it closes with the worker)
 
     def _error_rows(self, result: ImageResult) -> list[IndexRow]:
         """The rows of an image whose worker died: its own error if it had one, else the death (no pixels needed)."""
@@ -250,17 +253,15 @@ _pixels: dict[str, np.ndarray] = {}  # image key -> its pixels, from its read to
 
 
 def _serve(tasks, answers, read: ReadStage, write: WriteStage, count: int) -> None:
-    """A worker's life: (task id, "read" | "write", items) in, (task id, one outcome per item) out, until None."""
+    """A worker's life: (task id, "read" | "write", items) in, (task id, one outcome per item) out, until the run
+    closes its end of the task pipe."""
     _start(read, write, count)
     run = {"read": _read, "write": _write}
     while True:
         try:
-            message = tasks.recv()
-        except EOFError:
+            task, kind, items = tasks.recv()
+        except (EOFError, OSError):  # OSError: the end came inside a message the run cut short
             return
-        if message is None:
-            return
-        task, kind, items = message
         outcomes = []
         for item in items:
             try:

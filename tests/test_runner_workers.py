@@ -191,6 +191,44 @@ def test_ctrl_c_in_the_middle_of_a_message_does_not_hang_the_shutdown(numpy_onnx
     assert not multiprocessing.active_children()
 
 
+class Unrebuildable(Exception):
+    """An exception that pickles but cannot be unpickled (its __init__ wants other arguments than its args)."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+
+
+class RaiseOn:
+    """A read stage that raises Unrebuildable on one image in a worker process (a bug in a stage)."""
+
+    def __init__(self, stage, key: str):
+        self.stage, self.key = stage, key
+
+    def __call__(self, ref):
+        if ref.key == self.key and multiprocessing.parent_process() is not None:
+            raise Unrebuildable(ref.key, "a bug")
+        return self.stage(ref)
+
+    def memory(self, ref: ImageRef) -> int:
+        return self.stage.memory(ref)
+
+
+def test_an_exception_the_run_cannot_unpickle_reaches_its_future(numpy_onnx, tmp_path):
+    write_images(tmp_path / "images", 2, size=(40, 56))
+    manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True, workers=1))
+    stages = build_stages(manifest, graph_info(), NumpyModel())
+    workers = ProcessWorkers(Stages(read=RaiseOn(stages.read, "img00000.png"), explain=stages.explain,
+                                    write=stages.write), 1)
+    try:
+        futures = workers.submit_reads(image_refs(tmp_path / "images"))
+        with pytest.raises(RuntimeError, match="Unrebuildable: img00000.png: a bug"):
+            futures[0].result(timeout=20)
+        assert futures[1].result(timeout=20).error == ""
+    finally:
+        assert shut_down(workers)
+    assert not multiprocessing.active_children()
+
+
 def test_worker_processes_is_true_or_false(numpy_onnx, tmp_path, capsys):
     write_images(tmp_path / "images", 1)
     manifest = numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", processes="yes please")

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from multiprocessing.reduction import ForkingPickler
 from typing import Protocol
 
 import cv2
@@ -267,8 +268,18 @@ def _serve(tasks, answers, read: ReadStage, write: WriteStage, count: int) -> No
             try:
                 outcomes.append(run[kind](item))
             except Exception as error:  # noqa: BLE001 - the stages catch what a file can do; this is a bug: hand it on
-                outcomes.append(error)
+                outcomes.append(_portable(error))
         answers.send((task, outcomes))
+
+
+def _portable(error: Exception) -> Exception:
+    """`error`, or when the run's process could not unpickle it (an __init__ that wants other arguments than its
+    args, an attribute that does not pickle), a RuntimeError that says what it was."""
+    try:
+        ForkingPickler.loads(ForkingPickler.dumps(error))
+    except Exception:  # noqa: BLE001 - whatever pickling raises
+        return RuntimeError(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
+    return error
 
 
 def _start(read: ReadStage, write: WriteStage, count: int) -> None:

@@ -4,6 +4,7 @@ process outlives the run, however it ends."""
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -224,6 +225,29 @@ def test_an_exception_the_run_cannot_unpickle_reaches_its_future(numpy_onnx, tmp
         with pytest.raises(RuntimeError, match="Unrebuildable: img00000.png: a bug"):
             futures[0].result(timeout=20)
         assert futures[1].result(timeout=20).error == ""
+    finally:
+        assert shut_down(workers)
+    assert not multiprocessing.active_children()
+
+
+def test_no_fresh_worker_fails_the_tasks_instead_of_hanging(numpy_onnx, tmp_path):
+    write_images(tmp_path / "images", 3, size=(40, 56))
+    manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True, workers=1))
+    stages = build_stages(manifest, graph_info(), NumpyModel())
+    read = CrashOn(stages.read, "img00000.png", tmp_path / "readers.log")
+    workers = ProcessWorkers(Stages(read=read, explain=stages.explain, write=stages.write), 1)
+
+    def cannot_start():
+        raise OSError(errno.EAGAIN, "no process to spare")
+
+    workers._start = cannot_start  # the worker that dies cannot be replaced (fork fails: memory, process limit)
+    refs = image_refs(tmp_path / "images")
+    try:
+        for future in workers.submit_reads(refs):
+            with pytest.raises(OSError, match="no process to spare"):
+                future.result(timeout=20)
+        with pytest.raises(OSError, match="no process to spare"):
+            workers.submit_reads(refs[1:2])[0].result(timeout=5)
     finally:
         assert shut_down(workers)
     assert not multiprocessing.active_children()

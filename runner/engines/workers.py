@@ -102,6 +102,7 @@ class ProcessWorkers:
         self.holders: dict[str, _Worker] = {}  # image key -> the worker that read it, until its write is submitted
         self.wake_reader, self.wake_writer = self.context.Pipe(duplex=False)  # tells the collector to look again
         self.stopping = False
+        self.broken: BaseException | None = None  # what stopped the collector, if anything did
         self.collector = threading.Thread(target=self._collect, name="collect", daemon=True)
         self.collector.start()
 
@@ -164,7 +165,8 @@ class ProcessWorkers:
     def _send(self, worker: _Worker, kind: str, items: list, futures: list[Future], instead: Callable) -> None:
         task = next(self.ids)
         with self.lock:
-            alive = worker in self.workers
+            broken = self.broken
+            alive = broken is None and worker in self.workers
             if alive:
                 worker.pending[task] = _Task(futures, instead)
                 worker.items += len(items)
@@ -180,24 +182,43 @@ class ProcessWorkers:
                 raise
             return
         for i, future in enumerate(futures):
-            _settle(future, instead(i))
+            _settle(future, broken if broken is not None else instead(i))
 
     def _collect(self) -> None:
         """The collector thread: each answer settles its task's futures; a worker's death settles all its tasks
-        with their substitutes and starts a fresh worker (once the run is ending, none)."""
-        while True:
-            with self.lock:
-                if self.stopping and not self.workers:
-                    return
-                watched = {worker.answers: worker for worker in self.workers}
-                watched |= {worker.process.sentinel: worker for worker in self.workers}
-            for ready in multiprocessing.connection.wait([*watched, self.wake_reader]):
-                if ready is self.wake_reader:
-                    self.wake_reader.recv()
-                elif ready is watched[ready].answers:
-                    self._receive(watched[ready])
-                else:
-                    self._bury(watched[ready])
+        with their substitutes and starts a fresh worker (once the run is ending, none). Should it fail (no fresh
+        worker can start, an answer that does not unpickle), every task gets its error instead of a wait forever."""
+        try:
+            while True:
+                with self.lock:
+                    if self.stopping and not self.workers:
+                        return
+                    watched = {worker.answers: worker for worker in self.workers}
+                    watched |= {worker.process.sentinel: worker for worker in self.workers}
+                for ready in multiprocessing.connection.wait([*watched, self.wake_reader]):
+                    if ready is self.wake_reader:
+                        self.wake_reader.recv()
+                    elif ready is watched[ready].answers:
+                        self._receive(watched[ready])
+                    else:
+                        self._bury(watched[ready])
+        except BaseException as error:  # noqa: BLE001 - handed to every future, which the engine waits on
+            self._break(error)
+
+    def _break(self, error: BaseException) -> None:
+        """The collector cannot go on: the workers end, and their tasks and every later one get `error`."""
+        with self.lock:
+            self.broken = error
+            tasks = [task for worker in self.workers for task in worker.pending.values()]
+            for worker in self.workers:
+                worker.pending = {}
+            workers = list(self.workers)
+        for worker in workers:
+            worker.process.kill()
+            worker.process.join()
+        for task in tasks:
+            for future in task.futures:
+                _settle(future, error)
 
     def _receive(self, worker: _Worker) -> bool:
         """Settles the task of the worker's next answer; False when there is none (it died mid-answer)."""

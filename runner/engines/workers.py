@@ -50,7 +50,8 @@ class Workers(Protocol):
     def submit_writes(self, results: Sequence[ImageResult]) -> list[Future[list[IndexRow]]]: ...
 
     def shutdown(self) -> None:
-        """Ends the workers: reads not started are dropped; returns once no write runs any more."""
+        """Ends the workers once the writes submitted are done (reads the engine cancelled: threads drop those not
+        started, worker processes may still decode those they were sent); returns once no write runs any more."""
         ...
 
 

@@ -39,7 +39,7 @@ import yaml
 from onnxcam.exporter.serving import convert
 from onnxcam.runner.inputs.preprocess import normalised, to_input
 from onnxcam.runner.methods import METHODS
-from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend, pruned_graph
+from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import map_output, read_graph_info
 
 RAW = ("logits", "activations", "gradients")
@@ -117,26 +117,6 @@ def end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, d
     return {"end_to_end": count / wall, "after_startup": (count - batch) / max(wall - startup, 1e-9),
             "startup_s": startup, "images": count, "provider": provider,
             "workers": f"{workers} {'processes' if processes else 'threads'}"}
-
-
-def nhwc_session(graph: Path, outputs: tuple[str, ...]):
-    """A CUDA session of the same pruned graph with the provider's channels-last convolutions (`prefer_nhwc`), which
-    the runner does not set; a run function like OnnxRuntimeBackend.run, with IO binding."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(pruned_graph(graph, outputs), options,
-                                   providers=[("CUDAExecutionProvider", {"prefer_nhwc": "1"})])
-
-    def run(names, inputs, targets):
-        binding = session.io_binding()
-        binding.bind_cpu_input("input", inputs)
-        binding.bind_cpu_input("target", targets.astype(np.int64))
-        for name in names:
-            binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding)
-        return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
-
-    return run
 
 
 def _stand_in(name: str) -> type:
@@ -311,7 +291,10 @@ def main() -> None:
               f"{e2e['after_startup']:>10.0f}/s {e2e['startup_s']:>6.1f} s")
         if args.device == "cuda":
             source = pixels if best[1] else floats
-            rate = compute_only(nhwc_session(graphs[best], SERVED if best[1] else RAW),
+            # ONNX Runtime's channels-last convolutions, which the runner does not ask for
+            nhwc = OnnxRuntimeBackend(graphs[best], ["cuda"], [SERVED if best[1] else RAW],
+                                      cuda_options={"prefer_nhwc": "1"})
+            rate = compute_only(nhwc.run,
                                 np.resize(source, (batches[-1], *source.shape[1:])), best[1], args.repeats)
             figures["prefer_nhwc"] = {"graph": f"{best[0]}, served={best[1]}", "batch": batches[-1],
                                       "compute_only": rate}

@@ -355,6 +355,17 @@ class _no_error:
         return False
 
 
+def test_the_cuda_provider_gets_the_precision_and_the_options_asked_for(toy):
+    """What CUDA sessions are opened with (checked here without a GPU: the CUDA entry is put in by hand)."""
+    backend = OnnxRuntimeBackend(toy, ["cpu"], precision="f32", cuda_options={"prefer_nhwc": "1"})
+    backend.wanted = ["cuda", "cpu"]
+    assert backend._providers() == [("CUDAExecutionProvider", {"use_tf32": "0", "prefer_nhwc": "1"}),
+                                    "CPUExecutionProvider"]
+    backend = OnnxRuntimeBackend(toy, ["cpu"])
+    backend.wanted = ["cuda", "cpu"]
+    assert backend._providers() == [("CUDAExecutionProvider", {"use_tf32": "1"}), "CPUExecutionProvider"]
+
+
 @pytest.mark.parametrize(("precision", "tolerance"), [("f32", 1e-4), ("auto", 5e-3)])
 def test_cuda_provider_matches_cpu(toy, precision, tolerance):
     """Exercised on a GPU machine (IO binding path); skipped where CUDA cannot run. `auto` lets the convolutions

@@ -72,11 +72,12 @@ class OnnxRuntimeBackend:
     `precision` (runtime.precision) matters on CUDA only: `auto` lets a float32 graph's convolutions and matrix
     products run in TF32 on tensor cores (as PyTorch's convolutions do by default: about 1e-3 from float32), `f32`
     keeps them in float32. A float16 graph (`onnxcam export --fp16`) computes in float16 whatever the precision.
+    `cuda_options`: further options of ONNX Runtime's CUDA provider (the GPU benchmark tries `prefer_nhwc`).
     """
 
     def __init__(self, path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (),
-                 threads: int = 0, precision: str = "auto"):
-        self.path, self.threads = path, threads
+                 threads: int = 0, precision: str = "auto", cuda_options: dict[str, str] | None = None):
+        self.path, self.threads, self.cuda_options = path, threads, cuda_options or {}
         try:
             info = read_graph_info(path)
             self.uint8_input, half = info.input_format == "uint8", info.precision == "fp16"
@@ -109,8 +110,8 @@ class OnnxRuntimeBackend:
         return options
 
     def _providers(self) -> list[str | tuple[str, dict[str, str]]]:
-        return [(ORT_NAMES[p], {"use_tf32": "1" if self.tf32 else "0"}) if p == "cuda" else ORT_NAMES[p]
-                for p in self.wanted]
+        cuda = {"use_tf32": "1" if self.tf32 else "0", **self.cuda_options}
+        return [(ORT_NAMES[p], cuda) if p == "cuda" else ORT_NAMES[p] for p in self.wanted]
 
     def forward_values(self, inputs: np.ndarray) -> tuple[ForwardGraph, dict[str, np.ndarray]]:
         """The forward graph and every intermediate float tensor of its pass over `inputs` (CNN fixations)."""

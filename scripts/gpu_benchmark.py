@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from onnxcam.runner.inputs.preprocess import normalised, to_input
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import map_output, read_graph_info
+from stage_profile import compute_only
 
 RAW = ("logits", "activations", "gradients")
 SERVED = ("logits", map_output("gradcam"))
@@ -71,18 +71,6 @@ def gpu_name() -> str:
 
 def gradcam(outputs: dict[str, np.ndarray]) -> np.ndarray:
     return METHODS["gradcam"](outputs, METHODS["gradcam"].defaults)
-
-
-def compute_only(run, batch: np.ndarray, served: bool, repeats: int) -> float:
-    """Batches in memory -> Grad-CAM maps in host memory; images/s. `run(outputs, inputs, targets)`."""
-    targets = np.full(len(batch), -1)
-    run(SERVED if served else RAW, batch, targets)  # warm-up (and the convolution algorithms' search)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = run(SERVED if served else RAW, batch, targets)
-        if not served:
-            gradcam(out)
-    return repeats * len(batch) / (time.perf_counter() - start)
 
 
 def onnxcam_run(graph: Path, images: Path, out: Path, batch: int, workers: int, device: str, processes: bool
@@ -262,8 +250,8 @@ def main() -> None:
             precision, served = key
             label = f"{precision}, " + ("Grad-CAM in the graph, uint8" if served else "maps on the host")
             source = pixels if served else floats
-            compute = compute_only(backends[key].run, np.resize(source, (batch, *source.shape[1:])), served,
-                                   args.repeats)
+            compute = compute_only(backends[key], SERVED if served else RAW,
+                                   [np.resize(source, (batch, *source.shape[1:]))] * args.repeats, "gradcam")
             e2e = end_to_end(graphs[key], tmp / "images", tmp / "out", batch, args.workers, args.device,
                              processes=True)
             rows.append({"graph": label, "precision": backends[key].precision, "batch": batch,
@@ -294,8 +282,8 @@ def main() -> None:
             # ONNX Runtime's channels-last convolutions, which the runner does not ask for
             nhwc = OnnxRuntimeBackend(graphs[best], ["cuda"], [SERVED if best[1] else RAW],
                                       cuda_options={"prefer_nhwc": "1"})
-            rate = compute_only(nhwc.run,
-                                np.resize(source, (batches[-1], *source.shape[1:])), best[1], args.repeats)
+            rate = compute_only(nhwc, SERVED if best[1] else RAW,
+                                [np.resize(source, (batches[-1], *source.shape[1:]))] * args.repeats, "gradcam")
             figures["prefer_nhwc"] = {"graph": f"{best[0]}, served={best[1]}", "batch": batches[-1],
                                       "compute_only": rate}
             print(f"{'the same, CUDA prefer_nhwc (not in runner)':<38} {batches[-1]:>5} {rate:>12.0f}/s")

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import yaml
+from onnxcam.exporter.parity import cosine, max_error
 from onnxcam.exporter.serving import convert
 from onnxcam.runner.inputs.preprocess import normalised, to_input
 from onnxcam.runner.methods import METHODS
@@ -168,14 +169,10 @@ def agreement(half: dict[str, np.ndarray], full: dict[str, np.ndarray]) -> dict[
     """float16 vs float32 on the same images: the smallest cosine of their Grad-CAM maps, and the share of images
     whose map peaks at the same position and whose top-1 class is the same."""
     a, b = gradcam(half), gradcam(full)
-    flat_a, flat_b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    cosines = (flat_a * flat_b).sum(1) / (np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1))
-    return {"min_cosine": float(cosines.min()), "same_peak": float((flat_a.argmax(1) == flat_b.argmax(1)).mean()),
+    flat_a, flat_b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return {"min_cosine": min(map(cosine, flat_a, flat_b)),
+            "same_peak": float((flat_a.argmax(1) == flat_b.argmax(1)).mean()),
             "same_top1": float((half["logits"].argmax(1) == full["logits"].argmax(1)).mean())}
-
-
-def relative(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def main() -> None:
@@ -231,9 +228,9 @@ def main() -> None:
             cpu = OnnxRuntimeBackend(graph, ["cpu"]).run(RAW, floats, targets)
             outputs[precision] = backends[precision, False].run(RAW, floats, targets)
             for name in RAW:
-                parity[f"{precision} {name}"] = relative(outputs[precision][name], cpu[name])
+                parity[f"{precision} {name}"] = max_error(outputs[precision][name], cpu[name])
             maps = backends[precision, True].run(SERVED, pixels, targets)[map_output("gradcam")]
-            parity[f"{precision} map_gradcam (served graph)"] = relative(maps, gradcam(cpu))
+            parity[f"{precision} map_gradcam (served graph)"] = max_error(maps, gradcam(cpu))
         figures["parity_vs_cpu"] = parity
         print("parity vs the CPU provider (max |difference| / max |value|): "
               + ", ".join(f"{name} {value:.1e}" for name, value in parity.items()))

@@ -14,6 +14,7 @@ import onnx
 import pytest
 from onnxcam.exporter import export
 from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.parity import cosine
 from onnxcam.exporter.sources import load_model
 from onnxcam.runner.cli import main
 from onnxcam.runner.inputs.decode import decode_image
@@ -43,11 +44,6 @@ def photographs(graphs, tmp_path_factory) -> np.ndarray:
 
 def maps_of(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: METHODS[name](outputs, METHODS[name].defaults) for name in GRAPH_MAP_METHODS}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def assert_maps_agree(half: dict[str, np.ndarray], full: dict[str, np.ndarray]) -> None:

@@ -65,31 +65,31 @@ class WriteStage:
 
     def _thumbnail(self, map_: np.ndarray, guided: bool, decoded: DecodedImage, small: np.ndarray) -> bytes:
         """An overlay at thumbnail size, drawn from the map at that size."""
-        drawn = (small.shape[1], small.shape[0])
-        values = (render.guided_image if guided else render.heatmap)(
-            map_, render.scaled(decoded.region, decoded.size, drawn), *drawn)
-        return overlay_jpg(render.overlay(small, values, guided, self.thumbnail_style), THUMBNAIL_QUALITY)
+        size = (small.shape[1], small.shape[0])
+        drawn, _ = render.draw(map_, render.scaled(decoded.region, decoded.size, size), *size, guided)
+        return overlay_jpg(render.overlay(small, drawn, guided, self.thumbnail_style), THUMBNAIL_QUALITY)
 
     def _write(self, result: ImageResult, target: TargetResult, method: str, small: np.ndarray | None) -> IndexRow:
         decoded, guided = result.decoded, method_of(method).guided
         map_ = target.maps[method]
-        drawn = decoded.render_size
-        values = (render.guided_image if guided else render.heatmap)(
-            map_, render.scaled(decoded.region, decoded.size, drawn), *drawn)
+        size = decoded.render_size
+        region = render.scaled(decoded.region, decoded.size, size)
+        drawn, peak = render.draw(map_, region, *size, guided)
         stem = f"{decoded.ref.key}.{method}.{target.target_class}"
         cells: IndexRow = {"heatmap_path": "", "overlay_path": "", "overlay_width": "", "overlay_height": ""}
         if self.heatmaps.format != "none":
             cells["heatmap_path"] = f"{stem}.{self.heatmaps.format}"
-            stored = values if self.heatmaps.size == "original" else render.compact(map_, guided)
+            stored = (render.compact(map_, guided) if self.heatmaps.size != "original"
+                      else (render.guided_image if guided else render.heatmap)(map_, region, *size))
             self._save(cells["heatmap_path"], HEATMAP_FORMATS[self.heatmaps.format](stored, guided))
         if self.overlays is not None:
             cells["overlay_path"] = f"{stem}.{self.overlays.format}"
-            picture = render.overlay(decoded.image, values, guided, self.overlays)
+            picture = render.overlay(decoded.image, drawn, guided, self.overlays)
             self._save(cells["overlay_path"], OVERLAY_FORMATS[self.overlays.format](picture, self.overlays.quality))
-            cells["overlay_width"], cells["overlay_height"] = drawn
+            cells["overlay_width"], cells["overlay_height"] = size
         if small is not None:
             self._save(thumbnail_path(stem), self._thumbnail(map_, guided, decoded, small))
-        x, y = render.in_image_pixels(render.peak(values, guided), decoded.size, drawn)
+        x, y = render.in_image_pixels(peak, decoded.size, size)
         return self._row(result, target_class=target.target_class, target_label=self.labels[target.target_class],
                          target_score=f"{target.score:.6g}", method=method, channel=target.channels.get(method, ""),
                          peak_x=x, peak_y=y, **cells,

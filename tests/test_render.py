@@ -1,0 +1,67 @@
+"""Drawing maps for overlays: the 8-bit picture `draw` makes against the float heatmap it stands for, and the
+colour tables against OpenCV's applyColorMap."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from onnxcam.runner.manifest import COLORMAPS, Overlays
+from onnxcam.runner.outputs import render
+
+
+def random_case(rng: np.random.Generator, i: int) -> tuple[np.ndarray, tuple[int, int, int, int], int, int]:
+    """A map (ReLU'd, signed or tiny) and a region (the whole picture or a centre-crop-like part of it)."""
+    map_ = rng.normal(0, 1, rng.integers(3, 20, 2)).astype(np.float32)
+    if i % 3 == 0:
+        map_ = np.maximum(map_, 0)
+    if i % 5 == 0:
+        map_ *= np.float32(1e-6)
+    width, height = (int(v) for v in rng.integers(16, 400, 2))
+    if i % 2:
+        return map_, (0, 0, width, height), width, height
+    x0, y0 = int(rng.integers(0, width // 3)), int(rng.integers(0, height // 3))
+    return map_, (x0, y0, width - x0, height - y0), width, height
+
+
+def test_draw_is_the_heatmap_in_grey_levels_with_its_peak():
+    rng = np.random.default_rng(0)
+    differing = total = 0
+    for i in range(300):
+        map_, region, width, height = random_case(rng, i)
+        values = render.heatmap(map_, region, width, height)
+        drawn, peak = render.draw(map_, region, width, height, guided=False)
+        expected = np.round(values * 255)
+        assert drawn.dtype == np.uint8 and drawn.shape == (height, width)
+        assert np.abs(drawn - expected).max() <= 1
+        differing, total = differing + int((drawn != expected).sum()), total + drawn.size
+        y, x = np.unravel_index(np.argmax(values), values.shape)
+        assert peak == (x, y)
+    assert differing / total < 1e-4
+
+
+def test_draw_a_constant_map_is_zero_and_its_peak_the_first_pixel():
+    drawn, peak = render.draw(np.full((7, 7), 3.0, np.float32), (0, 0, 40, 30), 40, 30, guided=False)
+    assert not drawn.any() and peak == (0, 0)
+
+
+def test_draw_a_guided_map_is_its_bgr_picture():
+    rng = np.random.default_rng(1)
+    map_ = rng.normal(0, 1e-3, (3, 24, 24)).astype(np.float32)
+    region = (10, 0, 50, 40)
+    drawn, (x, y) = render.draw(map_, region, 60, 40, guided=True)
+    rgb = render.guided_image(map_, region, 60, 40)
+    np.testing.assert_array_equal(drawn, np.round(rgb[:, :, ::-1] * 255).astype(np.uint8))
+    strength = np.abs(rgb - 0.5).max(axis=2)
+    assert strength[y, x] == strength.max()
+    assert render.overlay(np.zeros_like(drawn), drawn, True, Overlays()) is drawn
+
+
+@pytest.mark.parametrize("colormap", sorted(COLORMAPS))
+def test_overlay_is_opencvs_colormap_blended(colormap):
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    photo = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    style = Overlays(colormap=colormap, alpha=0.3)
+    expected = cv2.addWeighted(cv2.applyColorMap(grey, COLORMAPS[colormap]), 0.3, photo, 0.7, 0)
+    np.testing.assert_array_equal(render.overlay(photo, grey, False, style), expected)

@@ -5,6 +5,7 @@ process outlives the run, however it ends."""
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import multiprocessing
 import os
@@ -311,3 +312,45 @@ def test_a_stopped_run_leaves_no_worker(numpy_onnx, tmp_path, stop):
     finally:
         if session_processes(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+class SlowModel(NumpyModel):
+    """NumpyModel taking `seconds` a batch with the GIL free (as a GPU's run), noting when and in which thread."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.runs = seconds, []
+
+    def run(self, outputs, inputs, targets):
+        start = time.monotonic()
+        time.sleep(self.seconds)
+        self.runs.append((start, time.monotonic(), threading.get_ident()))
+        return super().run(outputs, inputs, targets)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_the_model_runs_beside_the_driver(numpy_onnx, tmp_path, processes):
+    """The batch stage has a thread of its own: while the model runs a batch, the driver hands the rows of the
+    batch before to the sink and the next batch is ready (the model does not wait for the host between batches)."""
+    write_images(tmp_path / "images", 24, size=(40, 56))
+    manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", processes))
+    model = SlowModel(0.4)
+    stages = build_stages(manifest, graph_info(), model)
+    added = []
+
+    class Sink:
+        def add_rows(self, found):
+            added.append(time.monotonic())
+
+        def add_costs(self, costs):
+            pass
+
+    refs = iter(ImageRef(path.name, str(path)) for path in sorted((tmp_path / "images").iterdir()))
+    assert LocalEngine(stages, batch_size=4, workers=2, memory_budget=2**30, processes=processes).run(
+        refs, Sink()) is False
+    assert len(added) == 24 and len(model.runs) == 12  # topk 2: two passes per batch
+    assert {thread for _, _, thread in model.runs} != {threading.get_ident()}
+    during = [any(start < t < end for start, end, _ in model.runs) for t in added]
+    assert sum(during) >= 16, "the rows of every batch but the last two arrive while the model runs"
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(model.runs)]
+    assert max(gaps) < 0.2, f"the model waited {max(gaps):.2f} s for a batch"

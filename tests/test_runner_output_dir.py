@@ -154,6 +154,17 @@ def test_resume_keeps_the_first_complete_copy_of_each_image(tmp_path):
     assert again.done == resumed.done and path.read_bytes() == b"".join(lines[i] for i in (0, 1, 2, 3, 4, 8, 9, 12))
 
 
+def test_index_rows_are_written_in_column_order_and_an_unknown_key_is_refused(tmp_path):
+    index = IndexFile(tmp_path / "index.csv", ["gradcam"])
+    index.append([{"method": "gradcam", "image": "a, b.jpg", "status": "ok", "peak_x": 3}])
+    with pytest.raises(ValueError, match="no column \\['pek_x'\\]"):
+        index.append([{"image": "c.jpg", "status": "ok", "pek_x": 3}])
+    index.close()
+    assert (tmp_path / "index.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert read_index(tmp_path) == [{column: "" for column in COLUMNS} | {
+        "image": "a, b.jpg", "status": "ok", "method": "gradcam", "peak_x": "3"}]
+
+
 def test_temporary_names_are_unique_and_concurrent_writes_are_whole(tmp_path):
     target = tmp_path / "same.bin"
     assert len({temporary_name(target) for _ in range(1000)}) == 1000

@@ -133,11 +133,12 @@ class ProcessWorkers:
         for i, result in enumerate(results):
             worker = self.holders.pop(result.decoded.ref.key)
             shares.setdefault(id(worker), (worker, []))[1].append(i)
+        for result in results:  # the batch stage is done with it
+            if result.decoded.tensor is not None:
+                result.decoded.tensor = NO_TENSOR
         for worker, positions in shares.values():
             chunk = [results[i] for i in positions]
-            sent = [replace(r, decoded=replace(r.decoded, tensor=None if r.decoded.tensor is None else NO_TENSOR))
-                    for r in chunk]
-            self._send(worker, "write", sent, [futures[i] for i in positions],
+            self._send(worker, "write", chunk, [futures[i] for i in positions],
                        lambda i, chunk=chunk: self._error_rows(chunk[i]))
         return futures
 

@@ -26,6 +26,7 @@ COLUMNS = ("image", "status", "error", "width", "height", "pred_class", "pred_la
            "target_class", "target_label", "target_score", "method", "channel", "heatmap_path", "overlay_path",
            "peak_x", "peak_y", "region_x0", "region_y0", "region_x1", "region_y1", "overlay_width", "overlay_height",
            *METRIC_COLUMNS)
+COLUMN_SET = frozenset(COLUMNS)
 IMAGE, STATUS, TARGET, METHOD = (COLUMNS.index(name) for name in ("image", "status", "target_class", "method"))
 COPY_BLOCK = 1 << 20
 
@@ -158,8 +159,13 @@ class IndexFile:
                     position = cut_end
 
     def append(self, rows: list[dict[str, object]]) -> None:
+        """One image's rows, written at once (missing columns empty; a key that is no column is a bug: ValueError).
+        csv.writer over lists, not a DictWriter per call: the run's process appends thousands of rows a second."""
+        for row in rows:
+            if not row.keys() <= COLUMN_SET:
+                raise ValueError(f"index rows have no column {sorted(row.keys() - COLUMN_SET)}")
         buffer = io.StringIO(newline="")
-        csv.DictWriter(buffer, COLUMNS).writerows(rows)
+        csv.writer(buffer).writerows([row.get(column, "") for column in COLUMNS] for row in rows)
         self.file.write(buffer.getvalue().encode("utf-8"))
 
     def flush(self) -> None:

@@ -4,7 +4,7 @@ blend, encode, thumbnails, files) spend on one image, what share of it holds the
 images/s the CPU stages allow on more cores. A script, not a test; run it with nothing else running.
 
     python scripts/stage_profile.py [--model exports/efficientnet-lite0.onnx] [--images 96] [--size 500x375]
-                                    [--method gradcam] [--no-thumbnails] [--cores 16] [--end-to-end]
+                                    [--method gradcam] [--no-thumbnails] [--cores 16] [--end-to-end] [--model-ms 0.15]
 
 Each stage runs over the same images on one thread (CPU ms per image from the process's CPU clock; OpenCV's
 own thread pool is turned off, as it would only hide the cost), then on two threads at once. On two cores a
@@ -19,6 +19,11 @@ stays there per image (handing images to the workers and back, the batch stage's
 measured by a run over the same JPEGs whose model answers at once (all the run's process's threads, its CPU
 clock). The projection for N cores: min((N - 1) x 1000 / (read + write ms), 1000 / the run's process ms), one
 core left to the run's process.
+
+What the run's process can feed a fast model is measured apart (the model's time per image `--model-ms`, 0.15: an
+H100's float16 ResNet-50): a run whose one worker process hands back a ready model input for each file and writes
+only the index rows, so that neither the workers nor the model but the run's process and how well it overlaps with
+the model are the limit.
 
 --end-to-end then compares, on this machine, `onnxcam run` over the same JPEGs (its own process, images/s after
 its start-up, from run.json) with the compute-only throughput of the same graph and batch size (preprocessed
@@ -41,13 +46,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from onnxcam.runner.inputs.listing import walk_images
+from onnxcam.runner.inputs.listing import ImageRef, walk_images
 from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import map_output, read_graph_info
 from onnxcam.runner.run import Run
 from onnxcam.runner.stages import build_stages, output_sets
+from onnxcam.runner.stages.items import DecodedImage
 from sample_photos import write_sized
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,15 +94,32 @@ def end_to_end(manifest: Path) -> float:
 
 
 class InstantModel:
-    """A backend that answers at once with `answers` (one image's outputs, repeated for the batch)."""
+    """A backend that answers with `answers` (one image's outputs, repeated for the batch): at once, or after
+    `ms_per_image` per image of the batch with the GIL free, as a GPU's run."""
 
     provider, precision, notes = "instant", "f32", []
 
-    def __init__(self, answers: dict[str, np.ndarray]):
-        self.answers = answers
+    def __init__(self, answers: dict[str, np.ndarray], ms_per_image: float = 0.0):
+        self.answers, self.ms_per_image = answers, ms_per_image
 
     def run(self, outputs, inputs, targets):
+        if self.ms_per_image:
+            time.sleep(self.ms_per_image * len(inputs) / 1000)
         return {name: np.repeat(self.answers[name][:1], len(inputs), axis=0) for name in outputs}
+
+
+class ReadyRead:
+    """A read stage that hands back one decoded image's model input for every file, without opening it."""
+
+    def __init__(self, decoded: DecodedImage):
+        self.decoded = decoded
+
+    def __call__(self, ref: ImageRef) -> DecodedImage:
+        ready = self.decoded
+        return DecodedImage(ref, ready.size, ready.render_size, None, ready.tensor, ready.region)
+
+    def memory(self, ref: ImageRef) -> int:
+        return 1 << 20
 
 
 def run_process_ms(manifest_path: Path, answers: dict[str, np.ndarray]) -> float:
@@ -112,6 +135,30 @@ def run_process_ms(manifest_path: Path, answers: dict[str, np.ndarray]) -> float
     return 1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / images
 
 
+def run_process_ceiling(manifest_path: Path, folder: Path, decoded: DecodedImage, answers: dict[str, np.ndarray],
+                        ms_per_image: float, images: int) -> tuple[float, float]:
+    """What the run's own process can feed a fast model (images/s over a whole run, with the model answering
+    after `ms_per_image`, and at once): one worker process whose reads hand back a ready model input (through
+    the pipe, as a read does) and whose writes only make the index rows, so that on two cores neither the
+    workers nor the model are the limit, only the run's process (dispatch, the batch stage's host work,
+    index.csv) and how well it overlaps with the model."""
+    (folder / "empty").mkdir(exist_ok=True)
+    for k in range(images):
+        (folder / "empty" / f"{k:06d}.jpg").touch()
+    manifest = load_manifest(manifest_path)
+    manifest.images_root, manifest.worker_processes, manifest.workers = folder / "empty", True, 1
+    manifest.overlays = manifest.thumbnails = None
+    figures = []
+    for ms in (ms_per_image, 0.0):
+        shutil.rmtree(manifest.output_dir, ignore_errors=True)
+        run = Run(manifest, quiet=True, backend=InstantModel(answers, ms))
+        run.engine.stages.read = ReadyRead(decoded)
+        start = time.perf_counter()
+        figures.append(run.run().images / (time.perf_counter() - start))
+    shutil.rmtree(manifest.output_dir)
+    return figures[0], figures[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "exports" / "efficientnet-lite0.onnx")
@@ -122,6 +169,10 @@ def main() -> None:
     parser.add_argument("--no-thumbnails", action="store_true")
     parser.add_argument("--cores", type=int, default=16, help="the core count to project to")
     parser.add_argument("--end-to-end", action="store_true", help="also onnxcam run vs compute only, here")
+    parser.add_argument("--model-ms", type=float, default=0.15,
+                        help="the fast model's time per image for the run's process's ceiling (0.15: an H100, "
+                             "ResNet-50 in float16)")
+    parser.add_argument("--ceiling-images", type=int, default=8192)
     args = parser.parse_args()
     cv2.setNumThreads(1)
     if not args.model.is_file():
@@ -186,6 +237,11 @@ def main() -> None:
     print(f"worker processes: the run's own process spends {process_ms:.2f} ms of CPU per image (the model "
           f"answering at once); projection, {args.cores} cores: {processes:.0f} images/s "
           f"({args.cores - 1} cores x {workers_ms:.2f} ms of reading and writing, or the run's process busy)")
+    fed, instant = run_process_ceiling(manifest_path, folder, decoded[0], answers, args.model_ms,
+                                       args.ceiling_images)
+    print(f"the run's process alone ({args.ceiling_images} images, batch {args.batch_size}, reads handing back a "
+          f"ready input, writes making only the rows): {fed:.0f} images/s with a model taking {args.model_ms} ms "
+          f"per image (at most {1000 / args.model_ms:.0f}/s), {instant:.0f} images/s with one answering at once")
     if args.end_to_end:
         inputs = np.stack([image.tensor for image in decoded])
         batches = [inputs[k:k + args.batch_size] for k in range(0, len(inputs), args.batch_size)]

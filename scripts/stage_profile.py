@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 import yaml
 from onnxcam.runner.inputs.listing import ImageRef, walk_images
-from onnxcam.runner.manifest import load_manifest
+from onnxcam.runner.manifest import Manifest, load_manifest
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import map_output, read_graph_info
@@ -128,18 +128,29 @@ class ReadyRead:
         return 1 << 20
 
 
+def instant_run(manifest: Manifest, answers: dict[str, np.ndarray], ms_per_image: float = 0.0,
+                read: ReadyRead | None = None) -> tuple[int, float, float]:
+    """A run of `manifest` in worker processes whose model is an InstantModel (and, given `read`, whose reads hand
+    back a ready input): (images, wall seconds, CPU seconds of the run's own process, every thread)."""
+    manifest.worker_processes = True
+    shutil.rmtree(manifest.output_dir, ignore_errors=True)
+    run = Run(manifest, quiet=True, backend=InstantModel(answers, ms_per_image))
+    if read is not None:
+        run.engine.stages.read = read
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    images = run.run().images
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    shutil.rmtree(manifest.output_dir)
+    return images, wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
 def run_process_ms(manifest_path: Path, answers: dict[str, np.ndarray], images: Path) -> float:
     """CPU ms per image of the run's own process (every thread) when worker processes read and write the JPEGs of
     `images` (enough of them that its start-up and reports weigh little: a run's fixed cost is about 50 ms)."""
     manifest = load_manifest(manifest_path)
-    manifest.worker_processes, manifest.images_root = True, images
-    shutil.rmtree(manifest.output_dir, ignore_errors=True)
-    run = Run(manifest, quiet=True, backend=InstantModel(answers))
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    images = run.run().images
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    shutil.rmtree(manifest.output_dir)
-    return 1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / images
+    manifest.images_root = images
+    count, _, cpu = instant_run(manifest, answers)
+    return 1000 * cpu / count
 
 
 def run_process_ceiling(manifest_path: Path, folder: Path, decoded: DecodedImage, answers: dict[str, np.ndarray],
@@ -153,16 +164,12 @@ def run_process_ceiling(manifest_path: Path, folder: Path, decoded: DecodedImage
     for k in range(images):
         (folder / "empty" / f"{k:06d}.jpg").touch()
     manifest = load_manifest(manifest_path)
-    manifest.images_root, manifest.worker_processes, manifest.workers = folder / "empty", True, 1
+    manifest.images_root, manifest.workers = folder / "empty", 1
     manifest.overlays = manifest.thumbnails = None
     figures = []
     for ms in (ms_per_image, 0.0):
-        shutil.rmtree(manifest.output_dir, ignore_errors=True)
-        run = Run(manifest, quiet=True, backend=InstantModel(answers, ms))
-        run.engine.stages.read = ReadyRead(decoded)
-        start = time.perf_counter()
-        figures.append(run.run().images / (time.perf_counter() - start))
-    shutil.rmtree(manifest.output_dir)
+        count, wall, _ = instant_run(manifest, answers, ms, ReadyRead(decoded))
+        figures.append(count / wall)
     return figures[0], figures[1]
 
 
@@ -186,7 +193,12 @@ def main() -> None:
     if not args.model.is_file():
         sys.exit(f"stage_profile: {args.model}: no such file; make export, or give --model")
     size = tuple(int(v) for v in args.size.split("x"))
-    folder = Path(tempfile.mkdtemp(prefix="onnxcam-stages-"))
+    with tempfile.TemporaryDirectory(prefix="onnxcam-stages-") as tmp:
+        profile(args, Path(tmp), size)
+
+
+def profile(args: argparse.Namespace, folder: Path, size: tuple[int, int]) -> None:
+    """Every measurement, its JPEGs and outputs under `folder`; prints the figures."""
     images = write_sized(folder, args.images, size)
     manifest_path = folder / "manifest.yaml"
     manifest_path.write_text(yaml.safe_dump({

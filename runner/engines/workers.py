@@ -133,8 +133,7 @@ class ProcessWorkers:
         for i, result in enumerate(results):
             worker = self.holders.pop(result.decoded.ref.key)
             shares.setdefault(id(worker), (worker, []))[1].append(i)
-        for result in results:  # the batch stage is done with it
-            if result.decoded.tensor is not None:
+            if result.decoded.tensor is not None:  # the batch stage is done with it
                 result.decoded.tensor = NO_TENSOR
         for worker, positions in shares.values():
             chunk = [results[i] for i in positions]

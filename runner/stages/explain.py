@@ -119,7 +119,8 @@ class ExplainStage:
             return finished
         if len(kept) < len(chunk):  # (a copy of a whole batch's input costs milliseconds: only when some are dropped)
             out, inputs = {name: value[kept] for name, value in out.items()}, inputs[kept]
-        inputs = normalised(inputs, self.info.preprocessing) if self.host_input else inputs
+        if self.host_input:
+            inputs = normalised(inputs, self.info.preprocessing)
         out |= {"input": inputs, "target": np.array(chosen, np.int64)}
         try:
             targets = self._explain(out, scores[kept, chosen], costs)

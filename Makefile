@@ -13,14 +13,14 @@ BENCH_FLAGS ?=
 OVXAI_VENV ?= .venv-ovxai
 
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
-	bench-ray bench-report bench-stages bench-gpu bench-peer zoo wheel platforms clean help
+	bench-ray bench-report bench-stages bench-gpu bench-peer zoo wheel platforms docs clean help
 
-setup: $(VENV)/.installed  ## create .venv and install onnxcam with the export, test, ray and openvino extras (editable)
+setup: $(VENV)/.installed  ## create .venv, install onnxcam (editable) with the export, test, ray, openvino, docs extras
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,test,ray,openvino]'
+	$(BIN)/pip install -q -e '.[export,test,ray,openvino,docs]'
 	touch $@
 
 # report.html's browser tests drive Debian's chromium through Playwright; installed here where it is missing and apt-get
@@ -34,7 +34,7 @@ browser:  ## install Chromium for the report's browser tests, if missing (apt-ge
 lint: setup  ## ruff
 	$(BIN)/ruff check .
 
-test: lint browser  ## ruff and every test (14 min on 2 cores; what CI runs)
+test: lint browser docs  ## ruff, the docs site (--strict) and every test (14 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
 # The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 3 minutes.
@@ -137,8 +137,14 @@ wheel: setup  ## build dist/onnxcam-VERSION-py3-none-any.whl
 platforms: setup  ## which wheels each platform gets: the table into README.md
 	$(BIN)/python scripts/resolve_platforms.py
 
-clean:  ## remove exports, outputs, the demo and the built wheel
-	rm -rf exports out demo dist build
+# The documentation site (MkDocs, Material theme) from docs/ and mkdocs.yml; --strict: a broken link or anchor, or a page
+# left out of the navigation, fails (make test builds it too; not --quiet, which hides the warnings --strict counts).
+# Open site/index.html, or serve it: .venv/bin/mkdocs serve
+docs: setup  ## build the documentation site into site/ (mkdocs build --strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+clean:  ## remove exports, outputs, the demo, the built wheel and the docs site
+	rm -rf exports out demo dist build site
 
 help:  ## this list
 	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -1,7 +1,7 @@
 """The explain function: one forward, dS/dA, and (optionally) guided and plain dS/dinput.
 
 `make_fx` traces it to an ATen graph that contains the backward ops, which is what
-lets the gradients reach ONNX (README, "How the gradients get into ONNX").
+lets the gradients reach ONNX (docs/explain-graph.md, "How the gradients get into ONNX").
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def wait_for_rows(index: Path, rows: int, process: subprocess.Popen) -> None:
 
 
 def heatmap_at_image_size(out: Path, row: dict[str, str]) -> np.ndarray:
-    """The README's one-liner: a compact npy heatmap at the image's size, scaled to [0,1]."""
+    """The one-liner of docs/outputs.md: a compact npy heatmap at the image's size, scaled to [0,1]."""
     m = np.load(out / row["heatmap_path"]).astype(np.float32)
     x0, y0, x1, y1 = (int(row[f"region_{c}"]) for c in ("x0", "y0", "x1", "y1"))
     full = np.zeros((int(row["height"]), int(row["width"])), np.float32)

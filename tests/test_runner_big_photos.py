@@ -1,5 +1,5 @@
 """Big photographs: memory bounded by runtime.memory_budget, JPEGs decoded at reduced size, overlays capped,
-compact heatmaps placed by index.csv's region (and the README's one-liner giving back the full-size map)."""
+compact heatmaps placed by index.csv's region (and the one-liner of docs/outputs.md giving back the full-size map)."""
 
 from __future__ import annotations
 

@@ -224,7 +224,7 @@ def _one_line(error: Exception) -> str:
 def authenticate(address: str | None) -> None:
     """Ray's token authentication, joining a cluster by address. `ray start --head` turns it on when a token exists
     (~/.ray/auth_token: any local `ray.init()` writes one), but a driver joining by address sends the token only with
-    RAY_AUTH_MODE=token in its environment, and one that sends none retries for 10 s before a "failed to connect".
+    RAY_AUTH_MODE=token in its environment, and one that sends none retries for 10 s and more, then "failed to connect".
     So, unless the user set RAY_AUTH_MODE, a token at hand (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or
     ~/.ray/auth_token) turns token mode on (as Ray does itself for a cluster it finds with `auto`), and one call to
     the cluster's GCS turns a refused or missing token into one line naming what to set."""

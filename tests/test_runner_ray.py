@@ -108,19 +108,26 @@ def test_same_results_as_the_local_engine(toy, cluster, tmp_path):
     assert all(actor["provider"] == "CPUExecutionProvider" for actor in actors)
 
 
-def slow_worker(seconds: float) -> type:
-    class SlowWorker(ExplainWorker):
+def meeting_worker(arrivals: Path, actors: int) -> type:
+    """An actor whose first chunk waits (bounded) until `actors` actors have each taken one: while the first actor
+    holds its chunks, the rest can only go to the others, so every actor gets work whatever the machine's speed."""
+
+    class MeetingWorker(ExplainWorker):
         def __call__(self, batch):
-            time.sleep(seconds)  # long enough chunks that the second actor, once started, gets some
+            (arrivals / str(os.getpid())).touch()
+            deadline = time.monotonic() + 120  # a bound only: the test fails on the actors it reports, not on time
+            while len(list(arrivals.iterdir())) < actors and time.monotonic() < deadline:
+                time.sleep(0.01)
             return super().__call__(batch)
 
-    return SlowWorker
+    return MeetingWorker
 
 
 def test_each_gpu_gets_an_actor_of_its_own(toy, cluster, tmp_path):
     write_images(tmp_path / "images", 8 * 16)
     manifest = load_manifest(manifest_in(tmp_path, toy, tmp_path / "images", methods=("gradcam",)))
-    Run(manifest, quiet=True, ray=RaySettings(worker=slow_worker(1.0))).run()
+    (tmp_path / "arrivals").mkdir()
+    Run(manifest, quiet=True, ray=RaySettings(worker=meeting_worker(tmp_path / "arrivals", 2))).run()
     actors = json.loads((tmp_path / "out" / "run.json").read_text())["ray"]["actors"]
     assert sorted(actor["gpus"] for actor in actors) == [["0"], ["1"]], "one actor per GPU, each its own"
 

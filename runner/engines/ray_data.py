@@ -43,9 +43,12 @@ from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.outputs.files import SCRATCH
 from onnxcam.runner.stages import build_stages, output_sets
 from onnxcam.runner.stages.items import DecodedImage, ImageResult
+from ray._private.services import canonicalize_bootstrap_address
+from ray._raylet import AuthenticationTokenLoader, Config, InnerGcsClient
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 SETUP_ERROR = "onnxcam worker set-up failed: "  # marks a worker's one-line reason inside Ray's error text
+AUTH_MODE = "RAY_AUTH_MODE"  # Ray's switch for token authentication: token, or disabled
 CHUNK_BATCHES = 8  # images per Ray task, in model batches: enough to keep an actor's pipeline full
 
 
@@ -218,6 +221,43 @@ def _one_line(error: Exception) -> str:
     return (causes[-1] if causes else lines[0] if lines else type(error).__name__)[:300]
 
 
+def authenticate(address: str | None) -> None:
+    """Ray's token authentication, joining a cluster by address. `ray start --head` turns it on when a token exists
+    (~/.ray/auth_token: any local `ray.init()` writes one), but a driver joining by address sends the token only with
+    RAY_AUTH_MODE=token in its environment, and one that sends none retries for 10 s and more, then "failed to connect".
+    So, unless the user set RAY_AUTH_MODE, a token at hand (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or
+    ~/.ray/auth_token) turns token mode on (as Ray does itself for a cluster it finds with `auto`), and one call to
+    the cluster's GCS turns a refused or missing token into one line naming what to set."""
+    if address in (None, "", "auto", "local") or "://" in address:  # a local Ray, or Ray's own discovery or client
+        return
+    mode = os.environ.get(AUTH_MODE)
+    has_token = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    fix = "set RAY_AUTH_TOKEN to what `ray get-auth-token` prints on its head node"
+    if mode is None and has_token:
+        os.environ[AUTH_MODE] = "token"
+        Config.initialize("")  # Ray's cached settings, re-read with token mode on
+    elif mode is not None and mode.lower() == "token" and not has_token:  # Ray's GCS client would abort the process
+        raise EngineError(f"--ray: {AUTH_MODE}=token, but no auth token was found here: {fix}")
+    gcs = canonicalize_bootstrap_address(address)
+    stderr = os.dup(2)
+    try:  # the GCS client logs each refused try on stderr, before ray.init sets Ray's log level
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        InnerGcsClient.standalone(gcs, None, 10_000)
+    except ray.exceptions.AuthenticationError:
+        if mode is not None and mode.lower() != "token":
+            raise EngineError(f"--ray: the Ray cluster at {address} wants its auth token, which {AUTH_MODE}={mode} "
+                              f"does not send: unset {AUTH_MODE}") from None
+        if not has_token:
+            raise EngineError(f"--ray: the Ray cluster at {address} wants its auth token, and none was found here: "
+                              f"{fix}") from None
+        raise EngineError(f"--ray: the Ray cluster at {address} refused this machine's auth token (RAY_AUTH_TOKEN, "
+                          f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): {fix}") from None
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+
+
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -233,8 +273,11 @@ class RayEngine:
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ warnings, on the run's stderr
             handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
+                authenticate(settings.address or os.environ.get("RAY_ADDRESS"))
                 ray.init(address=settings.address, include_dashboard=False, logging_level=logging.ERROR,
                          log_to_driver=False)
+            except EngineError:
+                raise
             except Exception as error:  # noqa: BLE001 - ConnectionError, RuntimeError or ValueError by cause
                 where = settings.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
                 raise EngineError(f"--ray: cannot start or join {where} ({_one_line(error)}); check the address, or "

@@ -3,6 +3,7 @@ size in onnxcam is (height, width); a (width, height) slipping in anywhere would
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,7 @@ from onnx import TensorProto, helper
 from onnxcam.runner.inputs.decode import decode_image, header_size
 from onnxcam.runner.inputs.preprocess import model_region
 from onnxcam.runner.manifest import load_manifest
-from onnxcam.runner.model.graph import GraphInfo, Preprocessing
+from onnxcam.runner.model.graph import GraphInfo, Preprocessing, read_graph_info
 from onnxcam.runner.outputs import render
 from onnxcam.runner.run import Run
 from onnxcam.runner.size import Size
@@ -120,3 +121,12 @@ def test_maps_overlays_and_index_place_the_map_where_it_belongs(resize, max_side
     hot = overlay[int(int(row["peak_y"]) * scale), int(int(row["peak_x"]) * scale)].astype(int)
     cold = overlay[drawn.height - 1 - int(20 * scale), int(20 * scale)].astype(int)
     assert hot[2] - hot[0] > 30 and cold[0] - cold[2] > 30, "jet's red over the spot, its blue far from it"
+
+
+def test_the_metadata_keeps_height_then_width_as_graphs_exported_before_wrote_it(tmp_path):
+    written = read_graph_info(cell_graph(tmp_path / "cells.onnx", "stretch"))
+    assert json.loads(written.to_metadata()["preprocessing"])["size"] == [24, 40]
+    before = {"size": [24, 40], "mean": [0.5] * 3, "std": [0.25] * 3}  # as an earlier onnxcam wrote it
+    info = GraphInfo.from_metadata(written.to_metadata() | {"preprocessing": json.dumps(before)})
+    size = info.preprocessing.size
+    assert isinstance(size, Size) and (size.height, size.width) == (24, 40)

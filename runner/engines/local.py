@@ -96,31 +96,31 @@ class _InFlight:
         self.collect_writes(block_above=len(self.writing))
         if self.reading and self.look_ahead - len(self.reading) < self.group:
             return
-        refs, sizes = [], []
+        refs, nbytes = [], []
         while len(self.reading) + len(refs) < self.look_ahead:
             if self.waiting is None:
                 ref = next(self.todo, None)
                 if ref is None:
                     break
                 self.waiting = (ref, self.stages.read.memory(ref))
-            ref, size = self.waiting
-            if self.held and self.held + size > self.memory_budget:
+            ref, image_bytes = self.waiting
+            if self.held and self.held + image_bytes > self.memory_budget:
                 break
             self.waiting = None
-            self.held += size
+            self.held += image_bytes
             refs.append(ref)
-            sizes.append(size)
-        self.reading.extend(zip(self.pool.submit_reads(refs), sizes, strict=True))
+            nbytes.append(image_bytes)
+        self.reading.extend(zip(self.pool.submit_reads(refs), nbytes, strict=True))
 
     def next_batch(self) -> tuple[list[DecodedImage], dict[int, int]]:
         """The oldest reads, up to batch_size decoded images (those that failed to decode pass through without a
         model slot), and the bytes each holds by id; reads ahead as each is taken. Empty when none is in flight."""
         batch, held, decoded = [], {}, 0
         while decoded < self.batch_size and self.reading:
-            future, size = self.reading.popleft()
+            future, image_bytes = self.reading.popleft()
             image = future.result()
             batch.append(image)
-            held[id(image)] = size
+            held[id(image)] = image_bytes
             decoded += not image.error
             self.read_ahead()
         return batch, held
@@ -148,9 +148,9 @@ class _InFlight:
         """Hands the rows of the oldest writes that are done to the sink and takes back their bytes, waiting for
         the oldest while more than `block_above` are pending."""
         while self.writing and (self.writing[0][0].done() or len(self.writing) > block_above):
-            future, size = self.writing.popleft()
+            future, image_bytes = self.writing.popleft()
             self.sink.add_rows(future.result())
-            self.held -= size
+            self.held -= image_bytes
 
     def cancel(self) -> None:
         """Ctrl-C: the reads and the batch waiting for the model are dropped (the batch it runs and the writes under

@@ -8,6 +8,7 @@ from pathlib import Path
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.layers import auto_layer, candidates, probe_layers
 from onnxcam.exporter.sources import BUNDLED, SPEC_HELP, LoadedModel, load_model, read_labels
+from onnxcam.runner.size import Size
 
 
 def _floats(text: str) -> tuple[float, float, float]:
@@ -17,11 +18,11 @@ def _floats(text: str) -> tuple[float, float, float]:
     return tuple(values)
 
 
-def _size(text: str) -> tuple[int, int]:
+def _size(text: str) -> Size:
     parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
     if len(parts) not in (1, 2) or min(parts) < 8:
         raise argparse.ArgumentTypeError("expected SIZE or HEIGHTxWIDTH, e.g. 224 or 256x320")
-    return (parts[0], parts[-1])
+    return Size(parts[0], parts[-1])
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

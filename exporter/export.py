@@ -24,6 +24,7 @@ from onnxcam.exporter.reference import reference_outputs
 from onnxcam.exporter.sources import LoadedModel
 from onnxcam.runner import __version__
 from onnxcam.runner.model.graph import INPUTS, REQUIRED_OUTPUTS, GraphInfo, Preprocessing, external_data_path
+from onnxcam.runner.size import Size
 from torch import nn
 
 OPSET = 18
@@ -211,7 +212,7 @@ def _publish(staging: Path, out: Path) -> None:
 
 def export_explain_graph(
     loaded: LoadedModel, layer: str, out: Path, guided: bool = True, multilabel: bool = False,
-    tolerance: float = PARITY_TOLERANCE, log=print, saliency: bool = False, grid: tuple[int, int] | None = None,
+    tolerance: float = PARITY_TOLERANCE, log=print, saliency: bool = False, grid: Size | None = None,
     fp16: bool = False,
 ) -> ExportResult:
     """Trace, convert, parity-check against eager PyTorch, then write `out` atomically.
@@ -255,7 +256,7 @@ def export_explain_graph(
                 raise ExportError(f"parity check failed: {name} {problem}; not writing {out}")
 
         info = GraphInfo(
-            preprocessing=Preprocessing(size=(height, width), mean=tuple(loaded.mean), std=tuple(loaded.std),
+            preprocessing=Preprocessing(size=loaded.input_size, mean=tuple(loaded.mean), std=tuple(loaded.std),
                                         resize=loaded.resize, crop_fraction=loaded.crop_fraction,
                                         interpolation=loaded.interpolation),
             labels=labels, target_layer=chosen.name, activation_shape=tuple(chosen.map_shape),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from onnxcam.exporter.errors import ExportError
+from onnxcam.runner.size import Size
 from torch import nn
 
 MAX_PREFIX_TOKENS = 8  # a class token plus registers / a distillation token
@@ -92,14 +93,13 @@ def patch_size(model: nn.Module) -> int | None:
     return None
 
 
-def token_grid(tokens: int, input_size: tuple[int, int], patch: int | None,
-               grid: tuple[int, int] | None) -> tuple[int, int] | None:
+def token_grid(tokens: int, input_size: Size, patch: int | None, grid: Size | None) -> tuple[int, int] | None:
     """The (h, w) grid that `tokens` tokens stand for: `grid` if given, else the input size over the patch size,
     else the largest square; None when no grid leaves between 0 and MAX_PREFIX_TOKENS prefix tokens."""
     if grid:
         options = [grid]
     elif patch:
-        options = [(input_size[0] // patch, input_size[1] // patch)]
+        options = [(input_size.height // patch, input_size.width // patch)]
     else:
         side = math.isqrt(tokens)
         options = [(side - k, side - k) for k in range(2)]
@@ -109,7 +109,7 @@ def token_grid(tokens: int, input_size: tuple[int, int], patch: int | None,
     return None
 
 
-def probe_layers(model: nn.Module, input_size: tuple[int, int], grid: tuple[int, int] | None = None) -> Probe:
+def probe_layers(model: nn.Module, input_size: Size, grid: Size | None = None) -> Probe:
     """Run one forward pass at batch 1 and record every named module's output, in completion order."""
     records: dict[str, LayerInfo] = {}
     counter = iter(range(1 << 30))
@@ -128,8 +128,8 @@ def probe_layers(model: nn.Module, input_size: tuple[int, int], grid: tuple[int,
             output = model(torch.zeros(1, 3, *input_size))
     except Exception as error:  # noqa: BLE001 - whatever the model's own checks raise
         detail = " ".join(str(error).split())[:160] or type(error).__name__
-        raise ExportError(f"the model's forward fails on a {input_size[0]}x{input_size[1]} input ({detail}); give the "
-                          "size it expects with --input-size") from None
+        raise ExportError(f"the model's forward fails on a {input_size.height}x{input_size.width} input ({detail}); "
+                          "give the size it expects with --input-size") from None
     finally:
         for handle in handles:
             handle.remove()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from onnxcam.exporter.errors import ExportError
+from onnxcam.runner.size import Size
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,7 +28,7 @@ SPEC_HELP = f"use torchvision:NAME, timm:NAME, package.module:factory or {BUNDLE
 class LoadedModel:
     model: nn.Module
     spec: str
-    input_size: tuple[int, int] = (224, 224)
+    input_size: Size = Size(224, 224)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     labels: list[str] = field(default_factory=list)
@@ -120,7 +121,7 @@ def _torchvision(name: str, num_classes: int | None) -> LoadedModel:
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     categories = list(recipe.meta.get("categories") or [])
     return LoadedModel(
-        model=model, spec=f"torchvision:{name}", input_size=(size, size),
+        model=model, spec=f"torchvision:{name}", input_size=Size(size, size),
         mean=tuple(transforms.mean), std=tuple(transforms.std),
         labels=categories if len(categories) == (num_classes or 1000) else [],
         resize="center_crop", crop_fraction=size / int(transforms.resize_size[0]),
@@ -143,7 +144,7 @@ def _timm(name: str, num_classes: int | None) -> LoadedModel:
     config = timm.data.resolve_data_config({}, model=model)  # the model's pretrained_cfg; nothing downloaded
     classes = model.num_classes
     return LoadedModel(
-        model=model, spec=f"timm:{name}", input_size=tuple(config["input_size"][1:]),
+        model=model, spec=f"timm:{name}", input_size=Size(*config["input_size"][1:]),
         mean=tuple(config["mean"]), std=tuple(config["std"]),
         labels=imagenet_labels() if classes == 1000 else [],
         resize="center_crop" if config.get("crop_mode", "center") == "center" else "stretch",

@@ -44,7 +44,7 @@ def run_info(args: argparse.Namespace) -> int:
     if info.graph_maps or info.input_format != "float":
         print(f"  serving          maps in the graph: {', '.join(info.graph_maps) or 'none'}; input "
               f"{info.input_format}")
-    print(f"  preprocessing    {pre.size[0]}x{pre.size[1]} {pre.resize}, {pre.channel_order}, "
+    print(f"  preprocessing    {pre.size.height}x{pre.size.width} {pre.resize}, {pre.channel_order}, "
           f"mean {list(pre.mean)}, std {list(pre.std)}")
     for value in graph.input:
         print(f"  input            {value.name:<16} {shape(value)}")

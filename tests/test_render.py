@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from onnxcam.runner.manifest import COLORMAPS, Overlays
 from onnxcam.runner.outputs import render
+from onnxcam.runner.size import Size
 
 
 def random_case(rng: np.random.Generator, i: int) -> tuple[np.ndarray, tuple[int, int, int, int], int, int]:
@@ -29,8 +30,8 @@ def test_draw_is_the_heatmap_in_grey_levels_with_its_peak():
     differing = total = 0
     for i in range(300):
         map_, region, width, height = random_case(rng, i)
-        values = render.heatmap(map_, region, width, height)
-        drawn, peak = render.draw(map_, region, width, height, guided=False)
+        values = render.heatmap(map_, region, Size(height, width))
+        drawn, peak = render.draw(map_, region, Size(height, width), guided=False)
         expected = np.round(values * 255)
         assert drawn.dtype == np.uint8 and drawn.shape == (height, width)
         assert np.abs(drawn - expected).max() <= 1
@@ -41,7 +42,7 @@ def test_draw_is_the_heatmap_in_grey_levels_with_its_peak():
 
 
 def test_draw_a_constant_map_is_zero_and_its_peak_the_first_pixel():
-    drawn, peak = render.draw(np.full((7, 7), 3.0, np.float32), (0, 0, 40, 30), 40, 30, guided=False)
+    drawn, peak = render.draw(np.full((7, 7), 3.0, np.float32), (0, 0, 40, 30), Size(30, 40), guided=False)
     assert not drawn.any() and peak == (0, 0)
 
 
@@ -49,8 +50,8 @@ def test_draw_a_guided_map_is_its_bgr_picture():
     rng = np.random.default_rng(1)
     map_ = rng.normal(0, 1e-3, (3, 24, 24)).astype(np.float32)
     region = (10, 0, 50, 40)
-    drawn, (x, y) = render.draw(map_, region, 60, 40, guided=True)
-    rgb = render.guided_image(map_, region, 60, 40)
+    drawn, (x, y) = render.draw(map_, region, Size(40, 60), guided=True)
+    rgb = render.guided_image(map_, region, Size(40, 60))
     np.testing.assert_array_equal(drawn, np.round(rgb[:, :, ::-1] * 255).astype(np.uint8))
     strength = np.abs(rgb - 0.5).max(axis=2)
     assert strength[y, x] == strength.max()

@@ -22,6 +22,7 @@ from onnxcam.runner.inputs.decode import decode_image, header_size, peek
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.model.graph import Preprocessing, read_graph_info
 from onnxcam.runner.outputs import render
+from onnxcam.runner.size import Size
 from onnxcam.runner.stages import Stages
 from onnxcam.runner.stages.items import BatchResult, DecodedImage, ImageResult
 from onnxcam.runner.stages.read import ReadStage
@@ -129,23 +130,24 @@ def test_reduced_decoding_keeps_the_full_size_and_the_orientation(tmp_path):
     rotated.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
     asked = []
 
-    def quarter(width: int, height: int) -> int:
-        asked.append((width, height))
+    def quarter(size: Size) -> int:
+        asked.append(size)
         return 4
 
+    shown = Size(height=1600, width=1200)
     image, size = decode_image(tmp_path / "rotated.jpg", 10**9, quarter)
-    assert asked == [(1200, 1600)] and size == (1200, 1600) and image.shape == (400, 300, 3), "sizes as shown"
+    assert asked == [shown] and size == shown and image.shape == (400, 300, 3), "sizes as shown"
     full, full_size_ = decode_image(tmp_path / "rotated.jpg", 10**9)
-    assert full_size_ == (1200, 1600) and full.shape == (1600, 1200, 3)
+    assert full_size_ == shown and full.shape == (1600, 1200, 3)
     small = cv2.resize(full, (300, 400), interpolation=cv2.INTER_AREA)
     assert np.abs(small.astype(int) - image).mean() < 3, "the reduced decode is the same picture"
     cv2.imwrite(str(tmp_path / "scan.tif"), picture.astype(np.uint16) * 257)
-    assert header_size((tmp_path / "scan.tif").read_bytes()) == (1600, 1200)
-    assert peek(tmp_path / "scan.tif") == (False, (1600, 1200)), "its directory lies at the end of the file"
-    assert peek(tmp_path / "rotated.jpg") == (True, (1200, 1600))
+    assert header_size((tmp_path / "scan.tif").read_bytes()) == Size(height=1200, width=1600)
+    assert peek(tmp_path / "scan.tif") == (False, (1200, 1600)), "its directory lies at the end of the file"
+    assert peek(tmp_path / "rotated.jpg") == (True, shown)
     square = Image.fromarray(big_picture(4000, 3996, 6)[:, :, ::-1])
     square.save(tmp_path / "square.jpg", exif=exif, quality=80)
-    assert decode_image(tmp_path / "square.jpg", 10**9, lambda width, height: 8)[1] == (3996, 4000)
+    assert decode_image(tmp_path / "square.jpg", 10**9, lambda size: 8)[1] == Size(height=4000, width=3996)
     assert ReadStage(PRE, 10**9, 2048, keep_pixels=True).memory(ImageRef("zero", str(zero_png(tmp_path)))) == 1 << 20
 
 
@@ -262,7 +264,7 @@ def test_the_one_liner_gives_the_drawn_heatmap_for_a_centre_crop(kind, tmp_path)
     rng = np.random.default_rng(1)
     map_ = (rng.uniform(0.3, 1.0, (7, 7)) if kind == "above zero" else rng.normal(0, 1, (7, 7))).astype(np.float32)
     region, width, height = (80, 0, 560, 480), 640, 480
-    drawn = render.heatmap(map_, region, width, height)
+    drawn = render.heatmap(map_, region, Size(height, width))
     np.save(tmp_path / "m.npy", render.compact(map_, guided=False).astype(np.float16))
     row = {"heatmap_path": "m.npy", "width": str(width), "height": str(height)} | {
         f"region_{c}": str(v) for c, v in zip(("x0", "y0", "x1", "y1"), region, strict=True)}

@@ -13,6 +13,7 @@ from onnxcam.runner.inputs.listing import safe_key
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.methods.maps import normalise
 from onnxcam.runner.progress import Progress
+from onnxcam.runner.size import Size
 
 RNG = np.random.default_rng(0)
 A = np.maximum(RNG.standard_normal((2, 4, 3, 5)), 0).astype(np.float32)
@@ -79,7 +80,7 @@ def test_normalise_is_exact_and_constant_maps_become_zero():
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".webp"])
 def test_header_size_reads_dimensions_without_decoding(ext):
     data = cv2.imencode(ext, np.zeros((37, 53, 3), np.uint8))[1].tobytes()
-    assert header_size(data) == (53, 37)
+    assert header_size(data) == Size(height=37, width=53)
 
 
 def test_jpeg_header_walk_rejects_truncation_before_and_after_the_scan():
@@ -87,7 +88,7 @@ def test_jpeg_header_walk_rejects_truncation_before_and_after_the_scan():
     for cut in (20, len(data) - 4):
         with pytest.raises(ImageError, match="truncated JPEG"):
             header_size(data[:cut])
-    assert header_size(b"GIF89a" + struct.pack("<HH", 640, 480)) == (640, 480)
+    assert header_size(b"GIF89a" + struct.pack("<HH", 640, 480)) == Size(height=480, width=640)
 
 
 @pytest.mark.parametrize("entry,key", [("../../etc/passwd", "etc/passwd"), ("/abs/a.jpg", "abs/a.jpg"),

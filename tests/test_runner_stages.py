@@ -15,6 +15,7 @@ from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import Targets, load_manifest
 from onnxcam.runner.model.graph import GraphInfo, Preprocessing, probabilities
 from onnxcam.runner.run import Run
+from onnxcam.runner.size import Size
 from onnxcam.runner.stages.explain import ExplainStage
 from onnxcam.runner.stages.items import DecodedImage
 from onnxcam.runner.targets import TargetPlan
@@ -66,8 +67,9 @@ def metadata_only_graph(path: Path) -> Path:
 def decoded(seed: int) -> DecodedImage:
     rng = np.random.default_rng(seed)
     tensor = rng.normal(0, 1, (3, SIZE, SIZE)).astype(np.float32)
-    return DecodedImage(ImageRef(f"img{seed}.png", f"img{seed}.png"), size=(SIZE, SIZE), render_size=(SIZE, SIZE),
-                        image=np.zeros((SIZE, SIZE, 3), np.uint8), tensor=tensor, region=(0, 0, SIZE, SIZE))
+    return DecodedImage(ImageRef(f"img{seed}.png", f"img{seed}.png"), size=Size(SIZE, SIZE),
+                        render_size=Size(SIZE, SIZE), image=np.zeros((SIZE, SIZE, 3), np.uint8), tensor=tensor,
+                        region=(0, 0, SIZE, SIZE))
 
 
 def test_topk_follow_ups_maps_and_costs():

@@ -24,6 +24,7 @@ from onnxcam.runner.engines.workers import DIED_HOLDING, DIED_READING, ProcessWo
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.run import Run
+from onnxcam.runner.size import Size
 from onnxcam.runner.stages import Stages, build_stages
 from onnxcam.runner.stages.items import ImageResult, TargetResult
 from runner_helpers import read_index, wait_for_rows, write_images, write_manifest
@@ -83,7 +84,8 @@ def test_the_pixels_stay_in_the_worker_that_read_them(numpy_onnx, tmp_path):
         decoded = workers.submit_reads([ref])[0].result()
     finally:
         workers.shutdown()
-    assert decoded.image is None and decoded.render_size == (56, 40) and decoded.tensor.shape == (3, 32, 32)
+    assert decoded.image is None and decoded.render_size == Size(height=40, width=56)
+    assert decoded.tensor.shape == (3, 32, 32)
 
 
 class CrashOn:

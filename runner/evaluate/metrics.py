@@ -27,6 +27,7 @@ from onnxcam.runner.costs import Cost
 from onnxcam.runner.methods.maps import normalise
 from onnxcam.runner.model.passes import FILLS, ExtraPasses
 from onnxcam.runner.options import Option
+from onnxcam.runner.size import Size
 
 if TYPE_CHECKING:
     from onnxcam.runner.evaluate.boxes import ObjectBox
@@ -55,12 +56,13 @@ class Scoring:
     boxes: dict[str, list[ObjectBox]] = field(default_factory=dict)
 
 
-def explanation(map_: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """E: a method's map at model input size (height, width) in [0,1]; guided maps by max |.| over channels."""
+def explanation(map_: np.ndarray, size: Size) -> np.ndarray:
+    """E: a method's map at model input size in [0,1]; guided maps by max |.| over channels."""
     if map_.ndim == 3:
         map_ = np.abs(map_).max(axis=0)
-    if map_.shape != size:
-        map_ = cv2.resize(map_, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    height, width = size
+    if map_.shape != (height, width):
+        map_ = cv2.resize(map_, (width, height), interpolation=cv2.INTER_LINEAR)
     return normalise(map_[None])[0]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from onnxcam.runner.size import Size
 
 
 class ImageError(ValueError):
@@ -22,26 +23,28 @@ def is_jpeg(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8"
 
 
-def header_size(data: bytes, complete: bool = True) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG, BMP, GIF, WebP or TIFF header without decoding, as the picture is shown
+def header_size(data: bytes, complete: bool = True) -> Size | None:
+    """The size of a PNG, JPEG, BMP, GIF, WebP or TIFF from its header without decoding, as the picture is shown
     (a JPEG's EXIF orientation applied); None if unknown. `complete`: `data` is the whole file, so a JPEG
     without its end marker is reported as truncated."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
+        width, height = struct.unpack(">II", data[16:24])
+        return Size(height, width)
     if data[:2] == b"BM" and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
-        return abs(width), abs(height)
+        return Size(abs(height), abs(width))
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        return struct.unpack("<HH", data[6:10])
+        width, height = struct.unpack("<HH", data[6:10])
+        return Size(height, width)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
         if data[12:16] == b"VP8X":
-            return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+            return Size(1 + int.from_bytes(data[27:30], "little"), 1 + int.from_bytes(data[24:27], "little"))
         if data[12:16] == b"VP8 ":
             width, height = struct.unpack("<HH", data[26:30])
-            return width & 0x3FFF, height & 0x3FFF
+            return Size(height & 0x3FFF, width & 0x3FFF)
         if data[12:16] == b"VP8L":
             bits = int.from_bytes(data[21:25], "little")
-            return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+            return Size(1 + ((bits >> 14) & 0x3FFF), 1 + (bits & 0x3FFF))
     if data[:4] in TIFF_MAGIC and len(data) >= 8:
         return _tiff_size(data)
     if is_jpeg(data):
@@ -50,6 +53,7 @@ def header_size(data: bytes, complete: bool = True) -> tuple[int, int] | None:
 
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+WIDTH_HEIGHT = (256, 257)  # a TIFF image file directory's tags for the image's width and height
 ROTATED = (5, 6, 7, 8)  # EXIF orientations shown turned by 90 degrees (width and height swap)
 
 
@@ -75,11 +79,15 @@ def _directory(data: bytes, order: str, offset: int, tags: tuple[int, ...]) -> d
     return found
 
 
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height (tags 256, 257) of a TIFF's first image directory, if it lies within `data`."""
+def _tiff_size(data: bytes) -> Size | None:
+    """The size of a TIFF's first image directory, if it lies within `data`."""
     order = _tiff_order(data)
-    found = _directory(data, order, struct.unpack(order + "I", data[4:8])[0], (256, 257))
-    return (found[256], found[257]) if len(found) == 2 else None
+    return _directory_size(_directory(data, order, struct.unpack(order + "I", data[4:8])[0], WIDTH_HEIGHT))
+
+
+def _directory_size(found: dict[int, int]) -> Size | None:
+    """The size that a TIFF image file directory's width and height tags (256, 257) give, if both were found."""
+    return Size(found[257], found[256]) if len(found) == 2 else None
 
 
 def _exif_rotated(segment: bytes) -> bool:
@@ -91,7 +99,7 @@ def _exif_rotated(segment: bytes) -> bool:
     return _directory(tiff, order, struct.unpack(order + "I", tiff[4:8])[0], (274,)).get(274) in ROTATED
 
 
-def _jpeg_size(data: bytes, complete: bool) -> tuple[int, int] | None:
+def _jpeg_size(data: bytes, complete: bool) -> Size | None:
     """Walks the JPEG segments to the first frame header; also checks that the image data is complete."""
     position, size, rotated = 2, None, False
     while position + 4 <= len(data):
@@ -106,7 +114,7 @@ def _jpeg_size(data: bytes, complete: bool) -> tuple[int, int] | None:
             rotated = _exif_rotated(data[position + 4:position + 2 + length])
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and position + 9 <= len(data):
             height, width = struct.unpack(">HH", data[position + 5:position + 9])
-            size = (height, width) if rotated else (width, height)
+            size = Size(width, height) if rotated else Size(height, width)
         if marker == 0xDA:  # start of scan: entropy-coded data follows; only the end marker can contain FF D9
             if complete and data.find(b"\xff\xd9", position + 2 + length) < 0:
                 raise ImageError("truncated JPEG (the image data has no end marker)")
@@ -117,8 +125,8 @@ def _jpeg_size(data: bytes, complete: bool) -> tuple[int, int] | None:
     return size
 
 
-def peek(path: str | Path) -> tuple[bool, tuple[int, int] | None]:
-    """Whether a file is a JPEG, and its shown (width, height) when its first bytes say it (a TIFF's image
+def peek(path: str | Path) -> tuple[bool, Size | None]:
+    """Whether a file is a JPEG, and its shown size when its first bytes say it (a TIFF's image
     directory is read where it lies, often at the end), without decoding. Raises OSError or ImageError."""
     with open(path, "rb") as file:
         head = file.read(1 << 16)
@@ -129,17 +137,16 @@ def peek(path: str | Path) -> tuple[bool, tuple[int, int] | None]:
         if size is None and head[:4] in TIFF_MAGIC and len(head) >= 8:
             order = _tiff_order(head)
             file.seek(struct.unpack(order + "I", head[4:8])[0])
-            found = _directory(file.read(4096), order, 0, (256, 257))
-            size = (found[256], found[257]) if len(found) == 2 else None
+            size = _directory_size(_directory(file.read(4096), order, 0, WIDTH_HEIGHT))
     return is_jpeg(head), size
 
 
-def decode_image(path: str | Path, max_pixels: int, reduction: Callable[[int, int], int] | None = None
-                 ) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(path: str | Path, max_pixels: int, reduction: Callable[[Size], int] | None = None
+                 ) -> tuple[np.ndarray, Size]:
     """Decode to 8-bit BGR [H,W,3], EXIF orientation applied; grey, alpha, 16-bit and CMYK are converted.
 
-    `reduction(width, height)` may ask for a JPEG to be decoded at 1/k of its size (k = 1, 2, 4 or 8), which
-    libjpeg does k^2 times faster and in k^2 times less memory. Returns the image and its full (width, height).
+    `reduction(size)` may ask for a JPEG to be decoded at 1/k of its size (k = 1, 2, 4 or 8), which
+    libjpeg does k^2 times faster and in k^2 times less memory. Returns the image and its full size.
     """
     try:
         with open(path, "rb") as file:
@@ -149,16 +156,16 @@ def decode_image(path: str | Path, max_pixels: int, reduction: Callable[[int, in
     if not data:
         raise ImageError("empty file (0 bytes)")
     size = header_size(data)
-    if size and size[0] * size[1] > max_pixels:
-        raise ImageError(f"{size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.1f} MP, over images.max_pixels "
-                         f"({max_pixels / 1e6:g} MP); raise the limit in the manifest to process it")
-    k = reduction(*size) if reduction and size and is_jpeg(data) else 1
+    if size and size.width * size.height > max_pixels:
+        raise ImageError(f"{size.width}x{size.height} is {size.width * size.height / 1e6:.1f} MP, over "
+                         f"images.max_pixels ({max_pixels / 1e6:g} MP); raise the limit in the manifest to process it")
+    k = reduction(size) if reduction and size and is_jpeg(data) else 1
     image = cv2.imdecode(np.frombuffer(data, np.uint8), JPEG_REDUCED[k])
     del data
     if image is None:
         raise ImageError("not a decodable image (corrupt, truncated or not an image format OpenCV reads)")
-    full = (image.shape[1], image.shape[0]) if k == 1 else size  # the header's size is the shown one
-    if full[0] * full[1] > max_pixels:
-        raise ImageError(f"{full[0]}x{full[1]} is over images.max_pixels ({max_pixels / 1e6:g} MP)")
+    full = Size(*image.shape[:2]) if k == 1 else size  # the header's size is the shown one
+    if full.width * full.height > max_pixels:
+        raise ImageError(f"{full.width}x{full.height} is over images.max_pixels ({max_pixels / 1e6:g} MP)")
     return image, full
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 from onnxcam.runner.model.graph import Preprocessing
+from onnxcam.runner.size import Size
 
 UPSCALING = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels: the part of the image the model saw
 
 
-def model_region(width: int, height: int, pre: Preprocessing) -> Region:
+def model_region(size: Size, pre: Preprocessing) -> Region:
     """The part of the image that fills the model input: all of it (stretch) or the centre crop.
 
     center_crop follows torchvision: resize the shorter side to size / crop_fraction, crop `size`.
     """
+    height, width = size
     if pre.resize == "stretch":
         return 0, 0, width, height
     out_height, out_width = pre.size
@@ -39,8 +41,7 @@ def to_input(image_bgr: np.ndarray, pre: Preprocessing, uint8: bool = False) -> 
     """The model input and the region it covers: [3,H,W] float32, or with `uint8` the resized pixels [H,W,3] BGR
     that a uint8-input graph normalises itself. Downscaling uses area averaging (like an antialiased resize),
     upscaling the recipe's interpolation (bilinear or bicubic)."""
-    height, width = image_bgr.shape[:2]
-    region = model_region(width, height, pre)
+    region = model_region(Size(*image_bgr.shape[:2]), pre)
     x0, y0, x1, y1 = region
     seen = image_bgr[y0:y1, x0:x1]
     out_height, out_width = pre.size

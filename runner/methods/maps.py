@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from onnxcam.runner.size import Size
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
@@ -17,7 +18,7 @@ def normalise(maps: np.ndarray) -> np.ndarray:
     return shifted / np.where(span > 0, span, 1)
 
 
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of [N,h,w] maps to [N,*size] (size = (height, width))."""
+def resize_maps(maps: np.ndarray, size: Size) -> np.ndarray:
+    """Bilinear resize of [N,h,w] maps to [N,*size]."""
     height, width = size
     return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxcam.runner.size import Size
 
 INPUTS = ("input", "target")
 OUTPUTS = ("logits", "activations", "gradients", "input_gradients", "plain_input_gradients")
@@ -30,13 +31,16 @@ FORMAT_VERSION = 1
 class Preprocessing:
     """How an RGB uint8 image becomes the `input` tensor: resize, scale to [0, 1], (x - mean) / std."""
 
-    size: tuple[int, int]  # (height, width)
+    size: Size  # the model input's (stored in the metadata as [height, width])
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "stretch"  # stretch | center_crop
     crop_fraction: float = 0.875  # center_crop: crop size / resize size
     channel_order: str = "RGB"
     interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        self.size = Size(*self.size)
 
 
 @dataclass
@@ -72,7 +76,7 @@ class GraphInfo:
         try:
             values = {name: json.loads(props[name]) for name in cls.__dataclass_fields__ if name in props}
             pre = values.pop("preprocessing")
-            pre["size"], pre["mean"], pre["std"] = tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])
+            pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
             values["activation_shape"] = tuple(values["activation_shape"])
             return cls(preprocessing=Preprocessing(**pre), **values)
         except (KeyError, TypeError, ValueError) as error:

@@ -10,11 +10,12 @@ import numpy as np
 from onnxcam.runner.inputs.preprocess import Region
 from onnxcam.runner.manifest import COLORMAPS, Overlays
 from onnxcam.runner.methods.maps import normalise
+from onnxcam.runner.size import Size
 
 
-def to_image_size(map_: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:
-    """A [h,w] or [3,H,W] map resized bilinearly onto the region the model saw; zero outside it."""
-    x0, y0, x1, y1 = region
+def to_image_size(map_: np.ndarray, region: Region, size: Size) -> np.ndarray:
+    """A [h,w] or [3,H,W] map resized bilinearly onto the region the model saw; zero elsewhere in `size`."""
+    (x0, y0, x1, y1), (height, width) = region, size
     planar = map_.ndim == 3
     resized = cv2.resize(map_.transpose(1, 2, 0) if planar else map_, (x1 - x0, y1 - y0),
                          interpolation=cv2.INTER_LINEAR)
@@ -25,20 +26,21 @@ def to_image_size(map_: np.ndarray, region: Region, width: int, height: int) -> 
     return full
 
 
-def scaled(region: Region, size: tuple[int, int], drawn: tuple[int, int]) -> Region:
-    """A region in the image's pixels, in the pixels of the image drawn at `drawn` (width, height)."""
+def scaled(region: Region, size: Size, drawn: Size) -> Region:
+    """A region in the pixels of an image of `size`, in the pixels of the image drawn at `drawn`."""
     if size == drawn:
         return region
-    sx, sy = drawn[0] / size[0], drawn[1] / size[1]
+    sx, sy = drawn.width / size.width, drawn.height / size.height
     x0, y0 = round(region[0] * sx), round(region[1] * sy)
     return x0, y0, max(round(region[2] * sx), x0 + 1), max(round(region[3] * sy), y0 + 1)
 
 
-def in_image_pixels(point: tuple[int, int], size: tuple[int, int], drawn: tuple[int, int]) -> tuple[int, int]:
-    """A pixel of the image drawn at `drawn`, in the image's own pixels (the centre of the area it covers)."""
+def in_image_pixels(point: tuple[int, int], size: Size, drawn: Size) -> tuple[int, int]:
+    """A pixel (x, y) of the image drawn at `drawn`, in the pixels of the image of `size` (the centre of the area it
+    covers)."""
     if size == drawn:
         return point
-    (x, y), (width, height), (drawn_width, drawn_height) = point, size, drawn
+    (x, y), (height, width), (drawn_height, drawn_width) = point, size, drawn
     return min(width - 1, int((x + 0.5) * width / drawn_width)), min(height - 1, int((y + 0.5) * height / drawn_height))
 
 
@@ -47,35 +49,35 @@ def compact(map_: np.ndarray, guided: bool) -> np.ndarray:
     padding with zeros and min-max scaling at the image's size gives what `heatmap` draws), or the RGB rendering
     [H,W,3] of a guided map."""
     if guided:
-        return guided_image(map_, (0, 0, map_.shape[2], map_.shape[1]), map_.shape[2], map_.shape[1])
+        own = Size(*map_.shape[1:])
+        return guided_image(map_, (0, 0, own.width, own.height), own)
     largest = float(np.abs(map_).max())
     return map_ / largest if largest > 0 else np.zeros_like(map_)
 
 
-def heatmap(map_: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:
+def heatmap(map_: np.ndarray, region: Region, size: Size) -> np.ndarray:
     """CAM-family map -> [H,W] float32 in [0,1] at the given image size."""
-    return normalise(to_image_size(map_, region, width, height)[None])[0]
+    return normalise(to_image_size(map_, region, size)[None])[0]
 
 
-def guided_image(gradients: np.ndarray, region: Region, width: int, height: int) -> np.ndarray:
+def guided_image(gradients: np.ndarray, region: Region, size: Size) -> np.ndarray:
     """Guided gradients [3,H,W] (RGB) -> [H,W,3] RGB in [0,1], as pytorch-grad-cam's deprocess_image:
     centred, scaled to 0.1 standard deviations around grey."""
-    rgb = to_image_size(gradients, region, width, height)
+    rgb = to_image_size(gradients, region, size)
     rgb = (rgb - rgb.mean()) / (rgb.std() + 1e-5) * 0.1 + 0.5
     return np.clip(rgb, 0, 1)
 
 
-def draw(map_: np.ndarray, region: Region, width: int, height: int, guided: bool
-         ) -> tuple[np.ndarray, tuple[int, int]]:
+def draw(map_: np.ndarray, region: Region, size: Size, guided: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """A map as the overlay draws it at the given size, and its peak (x, y): a CAM-family map as 8-bit grey,
     min-max scaled (the heatmap's round(255 v), from one min/max pass and one scaling pass instead of `heatmap`'s
     float arrays; a grey level apart in a few pixels per million), the strongest point its first maximum; a
     guided map as its 8-bit BGR picture, the strongest point the largest |gradient| over channels."""
     if guided:
-        rgb = guided_image(map_, region, width, height)
-        y, x = np.unravel_index(int(np.argmax(np.abs(rgb - 0.5).max(axis=2))), (height, width))
+        rgb = guided_image(map_, region, size)
+        y, x = np.unravel_index(int(np.argmax(np.abs(rgb - 0.5).max(axis=2))), size)
         return np.round(rgb[:, :, ::-1] * 255).astype(np.uint8), (int(x), int(y))
-    full = to_image_size(map_, region, width, height)
+    full = to_image_size(map_, region, size)
     low, high, _, peak = cv2.minMaxLoc(full)
     scale = 255 / (high - low) if high > low else 0.0
     return cv2.convertScaleAbs(full, alpha=scale, beta=-low * scale), peak
@@ -98,13 +100,13 @@ def overlay(image_bgr: np.ndarray, drawn: np.ndarray, guided: bool, style: Overl
     return cv2.addWeighted(coloured, style.alpha, image_bgr, 1 - style.alpha, 0)
 
 
-def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A picture scaled down to `size` (width, height) for a thumbnail: area averaging by the largest whole factor
+def shrink(image: np.ndarray, size: Size) -> np.ndarray:
+    """A picture scaled down to `size` for a thumbnail: area averaging by the largest whole factor
     that stays above it (OpenCV's fast path; a factor like 1.95 takes its slow one, 0.7 ms for 500x375), then
     bilinear."""
     height, width = image.shape[:2]
-    k = min(width // size[0], height // size[1])
+    k = min(width // size.width, height // size.height)
     if k >= 2:
         image = cv2.resize(image[:height - height % k, :width - width % k], None, fx=1 / k, fy=1 / k,
                            interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (size.width, size.height), interpolation=cv2.INTER_LINEAR)

@@ -8,13 +8,14 @@ import numpy as np
 from onnxcam.runner.costs import Costs
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.inputs.preprocess import Region
+from onnxcam.runner.size import Size
 
 
 @dataclass
 class DecodedImage:
     ref: ImageRef
-    size: tuple[int, int] = (0, 0)  # the image's own (width, height); (0, 0) when it could not be decoded
-    render_size: tuple[int, int] = (0, 0)  # (width, height) at which overlays, heatmaps and peaks are drawn
+    size: Size = Size(0, 0)  # the image's own; Size(0, 0) when it could not be decoded
+    render_size: Size = Size(0, 0)  # the size at which overlays, heatmaps and peaks are drawn
     image: np.ndarray | None = None  # 8-bit BGR at render_size, kept only when overlays are written
     tensor: np.ndarray | None = None  # the model input: [3,H,W] float32, or [H,W,3] uint8 for a uint8-input graph
     region: Region = (0, 0, 0, 0)  # the part of the image the model saw, in its own pixels

@@ -18,6 +18,7 @@ from onnxcam.runner.inputs.decode import ImageError, decode_image, peek
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.inputs.preprocess import model_region, to_input
 from onnxcam.runner.model.graph import Preprocessing
+from onnxcam.runner.size import Size
 from onnxcam.runner.stages.items import DecodedImage, one_line
 
 WRITE_BYTES_PER_PIXEL = 48  # rendering one map at the drawn size: float32 maps, colormap, blend, encoding
@@ -26,10 +27,10 @@ UNUSABLE = 1 << 20  # what a file that will become an error row holds
 DRAWN_SLACK = 0.95  # a reduced decode this close to the overlay's size is drawn at its own size (never upscaled)
 
 
-def render_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+def render_size(size: Size, max_side: int | None) -> Size:
     """The size at which an image's overlays and heatmaps are drawn: its own, or scaled to fit max_side."""
-    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(size))
+    return Size(max(1, round(size.height * scale)), max(1, round(size.width * scale)))
 
 
 class ReadStage:
@@ -38,14 +39,14 @@ class ReadStage:
         self.preprocessing, self.max_pixels = preprocessing, max_pixels
         self.max_side, self.keep_pixels, self.uint8_input = max_side, keep_pixels, uint8_input
 
-    def reduction(self, width: int, height: int) -> int:
+    def reduction(self, size: Size) -> int:
         """The largest k in 8, 4, 2 (or 1) at which a JPEG of this size still serves the model and the overlays."""
-        x0, y0, x1, y1 = model_region(width, height, self.preprocessing)
+        x0, y0, x1, y1 = model_region(size, self.preprocessing)
         model_height, model_width = self.preprocessing.size
-        drawn = DRAWN_SLACK * max(render_size(width, height, self.max_side)) if self.keep_pixels else 1
+        drawn = DRAWN_SLACK * max(render_size(size, self.max_side)) if self.keep_pixels else 1
         for k in (8, 4, 2):
             if ((x1 - x0) // k >= 2 * model_width and (y1 - y0) // k >= 2 * model_height
-                    and max(width, height) // k >= drawn):
+                    and max(size) // k >= drawn):
                 return k
         return 1
 
@@ -54,20 +55,21 @@ class ReadStage:
         try:
             image, decoded.size = decode_image(ref.path, self.max_pixels, self.reduction)
             decoded.tensor, _ = to_input(image, self.preprocessing, self.uint8_input)
-            decoded.region = model_region(*decoded.size, self.preprocessing)
-            decoded.render_size = render_size(*decoded.size, self.max_side)
+            decoded.region = model_region(decoded.size, self.preprocessing)
+            decoded.render_size = drawn = render_size(decoded.size, self.max_side)
             if self.keep_pixels:
-                decoded_size = (image.shape[1], image.shape[0])
-                if max(decoded_size) < max(decoded.render_size):  # a reduced decode just short of the cap
-                    decoded.render_size = decoded_size
-                same = decoded_size == decoded.render_size
-                decoded.image = image if same else cv2.resize(image, decoded.render_size, interpolation=cv2.INTER_AREA)
+                decoded_size = Size(*image.shape[:2])
+                if max(decoded_size) < max(drawn):  # a reduced decode just short of the cap
+                    decoded.render_size = drawn = decoded_size
+                same = decoded_size == drawn
+                decoded.image = (image if same
+                                 else cv2.resize(image, (drawn.width, drawn.height), interpolation=cv2.INTER_AREA))
         except ImageError as error:
             decoded.error = str(error)
         except Exception as error:  # noqa: BLE001 - whatever a decoder throws, this file becomes an error row
             decoded.error = f"cannot decode ({type(error).__name__}: {one_line(error)})"
         if decoded.error:
-            decoded.size = decoded.render_size = (0, 0)
+            decoded.size = decoded.render_size = Size(0, 0)
             decoded.tensor = decoded.image = None
         return decoded
 
@@ -77,21 +79,21 @@ class ReadStage:
         try:
             file_bytes = os.path.getsize(ref.path)
             jpeg, size = peek(ref.path)
-            if size is not None and not 0 < size[0] * size[1] <= self.max_pixels:
+            if size is not None and not 0 < size.width * size.height <= self.max_pixels:
                 return UNUSABLE  # the read stage refuses it
             return self._estimate(file_bytes, jpeg, size)
         except (OSError, ImageError, ValueError, ArithmeticError, struct.error):
             return UNUSABLE
 
-    def _estimate(self, file_bytes: int, jpeg: bool, size: tuple[int, int] | None) -> int:
+    def _estimate(self, file_bytes: int, jpeg: bool, size: Size | None) -> int:
         model_height, model_width = self.preprocessing.size
         tensors = 16 * 3 * model_height * model_width  # input, model outputs, maps at model size
         if size is None:
             return file_bytes * (1 + UNKNOWN_SIZE_FACTOR) + tensors
-        width, height = size
-        k = self.reduction(width, height) if jpeg else 1
+        height, width = size
+        k = self.reduction(size) if jpeg else 1
         decoded = 3 * math.ceil(width / k) * math.ceil(height / k)
         decoding = decoded if jpeg else 2 * 3 * width * height  # other formats may decode 16 bits first
-        drawn_width, drawn_height = render_size(width, height, self.max_side)
-        drawing = WRITE_BYTES_PER_PIXEL * drawn_width * drawn_height
+        drawn = render_size(size, self.max_side)
+        drawing = WRITE_BYTES_PER_PIXEL * drawn.width * drawn.height
         return file_bytes + decoding + decoded + drawing + tensors

@@ -16,6 +16,7 @@ from onnxcam.runner.outputs import render
 from onnxcam.runner.outputs.files import SCRATCH, inside, write_atomic
 from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS, overlay_jpg
 from onnxcam.runner.outputs.thumbnails import THUMBNAIL_QUALITY, photo_thumbnail_path, thumbnail_path
+from onnxcam.runner.size import Size
 from onnxcam.runner.stages.items import DecodedImage, ImageResult, TargetResult, one_line
 from onnxcam.runner.stages.read import render_size
 
@@ -58,15 +59,14 @@ class WriteStage:
 
     def _photo_thumbnail(self, decoded: DecodedImage) -> np.ndarray:
         """The photograph at thumbnail size (BGR), written as thumbs/<key>.photo.jpg."""
-        height, width = decoded.image.shape[:2]
-        small = render.shrink(decoded.image, render_size(width, height, self.thumbnails))
+        small = render.shrink(decoded.image, render_size(Size(*decoded.image.shape[:2]), self.thumbnails))
         self._save(photo_thumbnail_path(decoded.ref.key), overlay_jpg(small, THUMBNAIL_QUALITY))
         return small
 
     def _thumbnail(self, map_: np.ndarray, guided: bool, decoded: DecodedImage, small: np.ndarray) -> bytes:
         """An overlay at thumbnail size, drawn from the map at that size."""
-        size = (small.shape[1], small.shape[0])
-        drawn, _ = render.draw(map_, render.scaled(decoded.region, decoded.size, size), *size, guided)
+        size = Size(*small.shape[:2])
+        drawn, _ = render.draw(map_, render.scaled(decoded.region, decoded.size, size), size, guided)
         return overlay_jpg(render.overlay(small, drawn, guided, self.thumbnail_style), THUMBNAIL_QUALITY)
 
     def _write(self, result: ImageResult, target: TargetResult, method: str, small: np.ndarray | None) -> IndexRow:
@@ -74,19 +74,19 @@ class WriteStage:
         map_ = target.maps[method]
         size = decoded.render_size
         region = render.scaled(decoded.region, decoded.size, size)
-        drawn, peak = render.draw(map_, region, *size, guided)
+        drawn, peak = render.draw(map_, region, size, guided)
         stem = f"{decoded.ref.key}.{method}.{target.target_class}"
         cells: IndexRow = {"heatmap_path": "", "overlay_path": "", "overlay_width": "", "overlay_height": ""}
         if self.heatmaps.format != "none":
             cells["heatmap_path"] = f"{stem}.{self.heatmaps.format}"
             stored = (render.compact(map_, guided) if self.heatmaps.size != "original"
-                      else (render.guided_image if guided else render.heatmap)(map_, region, *size))
+                      else (render.guided_image if guided else render.heatmap)(map_, region, size))
             self._save(cells["heatmap_path"], HEATMAP_FORMATS[self.heatmaps.format](stored, guided))
         if self.overlays is not None:
             cells["overlay_path"] = f"{stem}.{self.overlays.format}"
             picture = render.overlay(decoded.image, drawn, guided, self.overlays)
             self._save(cells["overlay_path"], OVERLAY_FORMATS[self.overlays.format](picture, self.overlays.quality))
-            cells["overlay_width"], cells["overlay_height"] = size
+            cells["overlay_width"], cells["overlay_height"] = size.width, size.height
         if small is not None:
             self._save(thumbnail_path(stem), self._thumbnail(map_, guided, decoded, small))
         x, y = render.in_image_pixels(peak, decoded.size, size)
@@ -110,8 +110,8 @@ class WriteStage:
 
     def _row(self, result: ImageResult, **values) -> IndexRow:
         decoded = result.decoded
-        row: IndexRow = {"image": decoded.ref.key, "status": "ok", "width": decoded.size[0] or "",
-                         "height": decoded.size[1] or ""}
+        row: IndexRow = {"image": decoded.ref.key, "status": "ok", "width": decoded.size.width or "",
+                         "height": decoded.size.height or ""}
         if decoded.tensor is not None:
             row.update(zip(("region_x0", "region_y0", "region_x1", "region_y1"), decoded.region, strict=True))
         if result.pred is not None:

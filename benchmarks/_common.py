@@ -85,7 +85,7 @@ def compute_only(backend: Backend, outputs: tuple[str, ...], batches: list[np.nd
 def exported(spec: str, folder: Path, input_size: tuple[int, int] | None = None, **options) -> tuple[object, Path]:
     """The model `spec` (seeded) and its explain graph in `folder` (kept there: exported once per folder), at its
     recipe's input size unless given (height, width), without guided backprop unless `options` ask for it."""
-    import torch
+    import torch  # here, not above: gpu_benchmark runs where only ONNX Runtime is installed
     from onnxcam.exporter.export import export_explain_graph
     from onnxcam.exporter.sources import load_model
 
@@ -97,7 +97,7 @@ def exported(spec: str, folder: Path, input_size: tuple[int, int] | None = None,
     graph = folder / f"bench-{spec.replace(':', '-')}{size}{switched}.onnx"
     if not graph.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        export_explain_graph(loaded, "auto", graph, **{"guided": False, "log": lambda _: None, **options})
+        export_explain_graph(loaded, "auto", graph, log=lambda _: None, **({"guided": False} | options))
     return loaded, graph
 
 

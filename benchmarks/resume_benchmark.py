@@ -104,17 +104,20 @@ def main() -> None:
         process = subprocess.Popen([sys.executable, "-c", RUN, str(folder / "manifest.yaml")], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         first_new = None
-        while process.poll() is None and first_new is None:
+        while first_new is None:
+            running = process.poll() is None  # before the look at the index, so rows written last are seen
             with open(index, "rb") as file:
                 file.seek(max(0, file.seek(0, 2) - 4096))
                 if b"\nnew/" in file.read():
                     first_new = time.perf_counter() - start
+            if not running:
+                break
             time.sleep(0.01)
         output = process.communicate()[0]
-        if first_new is None:
-            sys.exit("resume_benchmark: the run ended before its first new rows were seen; use more --new images")
         if process.returncode != 0:
             sys.exit(f"resume_benchmark: the run failed ({process.returncode}):\n{output}")
+        if first_new is None:
+            sys.exit("resume_benchmark: the run ended without a new image's rows in index.csv; give --new 1 or more")
         peak = peak_mib(output)
         print(f"onnxcam run (resume): peak RSS {peak:.0f} MiB, first new image's rows after {first_new:.1f} s, "
               f"whole run {time.perf_counter() - start:.1f} s")

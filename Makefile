@@ -34,12 +34,14 @@ browser:  ## install Chromium for the report's browser tests, if missing (apt-ge
 lint: setup  ## ruff
 	$(BIN)/ruff check .
 
-# Both run every benchmark at its --smoke size (tests/test_benchmarks.py, about 2 minutes on 2 cores), so none rots.
+# Both run every benchmark at its --smoke size (tests/test_benchmarks.py, about 2 minutes on 2 idle cores), so none
+# rots.
 test: lint browser  ## ruff and every test (14 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
-# The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 3 minutes.
-test-fast: lint browser  ## ruff and the tests not marked slow (under 3 minutes)
+# The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 5 minutes, of
+# which about 2 the benchmarks' smoke runs.
+test-fast: lint browser  ## ruff and the tests not marked slow (under 5 minutes)
 	$(BIN)/pytest -q -m "not slow"
 
 export: setup  ## export MODEL (efficientnet-lite0) to OUT with EXPORT_FLAGS (--saliency)

@@ -13,7 +13,7 @@ BENCH_FLAGS ?=
 OVXAI_VENV ?= .venv-ovxai
 
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
-	bench-ray bench-report bench-stages bench-gpu bench-peer zoo wheel platforms docs clean help
+	bench-ray bench-report bench-stages bench-gpu bench-peer bench-smoke zoo wheel platforms docs clean help
 
 setup: $(VENV)/.installed  ## create .venv, install onnxcam (editable) with the export, test, ray, openvino, docs extras
 
@@ -34,11 +34,14 @@ browser:  ## install Chromium for the report's browser tests, if missing (apt-ge
 lint: setup  ## ruff
 	$(BIN)/ruff check .
 
+# Both run every benchmark at its --smoke size (tests/test_benchmarks.py, about 2 minutes on 2 idle cores), so none
+# rots.
 test: lint browser docs  ## ruff, the docs site (--strict) and every test (14 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
-# The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 3 minutes.
-test-fast: lint browser  ## ruff and the tests not marked slow (under 3 minutes)
+# The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 5 minutes, of
+# which about 2 the benchmarks' smoke runs.
+test-fast: lint browser  ## ruff and the tests not marked slow (under 5 minutes)
 	$(BIN)/pytest -q -m "not slow"
 
 export: setup  ## export MODEL (efficientnet-lite0) to OUT with EXPORT_FLAGS (--saliency)
@@ -57,7 +60,7 @@ doctor: setup  ## what runs the model here (CUDA or CPU), why, and the command t
 	$(BIN)/onnxcam doctor
 
 demo-images: setup  ## scikit-image's photographs into demo/images
-	$(BIN)/python scripts/sample_photos.py demo/images
+	$(BIN)/python tools/sample_photos.py demo/images
 
 # The main job on the bundled default: export efficientnet-lite0, explain scikit-image's photographs, measure
 # how faithful four methods are on the photographs with object boxes, then look inside the model: channels,
@@ -77,19 +80,19 @@ demo: export demo-images  ## export, then every demo manifest, the filters and t
 
 # onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test.
 bench: setup  ## onnxcam vs pytorch-grad-cam and Captum, side by side (BENCH_FLAGS)
-	$(BIN)/python scripts/benchmark.py $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/benchmark.py $(BENCH_FLAGS)
 
 # 8 camera-sized (48 MP) JPEGs and 64 ordinary photographs: peak RSS, seconds, bytes written; not a test.
 bench-big: export  ## 48 MP photographs: peak RSS, seconds, bytes written
-	$(BIN)/python scripts/big_photos_benchmark.py --model $(OUT) $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/big_photos_benchmark.py --model $(OUT) $(BENCH_FLAGS)
 
 # Resuming a 1,000,000-image x 2-method index: peak RSS and seconds to the first new image; not a test.
 bench-resume: export  ## resuming a 1,000,000-image index: peak RSS, seconds to the first new image
-	$(BIN)/python scripts/resume_benchmark.py --model $(OUT) $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/resume_benchmark.py --model $(OUT) $(BENCH_FLAGS)
 
 # `onnxcam run --ray` vs the local engine on the same JPEGs (steady-state images/s, start-up, peak RSS); not a test.
 bench-ray: setup  ## onnxcam run --ray vs the local engine
-	$(BIN)/python scripts/ray_benchmark.py $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/ray_benchmark.py $(BENCH_FLAGS)
 
 # OpenVINO XAI 1.1 pins OpenVINO 2024.4, older than onnxcam's openvino extra: it gets an environment of its own.
 $(OVXAI_VENV)/.installed:
@@ -100,15 +103,19 @@ $(OVXAI_VENV)/.installed:
 
 # onnxcam (ONNX Runtime f32, OpenVINO f32 and bf16) vs OpenVINO XAI ReciproCAM on the same JPEGs; not a test.
 bench-peer: setup $(OVXAI_VENV)/.installed  ## onnxcam vs OpenVINO XAI on this CPU (OpenVINO XAI in .venv-ovxai)
-	$(BIN)/python scripts/peer_benchmark.py --ovxai-python $(OVXAI_VENV)/bin/python $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/peer_benchmark.py --ovxai-python $(OVXAI_VENV)/bin/python $(BENCH_FLAGS)
 
 # A 100,000-image output.dir's report: build time, opening it in headless Chromium, filters, scrolling; not a test.
 bench-report: demo browser  ## report.html at 100,000 images: build, open, filter, sort, scroll (BENCH_FLAGS)
-	$(BIN)/python scripts/report_benchmark.py $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/report_benchmark.py $(BENCH_FLAGS)
 
 # The CPU stages per image: CPU ms, GIL share, the images/s they allow on 16 cores; not a test.
 bench-stages: export  ## the CPU stages: CPU ms per image, GIL share, projection to 16 cores (BENCH_FLAGS)
-	$(BIN)/python scripts/stage_profile.py --model $(OUT) $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/stage_profile.py --model $(OUT) $(BENCH_FLAGS)
+
+# Every benchmark at its --smoke size, each in its own process (what test and test-fast run; -s prints the figures).
+bench-smoke: setup  ## every benchmark at its --smoke size (a few images, a toy graph), checked
+	$(BIN)/pytest -q tests/test_benchmarks.py
 
 # One shot on a GPU server: parity with the CPU, compute-only and end-to-end images/s of the float and the served
 # graph (Grad-CAM in the graph, uint8 input) at batch 64 and 256, pytorch-grad-cam beside them; not a test.
@@ -122,20 +129,20 @@ bench-gpu: setup  ## GPU throughput of GPU_MODEL and GPU_FP16_MODEL (ResNet-50, 
 	@test -f $(GPU_MODEL) || $(BIN)/onnxcam export --model torchvision:resnet50 --weights $(GPU_WEIGHTS) --out $(GPU_MODEL)
 	@test -f $(GPU_FP16_MODEL) || $(BIN)/onnxcam export --model torchvision:resnet50 --weights $(GPU_WEIGHTS) \
 		--out $(GPU_FP16_MODEL) --fp16
-	$(BIN)/python scripts/gpu_benchmark.py --model $(GPU_MODEL) --fp16-model $(GPU_FP16_MODEL) $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/gpu_benchmark.py --model $(GPU_MODEL) --fp16-model $(GPU_FP16_MODEL) $(BENCH_FLAGS)
 
-# Export every torchvision classification model (random weights) and write the coverage table into README.md;
+# Export every torchvision classification model (random weights) and write the coverage table into docs/models.md;
 # about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).
-zoo: setup  ## export every torchvision classifier, the coverage table into README.md (~70 min)
-	$(BIN)/python scripts/zoo.py $(BENCH_FLAGS)
+zoo: setup  ## export every torchvision classifier, the coverage table into docs/models.md (~70 min)
+	$(BIN)/python tools/zoo.py $(BENCH_FLAGS)
 
 # The wheel of "Install" (in-tree build: build/ and onnxcam.egg-info are left beside the sources).
 wheel: setup  ## build dist/onnxcam-VERSION-py3-none-any.whl
 	$(BIN)/pip wheel --no-deps -w dist .
 
 # pip's dry run for Linux x86_64 and aarch64, macOS arm64, Windows x86_64; needs the package index.
-platforms: setup  ## which wheels each platform gets: the table into README.md
-	$(BIN)/python scripts/resolve_platforms.py
+platforms: setup  ## which wheels each platform gets: the table into docs/install.md
+	$(BIN)/python tools/resolve_platforms.py
 
 # The documentation site (MkDocs, Material theme) from docs/ and mkdocs.yml; --strict: a broken link or anchor, or a page
 # left out of the navigation, fails (make test builds it too; not --quiet, which hides the warnings --strict counts).

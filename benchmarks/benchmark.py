@@ -1,7 +1,8 @@
 """Benchmark (`make bench`): onnxcam vs pytorch-grad-cam, side by side, same model, images and batch size.
 
-    python scripts/benchmark.py [--part all|gradcam|perturbation] [--model torchvision:resnet50] [--images 128]
-                              [--batch-size 16] [--perturbation-model efficientnet-lite0] [--perturbation-images 4]
+    python benchmarks/benchmark.py [--part all|gradcam|perturbation] [--model torchvision:resnet50] [--images 128]
+                                   [--batch-size 16] [--perturbation-model efficientnet-lite0] [--perturbation-images 4]
+                                   [--smoke]
 
 End to end = read JPEG -> overlay JPEG written. onnxcam runs its CLI pipeline in a subprocess (so its peak
 RSS is its own); pytorch-grad-cam runs the usual loop: decode, preprocess, GradCAM, show_cam_on_image,
@@ -19,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,39 +28,31 @@ import cv2
 import numpy as np
 import torch
 import yaml
+from _common import (
+    MAIN_OUTPUTS,
+    ROOT,
+    SMOKE_INPUT_SIZE,
+    SMOKE_MODEL,
+    compute_only,
+    dataset,
+    exported,
+    measured_run,
+    parse,
+)
+from _grad_cam_loops import grad_cam_compute, grad_cam_end_to_end
 from captum.attr import Occlusion
-from grad_cam_loops import grad_cam_compute, grad_cam_end_to_end
-from onnxcam.exporter.export import export_explain_graph
 from onnxcam.exporter.sources import load_model
 from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation
 from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.methods.maps import normalise, resize_maps
-from onnxcam.runner.model.backend import Backend, OnnxRuntimeBackend
+from onnxcam.runner.model.backend import OnnxRuntimeBackend
 from onnxcam.runner.model.graph import probabilities, read_graph_info
 from onnxcam.runner.model.passes import ExtraPasses
 from pytorch_grad_cam import ScoreCAM
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from reference_model import reference_model
-from sample_photos import write_photos
-
-ROOT = Path(__file__).resolve().parent.parent
-MAIN_OUTPUTS = ("logits", "activations", "gradients")
-# `onnxcam run` in a fresh process (so its peak RSS is its own), then its peak RSS on the last line.
-RUN = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
-       "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
-
-
-def dataset(folder: Path, count: int) -> list[Path]:
-    photos = write_photos(folder / "photos")
-    paths = []
-    for i in range(count):
-        path = folder / "images" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(photos[i % len(photos)].read_bytes())
-        paths.append(path)
-    return paths
 
 
 def onnxcam_end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, providers, method: str):
@@ -71,29 +61,9 @@ def onnxcam_end_to_end(graph: Path, images: Path, out: Path, batch: int, workers
         "model": str(graph), "images": {"root": str(images)}, "methods": [method],
         "output": {"dir": str(out), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90}},
         "runtime": {"providers": providers, "batch_size": batch, "workers": workers}}))
-    done = subprocess.run([sys.executable, "-c", RUN, str(manifest)], capture_output=True, text=True, check=True)
+    peak = measured_run(manifest)
     report = json.loads((out / "run.json").read_text())
-    peak = int(re.search(r"VmHWM (\d+)", done.stdout).group(1)) / 1024
     return report["images"] / report["wall_s"], peak, report["provider"]
-
-
-def onnxcam_compute(backend: Backend, batches: list[np.ndarray], method: str) -> float:
-    """Preprocessed batches -> maps at input size, with the method's default options."""
-    backend.run(MAIN_OUTPUTS, batches[0], np.full(len(batches[0]), -1))  # warm-up
-    start = time.perf_counter()
-    for x in batches:
-        out = backend.run(MAIN_OUTPUTS, x, np.full(len(x), -1))
-        normalise(resize_maps(METHODS[method](out, METHODS[method].defaults), x.shape[2:]))
-    return sum(len(x) for x in batches) / (time.perf_counter() - start)
-
-
-def exported(spec: str, **options) -> tuple[object, Path]:
-    torch.manual_seed(0)
-    loaded = load_model(spec)
-    graph = ROOT / "exports" / f"bench-{spec.replace(':', '-')}{'-saliency' if options else ''}.onnx"
-    if not graph.exists():
-        export_explain_graph(loaded, "auto", graph, guided=False, log=lambda _: None, **options)
-    return loaded, graph
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -112,8 +82,7 @@ def perturbation_costs(graph: Path, images: Path, out: Path, workers: int) -> No
         "evaluate": {"metrics": ["average_drop", "increase_in_confidence", "top_removal", "deletion", "insertion"]},
         "output": {"dir": str(out), "heatmaps": "none", "overlays": False},
         "runtime": {"providers": ["cpu"], "batch_size": 8, "workers": workers}}))
-    subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
-                   capture_output=True)
+    measured_run(manifest)
     report = json.loads((out / "run.json").read_text())
     print(f"\n[cpu] onnxcam run on {report['images']} photos: cost per image and target ({report['provider']}, "
           f"evaluate batch 64)")
@@ -171,8 +140,8 @@ def perturbation_side_by_side(loaded, graph: Path, inputs: np.ndarray) -> None:
               f"{'; ' + note if note else ''}")
 
 
-def perturbation_part(args) -> None:
-    loaded, graph = exported(args.perturbation_model, saliency=True)
+def perturbation_part(args, exports: Path) -> None:
+    loaded, graph = exported(args.perturbation_model, exports, SMOKE_INPUT_SIZE if args.smoke else None, saliency=True)
     info = read_graph_info(graph)
     print(f"\nperturbation methods and metrics: {args.perturbation_model}, {args.perturbation_images} photos, "
           f"torch threads {torch.get_num_threads()}")
@@ -194,15 +163,18 @@ def main() -> None:
     parser.add_argument("--method", default="gradcam", choices=["gradcam"])
     parser.add_argument("--perturbation-model", default="efficientnet-lite0")
     parser.add_argument("--perturbation-images", type=int, default=4)
-    args = parser.parse_args()
-    if args.part in ("all", "gradcam"):
-        gradcam_part(args)
-    if args.part in ("all", "perturbation"):
-        perturbation_part(args)
+    args = parse(parser, model=SMOKE_MODEL, images=4, batch_size=2, workers=1, perturbation_model=SMOKE_MODEL,
+                 perturbation_images=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        exports = Path(tmp) if args.smoke else ROOT / "exports"  # the full size's graphs are kept for the next run
+        if args.part in ("all", "gradcam"):
+            gradcam_part(args, exports)
+        if args.part in ("all", "perturbation"):
+            perturbation_part(args, exports)
 
 
-def gradcam_part(args) -> None:
-    loaded, graph = exported(args.model)
+def gradcam_part(args, exports: Path) -> None:
+    loaded, graph = exported(args.model, exports, SMOKE_INPUT_SIZE if args.smoke else None)
     info = read_graph_info(graph)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"model {args.model}, layer {info.target_layer}, {args.images} JPEG photos, batch {args.batch_size}, "
@@ -218,7 +190,7 @@ def gradcam_part(args) -> None:
             ours, peak, provider = onnxcam_end_to_end(graph, tmp / "images", tmp / f"out-{device}",
                                                       args.batch_size, args.workers, providers, args.method)
             backend = OnnxRuntimeBackend(graph, providers, [MAIN_OUTPUTS])
-            ours_compute = onnxcam_compute(backend, batches, args.method)
+            ours_compute = compute_only(backend, MAIN_OUTPUTS, batches, args.method, at_input_size=True)
             model = load_model(args.model).model.to(device)
             model.load_state_dict(loaded.model.state_dict())
             reference = {}

@@ -1,14 +1,15 @@
 """Which wheels `pip install onnxcam` and `pip install 'onnxcam[cuda]'` get on Linux x86_64, Linux aarch64, macOS
-arm64 and Windows x86_64, resolved from this machine against the package index, and the table of them in README.md.
+arm64 and Windows x86_64, resolved from this machine against the package index, and the table of them in
+docs/install.md.
 A script, not a test: it needs the index, and pip downloads the wheels it weighs where the index serves no
 separate metadata (a few GB: the CUDA libraries of two platforms; 20 s here with pip's cache warm).
 
-    python scripts/resolve_platforms.py [--python 3.11] [--no-readme]
+    python tools/resolve_platforms.py [--python 3.11] [--print-only]
 
 pip's `--platform` picks wheels for another platform but evaluates environment markers for the machine it runs on,
 so the script evaluates onnxcam's own markers (pyproject.toml) for each platform itself and hands pip the
 requirements that apply there; a dependency's dependency whose marker would choose differently on the target
-platform than here is printed as a warning (none was when README.md's table was made). It fails when a platform
+platform than here is printed as a warning (none was when the table was made). It fails when a platform
 does not resolve or would get onnxruntime and onnxruntime-gpu at once.
 """
 
@@ -23,12 +24,12 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from doc_block import ROOT, replace_block
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-from readme_block import replace_block
 
-ROOT = Path(__file__).resolve().parent.parent
-START = "<!-- platform table: scripts/resolve_platforms.py writes between these lines -->"
+PAGE = ROOT / "docs" / "install.md"
+START = "<!-- platform table: tools/resolve_platforms.py writes between these lines -->"
 END = "<!-- end of platform table -->"
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu")
 
@@ -110,11 +111,11 @@ def name_version(item: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--python", default="3.11", help="the Python version to resolve for (default 3.11)")
-    parser.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
+    parser.add_argument("--print-only", action="store_true", help="print the table, leave docs/install.md alone")
     args = parser.parse_args()
     rows = [f"What `pip install onnxcam` (its wheel) and `pip install 'onnxcam[cuda]'` install for Python "
             f"{args.python}, resolved by pip's dry run against the package index on {datetime.date.today()} (`python "
-            "scripts/resolve_platforms.py`; Linux with glibc 2.35, macOS 14):", "",
+            "tools/resolve_platforms.py`; Linux with glibc 2.35, macOS 14):", "",
             "| platform | ONNX Runtime wheel | the other wheels | `[cuda]` adds |", "| --- | --- | --- | --- |"]
     for label, (tags, overrides) in TARGETS.items():
         env = environment(overrides, args.python)
@@ -135,8 +136,8 @@ def main() -> None:
                     f"{', '.join(added) or 'nothing: PyPI has no CUDA build of ONNX Runtime for it'} |")
     text = "\n".join(rows)
     print(text)
-    if not args.no_readme:
-        replace_block(START, END, text)
+    if not args.print_only:
+        replace_block(PAGE, START, END, text)
 
 
 if __name__ == "__main__":

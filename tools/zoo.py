@@ -1,8 +1,8 @@
 """The torchvision zoo (`make zoo`): export every classification model of torchvision with `--layer auto` at its
-recipe's input size, and write the coverage table into README.md. A script, not a test (70 minutes on two cores);
-run it with nothing else running.
+recipe's input size, and write the coverage table into docs/models.md. A script, not a test (70 minutes on two
+cores); run it with nothing else running.
 
-    python scripts/zoo.py [--only NAME ...] [--timeout 1800] [--no-readme] [--results exports/zoo.jsonl]
+    python tools/zoo.py [--only NAME ...] [--timeout 1800] [--print-only] [--results exports/zoo.jsonl]
 
 Each model is exported in its own process (a crash or running out of memory costs one row), with random
 weights; parameters that torchvision initialises to zero and that would leave every logit or gradient zero
@@ -26,10 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from readme_block import replace_block
+from doc_block import ROOT, replace_block
 
-ROOT = Path(__file__).resolve().parent.parent
-START, END = "<!-- zoo table: scripts/zoo.py writes between these lines -->", "<!-- end of zoo table -->"
+PAGE = ROOT / "docs" / "models.md"
+START, END = "<!-- zoo table: tools/zoo.py writes between these lines -->", "<!-- end of zoo table -->"
 
 EXPORT = r"""
 import json, sys
@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", help="these models only")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per model")
-    parser.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
+    parser.add_argument("--print-only", action="store_true", help="print the table, leave docs/models.md alone")
     parser.add_argument("--results", type=Path, default=ROOT / "exports" / "zoo.jsonl",
                         help="one JSON line per model; models already in it are not exported again (delete a "
                              "line to redo that model) (default exports/zoo.jsonl)")
@@ -162,8 +162,8 @@ def main() -> None:
             results.flush()
     text = table(rows)
     print(text)
-    if not args.no_readme:
-        replace_block(START, END, text)
+    if not args.print_only:
+        replace_block(PAGE, START, END, text)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """`onnxcam run --ray` against the local engine (`make bench-ray`): the same JPEGs and manifest, each run in its
 own process, alternating, `--rounds` times. A script, not a test; run it with nothing else running.
 
-    python scripts/ray_benchmark.py [--model torchvision:resnet50] [--images 160] [--batch-size 16] [--rounds 2]
-                                    [--method gradcam] [--providers auto]
+    python benchmarks/ray_benchmark.py [--model torchvision:resnet50] [--images 160] [--batch-size 16] [--rounds 2]
+                                       [--method gradcam] [--providers auto] [--smoke]
 
 Each engine runs the N images, then 5N images (the same photographs again). The steady-state rate comes from
 the long run: its images over the seconds from the start of the work (the local engine: once the run is built;
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from benchmark import dataset, exported
+from _common import ROOT, SMOKE_INPUT_SIZE, SMOKE_MODEL, dataset, exported, parse
 
 LONG = 5  # the long run: this many times the N images
 
@@ -89,11 +89,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--providers", default="auto")
-    args = parser.parse_args()
-    _, graph = exported(args.model)
+    args = parse(parser, model=SMOKE_MODEL, images=2, batch_size=2, rounds=1)
     n = args.images
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        _, graph = exported(args.model, folder if args.smoke else ROOT / "exports",
+                            SMOKE_INPUT_SIZE if args.smoke else None)
         paths = dataset(folder, n)
         (folder / f"list-{n}.txt").write_text("".join(f"{p}\n" for p in paths))
         copies = [folder / "again" / str(k) / p.name for k in range(1, LONG) for p in paths]  # 5N: the N again

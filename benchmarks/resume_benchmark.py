@@ -1,8 +1,8 @@
 """Resume at scale (`make bench-resume`): peak RSS and time to the first new image when an output.dir already
 holds a large index.csv. A script, not a test; run it with nothing else running.
 
-    python scripts/resume_benchmark.py [--model exports/efficientnet-lite0.onnx] [--images 1000000] [--new 4]
-                                       [--torn] [--walk] [--folder DIR]
+    python benchmarks/resume_benchmark.py [--model exports/efficientnet-lite0.onnx] [--images 1000000] [--new 4]
+                                          [--torn] [--walk] [--folder DIR] [--smoke]
 
 Writes, into a scratch folder: a list file naming `--images` done images (they need not exist: done images are
 never opened) followed by `--new` real photographs (with `--walk`: a folder holding an empty file for every done
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import re
 import shutil
 import subprocess
 import sys
@@ -26,14 +25,13 @@ import time
 from pathlib import Path
 
 import yaml
+from _common import RUN, parse, peak_mib, smoke_graph
 from onnxcam.runner.manifest import load_manifest
 from onnxcam.runner.outputs.index import COLUMNS
 from onnxcam.runner.outputs.stamp import run_identity, write_stamp
 from sample_photos import write_photos
 
 METHODS = ("gradcam", "layercam")
-RUN = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
-       "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
 
 
 def done_key(i: int) -> str:
@@ -68,11 +66,12 @@ def main() -> None:
     parser.add_argument("--torn", action="store_true")
     parser.add_argument("--walk", action="store_true", help="images in a folder (empty files) instead of a list")
     parser.add_argument("--folder", type=Path, help="scratch folder (default: a temporary one, removed at the end)")
-    args = parser.parse_args()
-    if not args.model.is_file():
+    args = parse(parser, model=None, images=1000)
+    if args.model and not args.model.is_file():
         sys.exit(f"resume_benchmark: {args.model}: no such file; run `make export` first or pass --model")
     folder = args.folder or Path(tempfile.mkdtemp(prefix="onnxcam-resume-"))
     try:
+        args.model = args.model or smoke_graph(folder)
         photos = write_photos(folder / "new")[:args.new]
         if args.walk:
             for i in range(args.images):
@@ -105,18 +104,21 @@ def main() -> None:
         process = subprocess.Popen([sys.executable, "-c", RUN, str(folder / "manifest.yaml")], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         first_new = None
-        while process.poll() is None and first_new is None:
+        while first_new is None:
+            running = process.poll() is None  # before the look at the index, so rows written last are seen
             with open(index, "rb") as file:
                 file.seek(max(0, file.seek(0, 2) - 4096))
                 if b"\nnew/" in file.read():
                     first_new = time.perf_counter() - start
+            if not running:
+                break
             time.sleep(0.01)
         output = process.communicate()[0]
-        if first_new is None:
-            sys.exit("resume_benchmark: the run ended before its first new rows were seen; use more --new images")
         if process.returncode != 0:
             sys.exit(f"resume_benchmark: the run failed ({process.returncode}):\n{output}")
-        peak = int(re.search(r"VmHWM (\d+)", output).group(1)) / 1024
+        if first_new is None:
+            sys.exit("resume_benchmark: the run ended without a new image's rows in index.csv; give --new 1 or more")
+        peak = peak_mib(output)
         print(f"onnxcam run (resume): peak RSS {peak:.0f} MiB, first new image's rows after {first_new:.1f} s, "
               f"whole run {time.perf_counter() - start:.1f} s")
         print("  " + next(line for line in output.splitlines() if line.startswith("onnxcam run: done")))

@@ -1,7 +1,7 @@
-"""OpenVINO XAI's side of the peer benchmark: `scripts/peer_benchmark.py` runs it with the Python of its own environment
-(`.venv-ovxai`: OpenVINO XAI 1.1 pins OpenVINO 2024.4), on the same JPEGs as onnxcam.
+"""OpenVINO XAI's side of the peer benchmark (not a benchmark of its own): `benchmarks/peer_benchmark.py` runs it with
+the Python of its own environment (`.venv-ovxai`: OpenVINO XAI 1.1 pins OpenVINO 2024.4), on the same JPEGs as onnxcam.
 
-    python scripts/ovxai_reciprocam.py MODEL.onnx PREPROCESSING.json IMAGES_DIR OUT_DIR [--f32]
+    python benchmarks/_ovxai_reciprocam.py MODEL.onnx PREPROCESSING.json IMAGES_DIR OUT_DIR [--f32]
 
 A user's loop with OpenVINO XAI: an Explainer (white box, ReciproCAM, the layer it finds itself) over the classifier
 as OpenVINO reads it, then per JPEG: read it, preprocess it (the model's recipe, as onnxcam's graph metadata gives

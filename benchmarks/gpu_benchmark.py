@@ -3,14 +3,15 @@ float16 against float32, compute-only and end-to-end images/s of float32 and flo
 host or in the graph (uint8 input) at two batch sizes, and pytorch-grad-cam on the same GPU, images and batches. A
 script, not a test; it makes its own JPEGs and needs no network.
 
-    python scripts/gpu_benchmark.py --model exports/resnet50.onnx --fp16-model exports/resnet50-fp16.onnx
-                                    [--images 8192] [--batches 64,256] [--size 500x375] [--workers 16]
-                                    [--device cuda] [--json results.json]
+    python benchmarks/gpu_benchmark.py --model exports/resnet50.onnx --fp16-model exports/resnet50-fp16.onnx
+                                       [--images 8192] [--batches 64,256] [--size 500x375] [--workers 16]
+                                       [--device cuda] [--json results.json] [--smoke]
 
 --model and --fp16-model are float-input explain graphs (`onnxcam export --model torchvision:resnet50 [--fp16]`,
 exported wherever torch and torchvision are); the served variants (Grad-CAM in the graph, uint8 input) are
 converted from them here. With --device cuda (the default) the run stops, saying why, when ONNX Runtime does not
-run a graph on CUDA; --device cpu runs the same measurements on the CPU (a check of the script without a GPU).
+run a graph on CUDA; --device cpu runs the same measurements on the CPU (a check of the script without a GPU), as
+--smoke does, on a toy model's float32 graph that it exports itself.
 End to end is `onnxcam run` in its own process (JPEGs -> Grad-CAM overlays and thumbnails written) with the read
 and write stages in --workers processes, and once with threads for comparison, over the whole run and after its
 start-up (`end_to_end`). The figures are written to --json after each section, so a run cut short keeps what it
@@ -35,15 +36,14 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import yaml
+from _common import MAIN_OUTPUTS, SMOKE_INPUT_SIZE, SMOKE_MODEL, compute_only, exported, measured_run, parse
 from onnxcam.exporter.parity import cosine, max_error
 from onnxcam.exporter.serving import convert
 from onnxcam.runner.inputs.preprocess import normalised, to_input
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import map_output, read_graph_info
-from stage_profile import compute_only
 
-RAW = ("logits", "activations", "gradients")
 SERVED = ("logits", map_output("gradcam"))
 
 
@@ -84,8 +84,7 @@ def onnxcam_run(graph: Path, images: Path, out: Path, batch: int, workers: int, 
         "output": {"dir": str(out), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90}},
         "runtime": {"providers": [device], "batch_size": batch, "workers": workers, "worker_processes": processes,
                     "memory_budget": "16GB"}}))
-    subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
-                   capture_output=True)
+    measured_run(manifest)
     report = json.loads((out / "run.json").read_text())
     shutil.rmtree(out)
     return report["images"], report["wall_s"], report["provider"]
@@ -147,7 +146,7 @@ def reference_rows(info, paths: list[Path], floats: np.ndarray, batches: list[in
         sys.meta_path.append(_Absent(absent))
     try:
         import torch
-        from grad_cam_loops import grad_cam_compute, grad_cam_end_to_end
+        from _grad_cam_loops import grad_cam_compute, grad_cam_end_to_end
         from onnxcam.exporter.sources import load_model
     except ImportError as error:
         return [], f"not measured ({error}; pip install -e '.[export,test]')"
@@ -177,7 +176,7 @@ def agreement(half: dict[str, np.ndarray], full: dict[str, np.ndarray]) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a float32 explain graph (ResNet-50 for the goals)")
+    parser.add_argument("--model", type=Path, help="a float32 explain graph (ResNet-50 for the goals)")
     parser.add_argument("--fp16-model", type=Path, help="the same model exported with --fp16")
     parser.add_argument("--images", type=int, default=8192)
     parser.add_argument("--reference-images", type=int, default=512, help="pytorch-grad-cam's end to end")
@@ -188,7 +187,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="compute-only batches per figure")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parse(parser, images=8, reference_images=4, batches="2", size="160x120", workers=1, repeats=2,
+                 device="cpu")
+    if not args.model and not args.smoke:
+        parser.error("--model is required (or --smoke)")
     batches = [int(b) for b in args.batches.split(",")]
     size = tuple(int(v) for v in args.size.split("x"))
     figures: dict[str, object] = {"gpu": gpu_name(), "device": args.device, "onnxruntime": ort.__version__}
@@ -200,6 +202,10 @@ def main() -> None:
     print(f"GPU: {figures['gpu']}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.smoke and not args.model:
+            print(f"smoke run on the {args.device} provider: {SMOKE_MODEL} at {SMOKE_INPUT_SIZE}, float32 only (a "
+                  "float16 graph goes through the same code), a check of this script, not of a GPU")
+            args.model = exported(SMOKE_MODEL, tmp, SMOKE_INPUT_SIZE)[1]
         precisions = {"fp32": args.model.resolve(), **({"fp16": args.fp16_model.resolve()} if args.fp16_model else {})}
         graphs = {}  # (precision, maps in the graph) -> graph
         for precision, graph in precisions.items():
@@ -207,7 +213,7 @@ def main() -> None:
             graphs[precision, True] = tmp / f"served-{precision}.onnx"
             convert(graph, graphs[precision, True], ["gradcam"], uint8=True)
         try:
-            backends = {key: OnnxRuntimeBackend(graph, [args.device], [SERVED if key[1] else RAW])
+            backends = {key: OnnxRuntimeBackend(graph, [args.device], [SERVED if key[1] else MAIN_OUTPUTS])
                         for key, graph in graphs.items()}
         except ModelError as error:
             sys.exit(f"gpu_benchmark: {args.device} was asked for and cannot run: {error}")
@@ -225,9 +231,9 @@ def main() -> None:
         targets = np.full(len(pixels), -1)
         parity, outputs = {}, {}
         for precision, graph in precisions.items():
-            cpu = OnnxRuntimeBackend(graph, ["cpu"]).run(RAW, floats, targets)
-            outputs[precision] = backends[precision, False].run(RAW, floats, targets)
-            for name in RAW:
+            cpu = OnnxRuntimeBackend(graph, ["cpu"]).run(MAIN_OUTPUTS, floats, targets)
+            outputs[precision] = backends[precision, False].run(MAIN_OUTPUTS, floats, targets)
+            for name in MAIN_OUTPUTS:
                 parity[f"{precision} {name}"] = max_error(outputs[precision][name], cpu[name])
             maps = backends[precision, True].run(SERVED, pixels, targets)[map_output("gradcam")]
             parity[f"{precision} map_gradcam (served graph)"] = max_error(maps, gradcam(cpu))
@@ -247,7 +253,7 @@ def main() -> None:
             precision, served = key
             label = f"{precision}, " + ("Grad-CAM in the graph, uint8" if served else "maps on the host")
             source = pixels if served else floats
-            compute = compute_only(backends[key], SERVED if served else RAW,
+            compute = compute_only(backends[key], SERVED if served else MAIN_OUTPUTS,
                                    [np.resize(source, (batch, *source.shape[1:]))] * args.repeats, "gradcam")
             e2e = end_to_end(graphs[key], tmp / "images", tmp / "out", batch, args.workers, args.device,
                              processes=True)
@@ -277,9 +283,9 @@ def main() -> None:
         if args.device == "cuda":
             source = pixels if best[1] else floats
             # ONNX Runtime's channels-last convolutions, which the runner does not ask for
-            nhwc = OnnxRuntimeBackend(graphs[best], ["cuda"], [SERVED if best[1] else RAW],
+            nhwc = OnnxRuntimeBackend(graphs[best], ["cuda"], [SERVED if best[1] else MAIN_OUTPUTS],
                                       cuda_options={"prefer_nhwc": "1"})
-            rate = compute_only(nhwc, SERVED if best[1] else RAW,
+            rate = compute_only(nhwc, SERVED if best[1] else MAIN_OUTPUTS,
                                 [np.resize(source, (batches[-1], *source.shape[1:]))] * args.repeats, "gradcam")
             figures["prefer_nhwc"] = {"graph": f"{best[0]}, served={best[1]}", "batch": batches[-1],
                                       "compute_only": rate}

@@ -2,13 +2,14 @@
 headless Chromium, to filter and sort, and how smoothly its gallery scrolls. A script, not a test; run it with
 nothing else running.
 
-    python scripts/report_benchmark.py [--images 100000] [--methods 3] [--errors 0.005] [--no-evaluate]
-                                       [--folder DIR] [--keep]
+    python benchmarks/report_benchmark.py [--images 100000] [--methods 3] [--errors 0.005] [--no-evaluate]
+                                          [--folder DIR] [--keep] [--thumbs demo/out/thumbs] [--smoke]
 
 Writes, into a scratch folder, an output.dir as a top-1 run over `--images` 500x375 photographs would leave it:
 index.csv with a row per image and method (and, unless --no-evaluate, average drop, deletion and insertion with
 21-point curves), a share of error rows, and a thumbnail for every row and photograph (hard links to the demo's
-real thumbnails, so the browser decodes real JPEGs). Then builds the report (`write_report`, seconds and peak RSS
+real thumbnails, so the browser decodes real JPEGs; --smoke makes a few of its own from scikit-image's
+photographs, so that it needs no `make demo`). Then builds the report (`write_report`, seconds and peak RSS
 of this process) and opens it from disk in Chromium through Playwright with a 1600x1000 window:
 
 - first rows: from navigation to the first gallery rows drawn with their thumbnails decoded;
@@ -30,12 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
+from _common import ROOT, parse
 from chromium import find_chromium
 from onnxcam.runner.outputs.index import COLUMNS
 from onnxcam.runner.report.build import write_report
+from sample_photos import write_photos
 
-DEMO_THUMBS = Path(__file__).resolve().parent.parent / "demo" / "out" / "thumbs"
 ALL_METHODS = ("gradcam", "gradcam++", "layercam", "xgradcam", "hirescam", "eigencam", "cam", "scorecam")
 LABELS = ("tabby", "tiger cat", "Egyptian cat", "golden retriever", "espresso", "space shuttle", "balloon", "banana")
 
@@ -44,14 +47,27 @@ def key_of(i: int) -> str:
     return f"photos/{i // 1000:04d}/{i:07d}.jpg"
 
 
-def write_folder(out: Path, images: int, methods: tuple[str, ...], errors: float, evaluate: bool) -> int:
-    """index.csv and the thumbnails; returns the number of rows."""
+def own_thumbs(folder: Path) -> Path:
+    """Thumbnails as a run writes them (256 px on the long side), of scikit-image's photographs: for each, the
+    photograph's and an overlay's (the photograph in false colour); for --smoke, which has no demo to link to."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in write_photos(folder.parent / "photos")[:4]:
+        picture = cv2.imread(str(path))
+        scale = 256 / max(picture.shape[:2])
+        thumb = cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{path.stem}.photo.jpg"), thumb)
+        cv2.imwrite(str(folder / f"{path.stem}.gradcam.0.jpg"), cv2.applyColorMap(thumb, cv2.COLORMAP_JET))
+    return folder
+
+
+def write_folder(out: Path, thumbs: Path, images: int, methods: tuple[str, ...], errors: float, evaluate: bool) -> int:
+    """index.csv and the thumbnails (hard links to those in `thumbs`); returns the number of rows."""
     rng = np.random.default_rng(0)
-    sources = sorted(DEMO_THUMBS.glob("*.jpg"))
+    sources = sorted(thumbs.glob("*.jpg"))
     photos = [path for path in sources if path.name.endswith(".photo.jpg")]
     overlays = [path for path in sources if not path.name.endswith(".photo.jpg")]
     if not photos or not overlays:
-        sys.exit(f"report_benchmark: {DEMO_THUMBS} has no thumbnails; run make demo first")
+        sys.exit(f"report_benchmark: {thumbs} has no thumbnails; run make demo first")
     rows = 0
     with open(out / "index.csv", "w", encoding="utf-8", newline="") as file:
         writer = csv.writer(file)
@@ -158,7 +174,9 @@ def main() -> None:
     parser.add_argument("--no-evaluate", action="store_true")
     parser.add_argument("--folder", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the folder")
-    args = parser.parse_args()
+    parser.add_argument("--thumbs", type=Path, default=ROOT / "demo" / "out" / "thumbs",
+                        help="the thumbnails to link to (default: the demo's)")
+    args = parse(parser, images=20, methods=2, errors=0.1, thumbs=None)
     browser = find_chromium()
     if browser is None:
         sys.exit("report_benchmark: no Chromium on PATH: apt-get install -y chromium (or set ONNXCAM_CHROMIUM)")
@@ -167,7 +185,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start = time.perf_counter()
-    rows = write_folder(out, args.images, ALL_METHODS[:args.methods], args.errors, not args.no_evaluate)
+    thumbs = args.thumbs or own_thumbs(folder / "thumbs")
+    rows = write_folder(out, thumbs, args.images, ALL_METHODS[:args.methods], args.errors, not args.no_evaluate)
     print(f"folder: {args.images} images, {rows} rows, index.csv {(out / 'index.csv').stat().st_size / 1e6:.1f} MB, "
           f"written in {time.perf_counter() - start:.1f} s ({out})")
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Real photographs shipped with scikit-image, written as JPEG/PNG files (the demo's and the tests' images).
 
-    python tests/sample_photos.py DIR      # writes DIR/<name>.jpg (or .png) and prints how many
+    python tools/sample_photos.py DIR      # writes DIR/<name>.jpg and prints how many (make demo-images)
 """
 
 from __future__ import annotations
@@ -44,14 +44,3 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "demo/images")
     print(f"wrote {len(write_photos(target))} photographs to {target}")
 
-
-def write_sized(folder: Path, count: int, size: tuple[int, int], quality: int = 90) -> Path:
-    """`count` JPEGs of `size` (width, height), scikit-image's photographs in turn, into folder/images (the
-    benchmarks' datasets)."""
-    sources = [cv2.imread(str(path)) for path in write_photos(folder / "sources")]
-    images = folder / "images"
-    images.mkdir(parents=True)
-    for i in range(count):
-        picture = cv2.resize(sources[i % len(sources)], size, interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(images / f"{i:05d}.jpg"), picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return images

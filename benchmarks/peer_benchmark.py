@@ -1,14 +1,14 @@
 """Peer benchmark (`make bench-peer`): onnxcam against OpenVINO XAI on a CPU, the same model, JPEGs and overlays.
 
-    python scripts/peer_benchmark.py --ovxai-python .venv-ovxai/bin/python [--model torchvision:resnet50]
-                                     [--images 160] [--batch-size 16] [--workers 4]
+    python benchmarks/peer_benchmark.py --ovxai-python .venv-ovxai/bin/python [--model torchvision:resnet50]
+                                        [--images 160] [--batch-size 16] [--workers 4] [--smoke]
 
 One invocation, the same JPEGs (scikit-image's photographs at 500x375), each configuration end to end (JPEG read ->
 overlay JPEG written) in a process of its own, one run each:
   - onnxcam, ONNX Runtime f32: `onnxcam run` with runtime.providers [cpu], Grad-CAM;
   - onnxcam, OpenVINO f32 and bf16: runtime.providers [openvino], runtime.precision f32 / bf16 (bf16 only where the
     CPU has it natively);
-  - OpenVINO XAI 1.1, ReciproCAM, at its default precision and forced to f32: scripts/ovxai_reciprocam.py, run with
+  - OpenVINO XAI 1.1, ReciproCAM, at its default precision and forced to f32: benchmarks/_ovxai_reciprocam.py, run with
     the Python of its own environment (`make bench-peer` makes .venv-ovxai: its pins clash with onnxcam's), on the
     classifier as a user hands it to OpenVINO (the same weights exported to ONNX by torch.onnx).
 Images/s count from the first image to the last overlay written; the rest of each process's time is listed apart as
@@ -16,6 +16,8 @@ start-up (loading, compiling; for onnxcam also writing report.html at the end). 
 onnxcam's compute-only throughput (preprocessed batches -> Grad-CAM maps at input size) for each runtime, and the
 goals: onnxcam's fastest >= 1.2x OpenVINO XAI's fastest; onnxcam ahead at each precision both ran; onnxcam's bf16 end
 to end >= 85% of its bf16 compute only. It prints a Markdown table (README's "Peers on a CPU server").
+Without --ovxai-python's environment (.venv-ovxai, which `make test` does not build) the smoke run measures onnxcam's
+side alone and says that OpenVINO XAI was skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -38,14 +39,22 @@ import onnxruntime as ort
 import openvino as ov
 import torch
 import yaml
-from benchmark import MAIN_OUTPUTS, RUN, exported, onnxcam_compute
+from _common import (
+    MAIN_OUTPUTS,
+    ROOT,
+    SMOKE_INPUT_SIZE,
+    SMOKE_MODEL,
+    compute_only,
+    exported,
+    measured_run,
+    parse,
+    write_sized,
+)
 from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.model.backend import open_backend
 from onnxcam.runner.model.graph import read_graph_info
 from onnxcam.runner.model.openvino_backend import available_cores, native_bf16
-from sample_photos import write_sized
 
-ROOT = Path(__file__).resolve().parent.parent
 PHOTO_SIZE = (500, 375)  # width, height
 GOAL_FASTEST, GOAL_PIPELINE = 1.2, 0.85
 
@@ -86,15 +95,14 @@ def onnxcam_run(name: str, graph: Path, images: Path, out: Path, runtime: dict) 
                    "overlays": {"format": "jpg", "quality": 90}},
         "runtime": runtime}))
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", RUN, str(manifest)], capture_output=True, text=True, check=True)
+    peak = measured_run(manifest)
     total = time.perf_counter() - start
     report = json.loads((out / "run.json").read_text())
-    peak = int(re.search(r"VmHWM (\d+)", done.stdout).group(1)) / 1024
     return Result(name, report["precision"], report["images"] / report["wall_s"], total - report["wall_s"], peak)
 
 
 def ovxai_run(name: str, python: str, plain: Path, recipe: Path, images: Path, out: Path, *flags: str) -> Result:
-    done = subprocess.run([python, str(ROOT / "scripts" / "ovxai_reciprocam.py"), str(plain), str(recipe),
+    done = subprocess.run([python, str(ROOT / "benchmarks" / "_ovxai_reciprocam.py"), str(plain), str(recipe),
                            str(images), str(out), *flags], capture_output=True, text=True, check=True,
                           env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"})
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,16 +131,25 @@ def goals(ours: list[Result], theirs: list[Result]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ovxai-python", required=True, help="the Python of OpenVINO XAI's environment")
+    parser.add_argument("--ovxai-python", type=Path, default=ROOT / ".venv-ovxai" / "bin" / "python",
+                        help="the Python of OpenVINO XAI's environment (default .venv-ovxai's)")
     parser.add_argument("--model", default="torchvision:resnet50")
     parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
-    args = parser.parse_args()
-    if not Path(args.ovxai_python).is_file():
+    args = parse(parser, model=SMOKE_MODEL, images=4, batch_size=2, workers=1)
+    peer = args.ovxai_python.is_file()
+    if not peer and not args.smoke:
         sys.exit(f"peer_benchmark: no Python at {args.ovxai_python}; `make bench-peer` makes OpenVINO XAI's "
                  "environment (.venv-ovxai)")
-    loaded, graph = exported(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(args, Path(tmp), peer)
+
+
+def measure(args: argparse.Namespace, tmp: Path, peer: bool) -> None:
+    """Every configuration on the same JPEGs, under `tmp`; OpenVINO XAI's only where its environment is (`peer`)."""
+    loaded, graph = exported(args.model, tmp if args.smoke else ROOT / "exports",
+                             SMOKE_INPUT_SIZE if args.smoke else None)
     plain = plain_onnx(loaded, graph)
     info = read_graph_info(graph)
     bf16 = native_bf16(ov.Core())
@@ -140,34 +157,38 @@ def main() -> None:
     print(f"model {args.model} (layer {info.target_layer}), {args.images} JPEGs of {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}, "
           f"Grad-CAM and ReciproCAM of the top-1 class, overlays written, batch {args.batch_size}, "
           f"{args.workers} read/write threads, {available_cores()} cores, native bf16: {'yes' if bf16 else 'no'}")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        images = write_sized(tmp, args.images, PHOTO_SIZE, quality=95)
-        recipe = tmp / "preprocessing.json"
-        recipe.write_text(json.dumps(dataclasses.asdict(info.preprocessing)))
-        runtime = {"batch_size": args.batch_size, "workers": args.workers}
-        ours = [onnxcam_run(f"onnxcam, ONNX Runtime {ort.__version__}", graph, images, tmp / "ort",
-                            {**runtime, "providers": ["cpu"]})]
-        ours += [onnxcam_run(f"onnxcam, OpenVINO {ov.get_version().split('-')[0]}", graph, images, tmp / f"ov-{p}",
-                             {**runtime, "providers": ["openvino"], "precision": p}) for p in precisions]
-        theirs = [ovxai_run("OpenVINO XAI 1.1 ReciproCAM, its defaults", args.ovxai_python, plain, recipe, images,
-                            tmp / "ovxai"),
-                  ovxai_run("OpenVINO XAI 1.1 ReciproCAM, forced to f32", args.ovxai_python, plain, recipe, images,
-                            tmp / "ovxai-f32", "--f32")]
-        paths = sorted(images.glob("*.jpg"))
-        inputs = np.stack([to_input(cv2.imread(str(path)), info.preprocessing)[0] for path in paths])
-        batches = [inputs[i:i + args.batch_size] for i in range(0, len(inputs), args.batch_size)]
-        backends = [open_backend(graph, ["cpu"], [MAIN_OUTPUTS])]
-        backends += [open_backend(graph, ["openvino"], [MAIN_OUTPUTS], precision=p, workers=args.workers)
-                     for p in precisions]
-        for result, backend in zip(ours, backends, strict=True):
-            result.compute = onnxcam_compute(backend, batches, "gradcam")
+    images = write_sized(tmp, args.images, PHOTO_SIZE, quality=95)
+    recipe = tmp / "preprocessing.json"
+    recipe.write_text(json.dumps(dataclasses.asdict(info.preprocessing)))
+    runtime = {"batch_size": args.batch_size, "workers": args.workers}
+    ours = [onnxcam_run(f"onnxcam, ONNX Runtime {ort.__version__}", graph, images, tmp / "ort",
+                        {**runtime, "providers": ["cpu"]})]
+    ours += [onnxcam_run(f"onnxcam, OpenVINO {ov.get_version().split('-')[0]}", graph, images, tmp / f"ov-{p}",
+                         {**runtime, "providers": ["openvino"], "precision": p}) for p in precisions]
+    theirs = []
+    if peer:
+        theirs = [ovxai_run("OpenVINO XAI 1.1 ReciproCAM, its defaults", str(args.ovxai_python), plain, recipe,
+                            images, tmp / "ovxai"),
+                  ovxai_run("OpenVINO XAI 1.1 ReciproCAM, forced to f32", str(args.ovxai_python), plain, recipe,
+                            images, tmp / "ovxai-f32", "--f32")]
+    paths = sorted(images.glob("*.jpg"))
+    inputs = np.stack([to_input(cv2.imread(str(path)), info.preprocessing)[0] for path in paths])
+    batches = [inputs[i:i + args.batch_size] for i in range(0, len(inputs), args.batch_size)]
+    backends = [open_backend(graph, ["cpu"], [MAIN_OUTPUTS])]
+    backends += [open_backend(graph, ["openvino"], [MAIN_OUTPUTS], precision=p, workers=args.workers)
+                 for p in precisions]
+    for result, backend in zip(ours, backends, strict=True):
+        result.compute = compute_only(backend, MAIN_OUTPUTS, batches, "gradcam", at_input_size=True)
     print("\n| | precision | end to end | start-up | compute only | peak RSS |\n| --- | --- | --- | --- | --- | --- |")
     for r in ours + theirs:
         compute = f"{r.compute:.1f} images/s" if r.compute else ""
         print(f"| {r.name} | {r.precision} | {r.end_to_end:.1f} images/s | {r.startup_s:.1f} s | {compute} | "
               f"{r.peak_mib:.0f} MiB |")
-    print("\n" + "\n".join(goals(ours, theirs)))
+    if peer:
+        print("\n" + "\n".join(goals(ours, theirs)))
+    else:
+        print(f"\nOpenVINO XAI skipped: no Python at {args.ovxai_python} (`make bench-peer` makes its environment, "
+              ".venv-ovxai); onnxcam's side alone, and no goals")
 
 
 if __name__ == "__main__":

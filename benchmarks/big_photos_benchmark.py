@@ -2,8 +2,9 @@
 the same for ordinary photographs, each `onnxcam run` in its own process. A script, not a test; run it with
 nothing else running.
 
-    python scripts/big_photos_benchmark.py [--model exports/efficientnet-lite0.onnx] [--count 8]
+    python benchmarks/big_photos_benchmark.py [--model exports/efficientnet-lite0.onnx] [--count 8]
         [--size 8000x6000] [--batch-size N] [--workers N] [--ordinary 64] [--python PYTHON ...] [--set KEY=VALUE ...]
+        [--smoke]
 
 The big JPEGs are scikit-image's photographs upscaled with a little noise (so they compress like camera
 JPEGs). Batch size and workers are the manifest's defaults unless given. `--python` (repeatable) runs each
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,12 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+from _common import measured_run, parse, smoke_graph
 from sample_photos import write_photos
 
 METHODS = ["gradcam", "gradcam++", "layercam", "guided_backprop"]
 DISTINCT = 8
-RUN = ("import re, sys; from onnxcam.runner.cli import main; rc = main(['run', sys.argv[1], '--quiet']); "
-       "print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(rc)")
 
 
 def big_jpegs(folder: Path, photos: list[Path], count: int, width: int, height: int) -> None:
@@ -65,13 +63,11 @@ def run(python: str, model: Path, images: Path, out: Path, args) -> dict[str, fl
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     start = time.perf_counter()
-    done = subprocess.run([python, "-c", RUN, str(path)], capture_output=True, text=True)
+    peak = measured_run(path, python)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"big_photos_benchmark: the run failed:\n{done.stdout}{done.stderr}")
     written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     count = sum(1 for _ in images.iterdir())
-    return {"peak_mib": int(re.search(r"VmHWM (\d+)", done.stdout).group(1)) / 1024, "seconds": seconds,
+    return {"peak_mib": peak, "seconds": seconds,
             "written_mb": written / 1e6, "images_per_s": count / seconds, "images": count}
 
 
@@ -85,12 +81,13 @@ def main() -> None:
     parser.add_argument("--ordinary", type=int, default=64, help="ordinary photographs in the second run (0: none)")
     parser.add_argument("--python", action="append", help="an installation's python (default: this one)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
-    if not args.model.is_file():
+    args = parse(parser, model=None, count=2, size="1200x900", ordinary=2)
+    if args.model and not args.model.is_file():
         sys.exit(f"big_photos_benchmark: {args.model}: no such file; run `make export` first or pass --model")
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="onnxcam-big-") as tmp:
         tmp = Path(tmp)
+        args.model = args.model or smoke_graph(tmp)
         photos = write_photos(tmp / "photos")
         big_jpegs(tmp / "big", photos, args.count, width, height)
         jpeg_mb = sum(f.stat().st_size for f in (tmp / "big").iterdir()) / 1e6  # links counted as files

@@ -3,8 +3,9 @@ normalise), the batch stage's host work (everything but the model) and the write
 blend, encode, thumbnails, files) spend on one image, what share of it holds the GIL, and from that how many
 images/s the CPU stages allow on more cores. A script, not a test; run it with nothing else running.
 
-    python scripts/stage_profile.py [--model exports/efficientnet-lite0.onnx] [--images 96] [--size 500x375]
-                                    [--method gradcam] [--no-thumbnails] [--cores 16] [--end-to-end] [--model-ms 0.15]
+    python benchmarks/stage_profile.py [--model exports/efficientnet-lite0.onnx] [--images 96] [--size 500x375]
+                                       [--method gradcam] [--no-thumbnails] [--cores 16] [--end-to-end]
+                                       [--model-ms 0.15] [--smoke]
 
 Each stage runs over the same images on one thread (CPU ms per image from the process's CPU clock; OpenCV's
 own thread pool is turned off, as it would only hide the cost), then on two threads at once; each the best of three
@@ -37,7 +38,6 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,17 +47,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+from _common import ROOT, compute_only, measured_run, parse, smoke_graph, write_sized
 from onnxcam.runner.inputs.listing import ImageRef, walk_images
 from onnxcam.runner.manifest import Manifest, load_manifest
-from onnxcam.runner.methods import METHODS
-from onnxcam.runner.model.backend import Backend, OnnxRuntimeBackend
-from onnxcam.runner.model.graph import map_output, read_graph_info
+from onnxcam.runner.model.backend import OnnxRuntimeBackend
+from onnxcam.runner.model.graph import read_graph_info
 from onnxcam.runner.run import Run
 from onnxcam.runner.stages import build_stages, output_sets
 from onnxcam.runner.stages.items import DecodedImage
-from sample_photos import write_sized
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed(function, items: list, threads: int, before=lambda: None, repeats: int = 3) -> tuple[float, float, list]:
@@ -77,24 +74,9 @@ def timed(function, items: list, threads: int, before=lambda: None, repeats: int
     return wall, cpu, results
 
 
-def compute_only(backend: Backend, outputs: tuple[str, ...], batches: list[np.ndarray], method: str) -> float:
-    """Preprocessed batches in memory -> the method's maps in host memory (computed there unless the graph does,
-    `map_<method>` among `outputs`); images/s. The first batch runs once before the clock starts (ONNX Runtime's
-    first run, CUDA's convolution search)."""
-    on_host = map_output(method) not in outputs
-    backend.run(outputs, batches[0], np.full(len(batches[0]), -1))
-    start = time.perf_counter()
-    for batch in batches:
-        out = backend.run(outputs, batch, np.full(len(batch), -1))
-        if on_host:
-            METHODS[method](out, METHODS[method].defaults)
-    return sum(len(batch) for batch in batches) / (time.perf_counter() - start)
-
-
 def end_to_end(manifest: Path) -> float:
     """`onnxcam run` in its own process; images/s after its start-up (run.json)."""
-    subprocess.run([sys.executable, "-m", "onnxcam.runner.cli", "run", str(manifest), "--quiet"], check=True,
-                   capture_output=True)
+    measured_run(manifest)
     report = json.loads((Path(yaml.safe_load(manifest.read_text())["output"]["dir"]) / "run.json").read_text())
     return report["images"] / report["wall_s"]
 
@@ -188,12 +170,14 @@ def main() -> None:
                              "ResNet-50 in float16)")
     parser.add_argument("--run-images", type=int, default=2048, help="JPEGs for the run's process's CPU per image")
     parser.add_argument("--ceiling-images", type=int, default=8192)
-    args = parser.parse_args()
+    args = parse(parser, model=None, images=4, size="160x120", batch_size=2, run_images=8, ceiling_images=16,
+                 end_to_end=True)
     cv2.setNumThreads(1)
-    if not args.model.is_file():
+    if args.model and not args.model.is_file():
         sys.exit(f"stage_profile: {args.model}: no such file; make export, or give --model")
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="onnxcam-stages-") as tmp:
+        args.model = args.model or smoke_graph(Path(tmp))
         profile(args, Path(tmp), size)
 
 

@@ -102,6 +102,7 @@ class _Folder:
             self.figures.add(dict(zip(COLUMNS, row, strict=True)))
 
     def state(self) -> dict:
+        """The counts, labels, error rows and sums so far, as JSON values (floats written exactly)."""
         figures = {method: {"figures": {name: asdict(figure) for name, figure in entry.figures.items()},
                             "curves": {name: curve.tolist() for name, curve in entry.curves.items()},
                             "curve_counts": entry.curve_counts} for method, entry in self.figures.methods.items()}
@@ -132,6 +133,10 @@ def _number(text: str) -> float | None:
 
 def _integer(text: str) -> int | None:
     return int(text) if text else None
+
+
+def _chunk_name(kind: str, number: int) -> str:
+    return f"{kind}-{number:05d}.js"
 
 
 def _script(function: str, number: int, data: dict) -> bytes:
@@ -190,11 +195,11 @@ class _ChunkWriter:
         if not self.columns["img"]:
             return
         data = dict(self.columns, n=len(self.columns["img"]), m=self._by_metric(self.metric_values))
-        write_atomic(self.folder / f"items-{self.count:05d}.js", _script("onnxcamChunk", self.count, data))
+        write_atomic(self.folder / _chunk_name("items", self.count), _script("onnxcamChunk", self.count, data))
         curves = self._by_metric(self.curve_texts)
         if curves:
             self.curve_chunks.append(self.count)
-            write_atomic(self.folder / f"curves-{self.count:05d}.js", _script("onnxcamCurves", self.count, curves))
+            write_atomic(self.folder / _chunk_name("curves", self.count), _script("onnxcamCurves", self.count, curves))
         self.count += 1
         self._start()
 
@@ -220,8 +225,9 @@ class _ChunkWriter:
             raise ValueError("the state's columns differ")
         chunks.columns, chunks.metric_values, chunks.curve_texts = (state["columns"], state["metric_values"],
                                                                     state["curve_texts"])
-        written = [f"items-{k:05d}.js" for k in range(chunks.count)]
-        if not all((folder / name).is_file() for name in written + [f"curves-{k:05d}.js" for k in chunks.curve_chunks]):
+        written = [_chunk_name("items", k) for k in range(chunks.count)]
+        written += [_chunk_name("curves", k) for k in chunks.curve_chunks]
+        if not all((folder / name).is_file() for name in written):
             raise ValueError("a chunk is gone")
         return chunks
 

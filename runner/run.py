@@ -177,7 +177,7 @@ class Run:
         self.tally.seconds = time.monotonic() - start
         run_json.write_run_json(self)
         try:
-            write_report(self.output_dir)
+            write_report(self.output_dir, incremental=True)
             self.tally.report = str(self.output_dir / REPORT_NAME)
         except OSError as error:  # the rows are safe in index.csv; `onnxcam report` writes it later
             self.tally.report = f"not written ({error.strerror or error}); run onnxcam report {self.output_dir}"

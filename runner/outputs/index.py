@@ -40,6 +40,20 @@ def _complete(rows: list[list[str]], methods: list[str]) -> bool:
     return all(sorted(found) == methods for found in by_target.values())
 
 
+def last_line_end(file: BinaryIO, size: int) -> int:
+    """The offset just after the last newline of the file's first `size` bytes (a torn last line ends without one)."""
+    position = size
+    while position > 0:
+        step = min(COPY_BLOCK, position)
+        file.seek(position - step)
+        block = file.read(step)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            return position - step + newline + 1
+        position -= step
+    return 0
+
+
 class _Lines:
     """The file's lines as text up to `end`, counting the bytes handed out (csv pulls lines as it needs them)."""
 
@@ -84,7 +98,7 @@ class IndexFile:
         """Streams the index once; collects done keys and the byte ranges to cut out, then cuts them."""
         with open(self.path, "rb") as file:
             size = file.seek(0, os.SEEK_END)
-            end = self._last_line_end(file, size)
+            end = last_line_end(file, size)
             file.seek(0)
             lines = _Lines(file, end)
             reader = csv.reader(lines)
@@ -118,20 +132,6 @@ class IndexFile:
         if group:
             self._close_group(group, methods, cuts, start, lines.position)
         return cuts
-
-    @staticmethod
-    def _last_line_end(file: BinaryIO, size: int) -> int:
-        """The offset just after the last newline (a torn last line ends without one)."""
-        position = size
-        while position > 0:
-            step = min(COPY_BLOCK, position)
-            file.seek(position - step)
-            block = file.read(step)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                return position - step + newline + 1
-            position -= step
-        return 0
 
     def _close_group(self, rows: list[list[str]], methods: list[str], cuts: list[tuple[int, int]], start: int,
                      end: int) -> None:

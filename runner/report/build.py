@@ -7,27 +7,40 @@ each, that the page loads one after another: a browser lets a file:// page load 
 a 100,000-image report shows its first rows as soon as the first chunk is in. An entry is one (image, target)
 pair, or one image with an error or no target. Building streams index.csv once; memory holds one chunk, the
 class labels, up to MAX_ERRORS error rows and the faithfulness sums.
+
+A run's build continues the last one: .onnxcam-report.json keeps where that build stood at the last whole line of
+index.csv (its byte offset, the sums and labels, the chunk still filling), so a resume that appends rows reads
+only those and rewrites only the last chunk, the new ones and the page. The files come out as a build of every
+row writes them. When the state is missing or unreadable, or index.csv no longer starts with the bytes it
+covered (a resume that cut rows rewrites the file), the build reads every row.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
-from onnxcam.runner.evaluate.aggregate import FigureTable
+import numpy as np
+from onnxcam.runner.evaluate.aggregate import Figure, FigureTable, MethodFigures
 from onnxcam.runner.evaluate.metrics import CURVES, METRICS
 from onnxcam.runner.outputs.files import OutputDirError, write_atomic
-from onnxcam.runner.outputs.index import COLUMNS
+from onnxcam.runner.outputs.index import COLUMNS, last_line_end
 from onnxcam.runner.outputs.stamp import STAMP_NAME
 from onnxcam.runner.outputs.thumbnails import PHOTO_SUFFIX, THUMBS, photo_thumbnail_path
 
 REPORT_NAME = "report.html"
 DATA_DIR = "report"  # the chunks, beside report.html
+STATE_NAME = ".onnxcam-report.json"  # beside report.html: where the last build stood, for the next to continue
+STATE_VERSION = 1
+SAMPLE = 1 << 16  # bytes of index.csv's start and of the end of what a state covers, compared before continuing
 CHUNK = 2000  # entries per chunk file
 MAX_ERRORS = 1000  # error rows listed on the errors tab (the gallery's status filter shows them all)
 MAX_REASONS = 1000  # distinct error texts counted; the rest count as "other reasons"
@@ -88,6 +101,31 @@ class _Folder:
         if row[COLUMN["status"]] == "ok" and any(row[COLUMN[name]] for name in METRIC_NAMES):
             self.figures.add(dict(zip(COLUMNS, row, strict=True)))
 
+    def state(self) -> dict:
+        """The counts, labels, error rows and sums so far, as JSON values (floats written exactly)."""
+        figures = {method: {"figures": {name: asdict(figure) for name, figure in entry.figures.items()},
+                            "curves": {name: curve.tolist() for name, curve in entry.curves.items()},
+                            "curve_counts": entry.curve_counts} for method, entry in self.figures.methods.items()}
+        return {"counts": asdict(self.counts), "labels": self.labels, "class_counts": self.class_counts,
+                "errors": self.errors, "reasons": self.reasons, "figures": figures, "overlay_ext": self.overlay_ext,
+                "first_picture": self.first_picture}
+
+    @classmethod
+    def restore(cls, state: dict) -> _Folder:
+        folder = cls()
+        folder.counts = ReportCounts(**state["counts"])
+        folder.labels, folder.class_counts = dict(state["labels"]), dict(state["class_counts"])
+        folder.errors, folder.reasons = list(state["errors"]), dict(state["reasons"])
+        folder.overlay_ext, folder.first_picture = str(state["overlay_ext"]), str(state["first_picture"])
+        for method, entry in state["figures"].items():
+            if list(entry["figures"]) != list(METRIC_NAMES):
+                raise ValueError("the state's metrics differ")
+            folder.figures.methods[method] = MethodFigures(
+                {name: Figure(**figure) for name, figure in entry["figures"].items()},
+                {name: np.array(curve, np.float64) for name, curve in entry["curves"].items()},
+                dict(entry["curve_counts"]))
+        return folder
+
 
 def _number(text: str) -> float | None:
     return float(text) if text else None
@@ -95,6 +133,10 @@ def _number(text: str) -> float | None:
 
 def _integer(text: str) -> int | None:
     return int(text) if text else None
+
+
+def _chunk_name(kind: str, number: int) -> str:
+    return f"{kind}-{number:05d}.js"
 
 
 def _script(function: str, number: int, data: dict) -> bytes:
@@ -153,11 +195,11 @@ class _ChunkWriter:
         if not self.columns["img"]:
             return
         data = dict(self.columns, n=len(self.columns["img"]), m=self._by_metric(self.metric_values))
-        write_atomic(self.folder / f"items-{self.count:05d}.js", _script("onnxcamChunk", self.count, data))
+        write_atomic(self.folder / _chunk_name("items", self.count), _script("onnxcamChunk", self.count, data))
         curves = self._by_metric(self.curve_texts)
         if curves:
             self.curve_chunks.append(self.count)
-            write_atomic(self.folder / f"curves-{self.count:05d}.js", _script("onnxcamCurves", self.count, curves))
+            write_atomic(self.folder / _chunk_name("curves", self.count), _script("onnxcamCurves", self.count, curves))
         self.count += 1
         self._start()
 
@@ -166,6 +208,28 @@ class _ChunkWriter:
         """Per entry {metric: values per method} -> {metric: [values or null per entry]}, only metrics present."""
         names = {name for entry in entries for name in entry}
         return {name: [entry.get(name) for entry in entries] for name in sorted(names)}
+
+    def state(self) -> dict:
+        """Where the writer stands: the chunks written, the methods seen, the entries of the chunk still filling."""
+        return {"count": self.count, "curve_chunks": self.curve_chunks, "methods": self.methods,
+                "columns": self.columns, "metric_values": self.metric_values, "curve_texts": self.curve_texts}
+
+    @classmethod
+    def restore(cls, folder: Path, state: dict) -> _ChunkWriter:
+        """The writer a state describes (ValueError when a chunk it wrote is gone)."""
+        chunks = cls(folder)
+        chunks.count, chunks.curve_chunks = int(state["count"]), list(state["curve_chunks"])
+        for method in state["methods"]:
+            chunks.method_number(method)
+        if list(state["columns"]) != list(chunks.columns):
+            raise ValueError("the state's columns differ")
+        chunks.columns, chunks.metric_values, chunks.curve_texts = (state["columns"], state["metric_values"],
+                                                                    state["curve_texts"])
+        written = [_chunk_name("items", k) for k in range(chunks.count)]
+        written += [_chunk_name("curves", k) for k in chunks.curve_chunks]
+        if not all((folder / name).is_file() for name in written):
+            raise ValueError("a chunk is gone")
+        return chunks
 
     def remove_stale(self) -> None:
         """Chunks of an earlier, longer build."""
@@ -222,19 +286,47 @@ def _run_facts(run: dict, stamp: dict) -> dict:
     return facts
 
 
-def write_report(output_dir: Path) -> ReportCounts:
-    """report.html and report/ for output.dir, from every row of its index.csv (OutputDirError when it has none)."""
-    index = output_dir / "index.csv"
-    if not index.is_file():
-        raise OutputDirError(f"{output_dir}: no index.csv, so not an onnxcam output.dir; give the folder a run wrote")
-    folder, chunks = _Folder(), _ChunkWriter(output_dir / DATA_DIR)
-    with open(index, encoding="utf-8", newline="") as file:
-        reader = csv.reader(file)
-        if tuple(next(reader, ())) != COLUMNS:
+class _Span(io.RawIOBase):
+    """The bytes [start, end) of an open binary file: a text reader on it stops at `end`."""
+
+    def __init__(self, file: BinaryIO, start: int, end: int):
+        super().__init__()
+        file.seek(start)
+        self.file, self.left = file, end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size = self.file.readinto(memoryview(buffer)[:min(len(buffer), self.left)])
+        self.left -= size
+        return size
+
+
+class _Build:
+    """A pass over index.csv: the folder's sums, the chunks, the (image, target) group still open, and the byte
+    offset read up to."""
+
+    def __init__(self, folder: _Folder, chunks: _ChunkWriter, group: list[list[str]], position: int):
+        self.folder, self.chunks, self.group, self.position = folder, chunks, group, position
+
+    @classmethod
+    def new(cls, data: Path) -> _Build:
+        """A build that reads every row."""
+        return cls(_Folder(), _ChunkWriter(data), [], 0)
+
+    def read(self, file: BinaryIO, index: Path, end: int) -> bool:
+        """The rows from `position` up to byte `end` (the header first, at 0); True when the last row is whole."""
+        text = io.TextIOWrapper(io.BufferedReader(_Span(file, self.position, end), 1 << 20), encoding="utf-8",
+                                newline="")
+        reader = csv.reader(text)
+        if self.position == 0 and tuple(next(reader, ())) != COLUMNS:
             raise OutputDirError(f"{index}: not an index of this onnxcam version (columns differ); run the manifest "
                                  "again into a new output.dir")
-        group: list[list[str]] = []
+        self.position = end
+        folder, chunks, group = self.folder, self.chunks, self.group
         image, target = COLUMN["image"], COLUMN["target_class"]
+        row: list[str] = list(COLUMNS)
         for row in reader:
             if len(row) != len(COLUMNS):
                 continue  # the torn last line of a run still writing
@@ -248,12 +340,76 @@ def write_report(output_dir: Path) -> ReportCounts:
                 folder.entry(row)
             folder.row(row)
             group.append(row)
-        if group:
-            chunks.add(group)
-    chunks.flush()
-    chunks.remove_stale()
-    write_atomic(output_dir / REPORT_NAME, _page(_head(output_dir, folder, chunks)).encode("utf-8"))
-    return folder.counts
+        self.group = group
+        return len(row) == len(COLUMNS)
+
+    def finish(self) -> None:
+        if self.group:
+            self.chunks.add(self.group)
+        self.chunks.flush()
+        self.chunks.remove_stale()
+
+    def state(self, covered: dict) -> dict:
+        return {"version": STATE_VERSION, "limits": _limits(), "index": covered, "folder": self.folder.state(),
+                "chunks": self.chunks.state(), "group": self.group}
+
+
+def _limits() -> dict:
+    """What a build's files depend on besides the rows: a state made under other limits is not continued."""
+    return {"chunk": CHUNK, "errors": MAX_ERRORS, "reasons": MAX_REASONS, "columns": list(COLUMNS)}
+
+
+def _covered(file: BinaryIO, end: int, stamp: bytes) -> dict:
+    """What a state records of index.csv's first `end` bytes: which file, the digests of its start and of the end
+    of those bytes, and the run stamp's digest."""
+    info = os.fstat(file.fileno())
+
+    def digest(start: int, stop: int) -> str:
+        file.seek(start)
+        return hashlib.sha256(file.read(stop - start)).hexdigest()
+
+    return {"end": end, "file": [info.st_dev, info.st_ino], "start": digest(0, min(SAMPLE, end)),
+            "tail": digest(max(0, end - SAMPLE), end), "stamp": hashlib.sha256(stamp).hexdigest()}
+
+
+def _continued(output_dir: Path, file: BinaryIO, end: int, stamp: bytes) -> _Build | None:
+    """The build STATE_NAME describes, when index.csv still starts with the bytes it covered; else None."""
+    try:
+        state = json.loads((output_dir / STATE_NAME).read_text(encoding="utf-8"))
+        if state["version"] != STATE_VERSION or state["limits"] != _limits():
+            return None
+        covered = int(state["index"]["end"])
+        if covered > end or state["index"] != _covered(file, covered, stamp):
+            return None
+        return _Build(_Folder.restore(state["folder"]), _ChunkWriter.restore(output_dir / DATA_DIR, state["chunks"]),
+                      [list(row) for row in state["group"]], covered)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, or not a state of this version
+        return None
+
+
+def write_report(output_dir: Path, incremental: bool = False) -> ReportCounts:
+    """report.html and report/ for output.dir, from every row of its index.csv (OutputDirError when it has none).
+    `incremental` continues the build STATE_NAME describes, reading only the rows appended since; the
+    files are the same as a build that reads every row writes (the page's build time aside)."""
+    index = output_dir / "index.csv"
+    if not index.is_file():
+        raise OutputDirError(f"{output_dir}: no index.csv, so not an onnxcam output.dir; give the folder a run wrote")
+    data, stamp = output_dir / DATA_DIR, output_dir / STAMP_NAME
+    stamp_bytes = stamp.read_bytes() if stamp.is_file() else b""
+    with open(index, "rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        end = last_line_end(file, size)
+        build = (incremental and _continued(output_dir, file, end, stamp_bytes)) or _Build.new(data)
+        whole = build.read(file, index, end)
+        state = json.dumps(build.state(_covered(file, end, stamp_bytes)), separators=(",", ":")) if whole else None
+        build.read(file, index, size)  # a torn last line: shown if whole enough, never part of the state
+    build.finish()
+    write_atomic(output_dir / REPORT_NAME, _page(_head(output_dir, build.folder, build.chunks)).encode("utf-8"))
+    if state is None:  # the last whole line ends inside a field (a torn row holding a line break): read all next time
+        (output_dir / STATE_NAME).unlink(missing_ok=True)
+    else:
+        write_atomic(output_dir / STATE_NAME, state.encode("utf-8"))
+    return build.folder.counts
 
 
 def _head(output_dir: Path, folder: _Folder, chunks: _ChunkWriter) -> dict:

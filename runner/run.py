@@ -11,15 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
+from onnxcam.runner.config import Manifest
 from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines import Engine
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.evaluate import aggregate, curves
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
-from onnxcam.runner.manifest import Manifest
 from onnxcam.runner.methods import METHODS, index_names
 from onnxcam.runner.model.backend import Backend, ModelError, open_backend
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
@@ -27,6 +26,7 @@ from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
 from onnxcam.runner.outputs.index import IndexFile
 from onnxcam.runner.outputs.lock import RunLock
+from onnxcam.runner.outputs.run_json import Tally
 from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
 from onnxcam.runner.progress import Progress
 from onnxcam.runner.report.build import REPORT_NAME, write_report
@@ -38,24 +38,6 @@ if TYPE_CHECKING:
 MAX_ERRORS_IN_REPORT = 100
 MISSING_OUTPUT_FIX = {"input_gradients": "was exported with --no-guided; re-export without it",
                       "plain_input_gradients": "was exported without --saliency; re-export with --saliency"}
-
-
-@dataclass
-class Tally:
-    """What a run did, for the last line and run.json."""
-
-    images: int = 0
-    ok: int = 0
-    errors: int = 0
-    rows: int = 0
-    already_done: int = 0
-    interrupted: bool = False
-    seconds: float = 0.0
-    costs: Costs = field(default_factory=Costs)
-    error_samples: list[dict[str, str]] = field(default_factory=list)
-    table: str = ""  # the faithfulness summary, as printed
-    started: float = 0.0  # time.time() when the run started
-    report: str = ""  # report.html's path, or why it could not be written
 
 
 def check_model(manifest: Manifest, info: GraphInfo) -> None:

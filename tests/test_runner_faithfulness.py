@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 from onnxcam.runner.costs import Cost
+from onnxcam.runner.evaluate import metrics
 from onnxcam.runner.evaluate.boxes import read_boxes
 from onnxcam.runner.evaluate.metrics import (
     Evaluation,
@@ -55,7 +56,7 @@ class LinearModel(ExtraPasses):
 
 
 def score(evaluation: Evaluation, rows: list[MetricRow], model: LinearModel, costs=None) -> list[dict]:
-    return evaluation.score(rows, Scoring(model, evaluation.batch_size), runs_model=True, costs=costs)
+    return metrics.score(evaluation, rows, Scoring(model, evaluation.batch_size), runs_model=True, costs=costs)
 
 
 @pytest.fixture

@@ -32,11 +32,11 @@ import cv2
 import numpy as np
 import ray
 import ray.data
+from onnxcam.runner.config import Manifest, ManifestError
 from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines import EngineError, Sink
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.inputs.listing import ImageRef
-from onnxcam.runner.manifest import Manifest, ManifestError
 from onnxcam.runner.model.backend import ORT_NAMES, PROVIDER_NAMES, Backend, ModelError, open_backend
 from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info

@@ -86,6 +86,7 @@ def run_filters(args: argparse.Namespace) -> int:
 def run_impressions(args: argparse.Namespace) -> int:
     """Generate class impressions through ONNX Runtime and report how the model scores each, as written."""
     from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
+    from onnxcam.runner.model.registry import BACKENDS
     from onnxcam.runner.visualise.impressions import Settings, class_impressions, parse_classes, write_impression
 
     try:
@@ -106,7 +107,7 @@ def run_impressions(args: argparse.Namespace) -> int:
         except OSError as error:
             raise ValueError(f"--out: cannot create {args.out} ({error.strerror}); pick another folder") from None
         providers = "auto" if args.providers == "auto" else args.providers.split(",")
-        if providers != "auto" and not set(providers) <= {"cuda", "cpu"}:
+        if providers != "auto" and not set(providers) <= set(BACKENDS["onnxruntime"].providers):
             raise ValueError(f"--providers: {args.providers}; use auto, cuda, cpu or cuda,cpu")
         backend = OnnxRuntimeBackend(args.model, providers)
     except (ValueError, ModelError) as error:

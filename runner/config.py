@@ -32,8 +32,6 @@ DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp",
 COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
              "parula": 12, "rainbow": 4, "bone": 1}  # OpenCV COLORMAP_* values
 FILLS = ("mean", "zero", "blur")  # what replaces removed pixels in the extra passes (model/passes.py)
-PROVIDERS = ("cuda", "cpu")  # runtime.providers: ONNX Runtime's execution providers
-PRECISIONS = ("auto", "f32", "bf16")  # runtime.precision: what a run may ask for (auto: the backend's choice)
 DEFAULT_MAX_SIDE = 2048
 DEFAULT_THUMBNAIL_SIDE = 256
 
@@ -65,7 +63,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {  # the keys of each mapping of the mani
     "output": ("dir", "overlays", "heatmaps", "thumbnails"),
     "output.overlays": ("format", "quality", "colormap", "alpha", "max_side"),
     "output.heatmaps": ("format", "size"),
-    "runtime": ("providers", "precision", "batch_size", "workers", "worker_processes", "memory_budget"),
+    "runtime": ("backend", "providers", "precision", "batch_size", "workers", "worker_processes", "memory_budget"),
     "evaluate": ("metrics", "boxes", "batch_size"),
 }
 
@@ -128,12 +126,14 @@ class Manifest:
     overlays: Overlays | None = field(default_factory=Overlays)
     heatmaps: Heatmaps = field(default_factory=Heatmaps)
     thumbnails: int | None = DEFAULT_THUMBNAIL_SIDE  # the longer side of the report's small pictures; None: none
-    providers: str | list[str] = "auto"
+    backend: str = "onnxruntime"  # a key of model/registry.py's BACKENDS
+    providers: str | list[str] = "auto"  # ONNX Runtime's: auto, or a list of cuda, cpu
     batch_size: int = 32
     workers: int = 4
     memory_budget: int = 2 * 1024**3  # bytes that images in flight may hold
     evaluate: Evaluation | None = None
-    precision: str = "auto"  # auto | f32 | bf16: auto is bf16 on OpenVINO where the CPU has it, TF32 on CUDA
+    precision: str = "auto"  # auto | f32 | bf16 (the backends' precisions): auto is bf16 on OpenVINO where the CPU
+    # has it, TF32 on CUDA
     worker_processes: bool = False  # the local engine reads and writes in `workers` processes instead of threads
 
     @property

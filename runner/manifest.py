@@ -15,8 +15,6 @@ from onnxcam.runner.config import (
     COLORMAPS,
     METHOD_OPTIONS,
     METRIC_OPTIONS,
-    PRECISIONS,
-    PROVIDERS,
     SECTIONS,
     Evaluation,
     Heatmaps,
@@ -29,6 +27,7 @@ from onnxcam.runner.config import (
 )
 from onnxcam.runner.evaluate.metrics import METRICS
 from onnxcam.runner.methods import METHODS
+from onnxcam.runner.model.registry import BACKENDS
 from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
 
 UNITS = {"": 1, "b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
@@ -284,23 +283,31 @@ def _output(reader: _Reader, value: Any) -> dict[str, Any]:
 
 
 def _runtime(reader: _Reader, value: Any) -> dict[str, Any]:
-    """runtime: what runs the model (providers, precision) and how much runs at once."""
+    """runtime: what runs the model (backend, ONNX Runtime's providers, precision) and how much runs at once."""
     runtime = reader.mapping(value or {}, "runtime", SECTIONS["runtime"])
+    backend = reader.choice(runtime.get("backend", Manifest.backend), "runtime.backend", tuple(BACKENDS))
+    kind = BACKENDS[backend]
     providers = runtime.get("providers", Manifest.providers)
     if providers != "auto":
         reader.typed(providers, "runtime.providers", list, "auto or a list such as [cuda, cpu]")
-        if not providers:
-            raise reader.fail("runtime.providers", "empty list; use auto, [cuda, cpu], [cpu] or [openvino]")
         for provider in providers:
-            reader.choice(provider, "runtime.providers", (*PROVIDERS, "openvino"))
-        if "openvino" in providers and len(providers) > 1:
-            raise reader.fail("runtime.providers", f"{providers}: openvino is a runtime of its own, not an ONNX "
-                                                   "Runtime provider; use [openvino], or [cuda, cpu] for ONNX Runtime")
-    precision = reader.choice(runtime.get("precision", Manifest.precision), "runtime.precision", PRECISIONS)
-    if precision == "bf16" and providers != ["openvino"]:
-        raise reader.fail("runtime.precision", "bf16 runs on OpenVINO only (ONNX Runtime computes in f32); set "
-                                               "runtime.providers: [openvino], or precision f32 or auto")
-    return {"providers": providers, "precision": precision,
+            if provider in BACKENDS:
+                raise reader.fail("runtime.providers", f"{provider} is a backend, not an ONNX Runtime provider; write "
+                                                       f"runtime.backend: {provider}")
+        if not kind.providers:
+            raise reader.fail("runtime.providers", f"{backend} takes no providers (ONNX Runtime's); drop the key")
+        if not providers:
+            raise reader.fail("runtime.providers", f"empty list; use auto or a list of {', '.join(kind.providers)}")
+        for provider in providers:
+            reader.choice(provider, "runtime.providers", kind.providers)
+    requests = tuple(dict.fromkeys(name for entry in BACKENDS.values() for name in entry.precisions))
+    precision = reader.choice(runtime.get("precision", Manifest.precision), "runtime.precision", requests)
+    if precision not in kind.precisions:
+        serving = [name for name, entry in BACKENDS.items() if precision in entry.precisions]
+        raise reader.fail("runtime.precision", f"{precision} runs on {', '.join(serving)} only ({backend} serves "
+                                               f"{', '.join(kind.precisions)}); set runtime.backend: {serving[0]}, or "
+                                               f"precision {' or '.join(kind.precisions)}")
+    return {"backend": backend, "providers": providers, "precision": precision,
             "batch_size": reader.integer(runtime.get("batch_size", Manifest.batch_size), "runtime.batch_size", 1, 4096),
             "workers": reader.integer(runtime.get("workers", Manifest.workers), "runtime.workers", 1, 256),
             "worker_processes": reader.typed(runtime.get("worker_processes", Manifest.worker_processes),

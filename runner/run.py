@@ -20,8 +20,9 @@ from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.evaluate import aggregate, curves
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
 from onnxcam.runner.methods import METHODS, index_names
-from onnxcam.runner.model.backend import Backend, ModelError, open_backend
+from onnxcam.runner.model.backend import Backend, ModelError
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
+from onnxcam.runner.model.registry import open_backend
 from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
 from onnxcam.runner.outputs.index import IndexFile
@@ -71,7 +72,8 @@ class Run:
             raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
         check_model(manifest, self.info)
         if ray is None:
-            backend = backend or open_backend(manifest.model, manifest.providers, output_sets(manifest, self.info),
+            backend = backend or open_backend(manifest.model, manifest.backend, providers=manifest.providers,
+                                              output_sets=output_sets(manifest, self.info),
                                               precision=manifest.precision, workers=manifest.workers)
             self.engine: Engine = LocalEngine(build_stages(manifest, self.info, backend), manifest.batch_size,
                                               manifest.workers, manifest.memory_budget, manifest.worker_processes)
@@ -80,7 +82,6 @@ class Run:
 
             build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before Ray starts
             self.engine = RayEngine(manifest, ray)
-        self.backend = backend if ray is None else None
         self.methods = index_names(manifest.methods)
         self.output_dir = manifest.output_dir
         self.identity = run_identity(manifest)
@@ -90,17 +91,17 @@ class Run:
     @property
     def provider(self) -> str:
         """What runs the model: the backend's provider, or the Ray actors' (as they reported once they ran)."""
-        return (self.backend or self.engine).provider
+        return self.engine.provider
 
     @property
     def precision(self) -> str:
         """What the model computes in (f32, bf16): the backend's, or the Ray actors'."""
-        return (self.backend or self.engine).precision
+        return self.engine.precision
 
     @property
     def notes(self) -> list[str]:
         """Why it runs there, printed before the run."""
-        return (self.backend or self.engine).notes
+        return self.engine.notes
 
     def _refs(self) -> Iterator[ImageRef]:
         m = self.manifest

@@ -35,6 +35,18 @@ class LocalEngine:
         self.stages, self.batch_size, self.workers, self.memory_budget = stages, batch_size, workers, memory_budget
         self.processes = processes
 
+    @property
+    def provider(self) -> str:
+        return self.stages.explain.backend.provider
+
+    @property
+    def precision(self) -> str:
+        return self.stages.explain.backend.precision
+
+    @property
+    def notes(self) -> list[str]:
+        return self.stages.explain.backend.notes
+
     def describe(self) -> str:
         return f"local engine, {self.workers} read/write {'processes' if self.processes else 'threads'}"
 

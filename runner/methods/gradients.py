@@ -93,7 +93,7 @@ def guided_backprop(out: dict[str, np.ndarray], **_) -> np.ndarray:
 def guided_gradcam(out: dict[str, np.ndarray], **_) -> np.ndarray:
     """Selvaraju et al.: guided backprop x Grad-CAM (normalised, upsampled to input size)."""
     guided = out["input_gradients"]
-    maps = resize_maps(normalise(gradcam(out)), guided.shape[2:])
+    maps = resize_maps(normalise(gradcam(out, guided_weights=False)), guided.shape[2:])
     return guided * maps[:, None]
 
 

@@ -9,7 +9,7 @@ costs and shows progress, whichever engine computes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
@@ -22,7 +22,7 @@ from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
 from onnxcam.runner.methods import METHODS, index_names
 from onnxcam.runner.model.backend import Backend, ModelError
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
-from onnxcam.runner.model.registry import open_backend
+from onnxcam.runner.model.registry import BACKENDS, open_backend
 from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
 from onnxcam.runner.outputs.index import IndexFile
@@ -61,32 +61,55 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
 
 
 class Run:
-    """`backend` replaces the manifest's (tests); `ray` runs the work on Ray actors instead of this process."""
+    """`backend` replaces the manifest's (tests); `open_model` opens the manifest's (model/registry.py's open_backend
+    unless a test passes another); `ray` runs the work on Ray actors instead of this process.
+
+    Building it checks what is cheap to check (the model serves the methods, the targets and boxes fit it); the
+    engine, with its model sessions or its Ray connection, is built once `opened()` holds output.dir's lock, so a
+    run on a folder another run holds stops before it loads a model."""
 
     def __init__(self, manifest: Manifest, quiet: bool = False, stream: TextIO | None = None,
-                 backend: Backend | None = None, ray: RaySettings | None = None):
+                 backend: Backend | None = None, ray: RaySettings | None = None,
+                 open_model: Callable[..., Backend] = open_backend):
         self.manifest, self.quiet, self.stream = manifest, quiet, stream
+        self.backend, self.ray, self.open_model = backend, ray, open_model
         try:
             self.info = read_graph_info(manifest.model)
         except Exception as error:  # noqa: BLE001 - a protobuf parse error or missing metadata
             raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
         check_model(manifest, self.info)
-        if ray is None:
-            backend = backend or open_backend(manifest.model, manifest.backend, providers=manifest.providers,
-                                              output_sets=output_sets(manifest, self.info),
-                                              precision=manifest.precision, workers=manifest.workers)
-            self.engine: Engine = LocalEngine(build_stages(manifest, self.info, backend), manifest.batch_size,
-                                              manifest.workers, manifest.memory_budget, manifest.worker_processes)
-        else:
-            from onnxcam.runner.engines.ray_data import RayEngine
-
-            build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before Ray starts
-            self.engine = RayEngine(manifest, ray)
+        if ray is None:  # a Ray run's actors need the backend's package, on their nodes
+            BACKENDS[manifest.backend].check_installed(manifest.backend)
+        build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before any model loads
+        self._engine: Engine | None = None
         self.methods = index_names(manifest.methods)
         self.output_dir = manifest.output_dir
         self.identity = run_identity(manifest)
         self.index: IndexFile | None = None
         self.tally = Tally()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, built on first use (`opened()` uses it once it holds the lock)."""
+        if self._engine is None:
+            self._engine = self._start_engine()
+        return self._engine
+
+    def _start_engine(self) -> Engine:
+        m = self.manifest
+        if self.ray is not None:
+            from onnxcam.runner.engines.ray_data import RayEngine
+
+            return RayEngine(m, self.ray)
+        backend = self.backend or self.open_model(m.model, m.backend, providers=m.providers,
+                                                  output_sets=output_sets(m, self.info), precision=m.precision,
+                                                  workers=m.workers)
+        return LocalEngine(build_stages(m, self.info, backend), m.batch_size, m.workers, m.memory_budget,
+                           m.worker_processes)
+
+    def _close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
 
     @property
     def provider(self) -> str:
@@ -117,8 +140,8 @@ class Run:
 
     @contextmanager
     def opened(self) -> Iterator[Run]:
-        """Holds output.dir for the run: its lock, the stamp check and the resumed index. Every problem with the
-        folder raises OutputDirError here, before any work starts."""
+        """Holds output.dir for the run: its lock, the stamp check, the engine (built here, inside the lock) and the
+        resumed index. Every problem with the folder raises OutputDirError here, before any model loads."""
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise OutputDirError(f"output.dir: {self.output_dir} is a file, not a folder; pick another output.dir")
         try:
@@ -130,6 +153,7 @@ class Run:
             with RunLock(self.output_dir):
                 clear_partials(self.output_dir)  # a killed run's half-written files
                 check_stamp(self.output_dir, self.identity)
+                self.engine  # noqa: B018 - model sessions or Ray, now that the folder is this run's
                 self.index = IndexFile(self.output_dir / "index.csv", self.methods)
                 try:
                     write_stamp(self.output_dir, self.identity)
@@ -137,10 +161,10 @@ class Run:
                 finally:
                     self.index.close()
                     self.index = None
-                    self.engine.close()  # inside the lock: no worker of this run writes once it is released
+                    self._close_engine()  # inside the lock: no worker of this run writes once it is released
                     clear_partials(self.output_dir)  # those of workers that died (a --ray run)
         finally:
-            self.engine.close()  # also when output.dir refused the run
+            self._close_engine()  # also when output.dir refused the run
 
     def run(self) -> Tally:
         """Runs every image not done yet; opens output.dir first unless `opened()` already holds it."""

@@ -24,6 +24,12 @@ class BackendKind:
     package: str = ""  # the optional package it needs ("" none)
     extra: str = ""  # the pip extra that brings that package
 
+    def check_installed(self, name: str) -> None:
+        """ModelError naming the extra to install when the package this backend needs is missing."""
+        if self.package and importlib.util.find_spec(self.package) is None:
+            raise ModelError(f"runtime.backend: {name} needs {self.package}, an optional extra: "
+                             f"pip install 'onnxcam[{self.extra}]'")
+
     def planned_precision(self, requested: str) -> str:
         """What it computes in as far as known before it runs: `auto` is decided by the backend on its hardware
         (a Ray actor's), except where the backend has one choice for it (ONNX Runtime: f32 on the CPU)."""
@@ -55,7 +61,5 @@ def open_backend(path: Path, backend: str = "onnxruntime", *, providers: str | l
     """The backend the manifest's runtime section names. `cores`: OpenVINO's CPUs (0: all this process sees; less
     those kept for the `workers` read and write threads), ONNX Runtime's intra-op threads (0: its default)."""
     kind = BACKENDS[backend]
-    if kind.package and importlib.util.find_spec(kind.package) is None:
-        raise ModelError(f"runtime.backend: {backend} needs {kind.package}, an optional extra: "
-                         f"pip install 'onnxcam[{kind.extra}]'")
+    kind.check_installed(backend)
     return kind.open(path, providers, output_sets, precision, cores, workers)

@@ -38,7 +38,7 @@ def run_info(args: argparse.Namespace) -> int:
     more = ", ..." if info.num_classes > 3 else ""
     print(f"  classes          {info.num_classes} ({', '.join(info.labels[:3])}{more})")
     print(f"  output           {info.output_activation}; GAP->linear head (exact CAM): {info.gap_linear_head}")
-    if info.precision != "fp32":
+    if info.precision != "f32":
         print(f"  precision        {info.precision} inside (float32 in and out); gradients scaled by "
               f"2^{round(math.log2(info.gradient_scale))} before the backward, exactly undone")
     if info.graph_maps or info.input_format != "float":

@@ -32,6 +32,8 @@ DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp",
 COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
              "parula": 12, "rainbow": 4, "bone": 1}  # OpenCV COLORMAP_* values
 FILLS = ("mean", "zero", "blur")  # what replaces removed pixels in the extra passes (model/passes.py)
+PRECISIONS = ("f32", "f16", "bf16", "tf32")  # what a model computes in, everywhere: graph metadata, backends, run.json
+# (runtime.precision asks for one of them, or auto: the backend's choice)
 DEFAULT_MAX_SIDE = 2048
 DEFAULT_THUMBNAIL_SIDE = 256
 

@@ -29,7 +29,7 @@ class ModelError(ValueError):
 
 class Backend(Protocol):
     provider: str  # what runs the model, as reported on the first line and in run.json
-    precision: str  # what it computes in (f32, bf16), reported beside the provider
+    precision: str  # what it computes in (one of config.PRECISIONS), reported beside the provider
     notes: list[str]  # why it runs there (e.g. why not CUDA), printed before the run
 
     def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
@@ -78,7 +78,7 @@ class OnnxRuntimeBackend:
         self.path, self.threads, self.cuda_options = path, threads, cuda_options or {}
         try:
             info = read_graph_info(path)
-            self.uint8_input, half = info.input_format == "uint8", info.precision == "fp16"
+            self.uint8_input, half = info.input_format == "uint8", info.precision == "f16"
         except Exception:  # noqa: BLE001 - not an explain graph: its session below fails, saying why
             self.uint8_input = half = False
         self.notes: list[str] = []
@@ -95,7 +95,7 @@ class OnnxRuntimeBackend:
         self._forward: tuple[ForwardGraph, ort.InferenceSession] | None = None
         self.provider = ORT_NAMES[wanted[0]]
         self.tf32 = precision != "f32" and not half
-        self.precision = "fp16" if half else "tf32" if self.tf32 and "cuda" in wanted else "f32"
+        self.precision = "f16" if half else "tf32" if self.tf32 and "cuda" in wanted else "f32"
         for outputs in output_sets:
             self._session(tuple(outputs), from_float=False)
 

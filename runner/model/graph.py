@@ -39,6 +39,9 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
 
+OLD_PRECISIONS = {"fp32": "f32", "fp16": "f16"}
+
+
 @dataclass
 class GraphInfo:
     preprocessing: Preprocessing
@@ -54,8 +57,8 @@ class GraphInfo:
     convolutions: dict[str, str] = field(default_factory=dict)  # ONNX weight name -> PyTorch module (filters)
     graph_maps: list[str] = field(default_factory=list)  # methods whose maps the graph computes (map_<method>)
     input_format: str = "float"  # float: [N,3,H,W] normalised; uint8: [N,H,W,3] BGR pixels, normalised in the graph
-    precision: str = "fp32"  # fp32 | fp16: what the model computes in; its inputs and outputs are float32 either way
-    gradient_scale: float = 1.0  # fp16: the power of two the class score is scaled by before the backward (undone)
+    precision: str = "f32"  # f32 | f16: what the model computes in; its inputs and outputs are float32 either way
+    gradient_scale: float = 1.0  # f16: the power of two the class score is scaled by before the backward (undone)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -74,6 +77,8 @@ class GraphInfo:
             pre = values.pop("preprocessing")
             pre["size"], pre["mean"], pre["std"] = tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])
             values["activation_shape"] = tuple(values["activation_shape"])
+            if "precision" in values:  # graphs exported before the precision names were f32, f16: fp32, fp16
+                values["precision"] = OLD_PRECISIONS.get(values["precision"], values["precision"])
             return cls(preprocessing=Preprocessing(**pre), **values)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: not an onnxcam explain graph (metadata {error}); "

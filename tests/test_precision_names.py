@@ -1,5 +1,6 @@
-"""One set of precision names (config.PRECISIONS: f32, f16, bf16, tf32): graphs exported when the metadata said fp32 and
-fp16 read as f32 and f16, new graphs say f32 and f16, and the manifest asks only for names of that set (or auto)."""
+"""One set of precision names (config.PRECISIONS: f32, f16, bf16, tf32): a graph file's metadata keeps its own
+spelling (fp32, fp16: files stay byte for byte as they were, and every runner reads them), read as f32 and f16; the
+backends serve names of that set (or auto)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def test_graph_metadata_reads_old_and_new_names(written, read):
     assert GraphInfo.from_metadata(metadata(written)).precision == read
 
 
-def test_new_graphs_write_the_names_of_the_one_set():
-    assert json.loads(GraphInfo.from_metadata(metadata("fp16")).to_metadata()["precision"]) == "f16"
+def test_graphs_keep_the_file_spelling():
+    assert json.loads(GraphInfo.from_metadata(metadata("fp16")).to_metadata()["precision"]) == "fp16"
+    assert json.loads(GraphInfo.from_metadata(metadata("f32")).to_metadata()["precision"]) == "fp32"
     assert GraphInfo.precision in PRECISIONS
 
 

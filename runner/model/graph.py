@@ -39,7 +39,9 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
 
-OLD_PRECISIONS = {"fp32": "f32", "fp16": "f16"}
+# The metadata's spelling of the precision (the file format's, as first written), so that graph files stay as they were
+# and every runner reads them; inside onnxcam the names are config.PRECISIONS'.
+FILE_PRECISIONS = {"f32": "fp32", "f16": "fp16"}
 
 
 @dataclass
@@ -68,6 +70,7 @@ class GraphInfo:
     def to_metadata(self) -> dict[str, str]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["preprocessing"] = self.preprocessing.__dict__
+        values["precision"] = FILE_PRECISIONS.get(self.precision, self.precision)
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
@@ -77,8 +80,9 @@ class GraphInfo:
             pre = values.pop("preprocessing")
             pre["size"], pre["mean"], pre["std"] = tuple(pre["size"]), tuple(pre["mean"]), tuple(pre["std"])
             values["activation_shape"] = tuple(values["activation_shape"])
-            if "precision" in values:  # graphs exported before the precision names were f32, f16: fp32, fp16
-                values["precision"] = OLD_PRECISIONS.get(values["precision"], values["precision"])
+            if "precision" in values:
+                values["precision"] = {file: name for name, file in FILE_PRECISIONS.items()}.get(values["precision"],
+                                                                                                 values["precision"])
             return cls(preprocessing=Preprocessing(**pre), **values)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: not an onnxcam explain graph (metadata {error}); "

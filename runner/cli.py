@@ -164,7 +164,7 @@ def run_manifest(args: argparse.Namespace) -> int:
     rate = s.images / s.seconds if s.seconds else 0.0
     print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
           f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.provider}); index {out / 'index.csv'}, run "
-          f"{out / 'run.json'}, report {s.report}")
+          f"{out / 'run.json'}, report {s.report_path}")
     if s.table:
         print(f"onnxcam run: faithfulness, mean ± std (rows) over index.csv; {out / 'summary.csv'}, curves in "
               f"{out / 'curves'}\n{s.table}")
@@ -222,9 +222,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_doctor(args: argparse.Namespace) -> int:
     """Print what runs the model here and the one command that fixes what is missing; exit 1 when there is one."""
-    from onnxcam.runner.doctor import report
+    from onnxcam.runner.doctor import diagnose
 
-    lines, fixable = report()
+    lines, fixable = diagnose()
     print("\n".join(lines))
     return 1 if fixable else 0
 

@@ -185,9 +185,9 @@ class Run:
         run_json.write_run_json(self)
         try:
             write_report(self.output_dir)
-            self.tally.report = str(self.output_dir / REPORT_NAME)
+            self.tally.report_path = str(self.output_dir / REPORT_NAME)
         except OSError as error:  # the rows are safe in index.csv; `onnxcam report` writes it later
-            self.tally.report = f"not written ({error.strerror or error}); run onnxcam report {self.output_dir}"
+            self.tally.report_path = f"not written ({error.strerror or error}); run onnxcam report {self.output_dir}"
         return self.tally
 
     # -- the sink: what the engine hands back ----------------------------------------------------------------

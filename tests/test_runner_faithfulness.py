@@ -169,7 +169,7 @@ def test_area_under_curve_is_the_trapezoid_over_unit_width():
 
 def test_cost_report_per_row():
     cost = Cost(rows=4, seconds=0.2, model_passes=84)
-    assert cost.report() == {"rows": 4, "seconds": 0.2, "ms_per_row": 50.0, "passes_per_row": 21.0}
+    assert cost.as_json() == {"rows": 4, "seconds": 0.2, "ms_per_row": 50.0, "passes_per_row": 21.0}
 
 
 def test_pointing_game_tolerance_and_classes():

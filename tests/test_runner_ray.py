@@ -245,7 +245,7 @@ def test_ray_actors_read_and_write_on_threads_whatever_worker_processes_says(toy
     run = Run(manifest, quiet=True, ray=RaySettings())
     assert run.notes == ["runtime.worker_processes: the Ray actors read and write on threads; the key is the local "
                          "engine's"]
-    assert run.engine.report()["worker_processes"] is False
+    assert run.engine.facts()["worker_processes"] is False
 
 
 def test_without_ray_installed_the_flag_says_how_to_get_it(tmp_path, capsys, monkeypatch):

@@ -42,7 +42,7 @@ class Engine(Protocol):
         """Where the work runs, for the run's first line."""
         ...
 
-    def report(self) -> dict[str, object]:
+    def facts(self) -> dict[str, object]:
         """What run.json says of the engine."""
         ...
 

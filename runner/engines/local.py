@@ -50,7 +50,7 @@ class LocalEngine:
     def describe(self) -> str:
         return f"local engine, {self.workers} read/write {'processes' if self.processes else 'threads'}"
 
-    def report(self) -> dict[str, object]:
+    def facts(self) -> dict[str, object]:
         return {"engine": "local", "worker_processes": self.processes}
 
     def close(self) -> None:

@@ -69,7 +69,7 @@ class ActorPlan:
         return f"{self.count} {kind} actor{'s' * (self.count != 1)} ({self.cpus:g} CPU{'s' * (self.cpus != 1)} each)"
 
 
-def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where: str, backend: str = "onnxruntime"
+def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where: str, backend: str = Manifest.backend
                 ) -> ActorPlan:
     """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs, or with a backend that
     runs on CPUs only, CPU actors as large as the smallest node's CPUs, as many as fit (one per node when the nodes are
@@ -322,7 +322,7 @@ class RayEngine:
     def describe(self) -> str:
         return f"ray: {self.plan.describe()} on {self.nodes} node{'s' * (self.nodes != 1)}"
 
-    def report(self) -> dict[str, object]:
+    def facts(self) -> dict[str, object]:
         return {"engine": "ray", "worker_processes": False,  # the actors' local engines read and write on threads
                 "ray": {"plan": self.plan.describe(), "connect_s": round(self.connect_s, 3),
                         "worker_died": self.worker_died, "actors": list(self.actors.values())}}

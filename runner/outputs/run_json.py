@@ -36,7 +36,7 @@ class Tally:
     error_samples: list[dict[str, str]] = field(default_factory=list)
     table: str = ""  # the faithfulness summary, as printed
     started: float = 0.0  # time.time() when the run started
-    report: str = ""  # report.html's path, or why it could not be written
+    report_path: str = ""  # report.html's path, or why it could not be written
 
 
 class RunRecord(Protocol):
@@ -58,7 +58,7 @@ def _utc(seconds: float) -> str:
 
 def write_run_json(run: RunRecord) -> None:
     s, m, costs = run.tally, run.manifest, run.tally.costs
-    report = {
+    facts = {
         "manifest": str(m.path), "model": str(m.model), "model_spec": run.info.model,
         "started": _utc(s.started), "finished": _utc(time.time()),
         "images_base": str(m.images_root or m.images_list.parent), "thumbnails": m.thumbnails,
@@ -71,10 +71,10 @@ def write_run_json(run: RunRecord) -> None:
         "workers": m.workers, "error_samples": s.error_samples,
         "evaluate": m.evaluate and {"metrics": m.evaluate.metrics, "boxes": str(m.evaluate.boxes or ""),
                                     "batch_size": m.evaluate.batch_size},
-        "cost": costs.report(),
+        "cost": costs.as_json(),
         "extra_passes_s": round(costs.extra_pass_seconds, 3),
-        **run.engine.report(),
+        **run.engine.facts(),
         "versions": {"onnxcam": __version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
                      "opencv": cv2.__version__, "python": platform.python_version()},
     }
-    write_atomic(run.output_dir / "run.json", json.dumps(report, indent=2).encode())
+    write_atomic(run.output_dir / "run.json", json.dumps(facts, indent=2).encode())

@@ -42,7 +42,7 @@ from _common import (
 from _grad_cam_loops import grad_cam_compute, grad_cam_end_to_end
 from captum.attr import Occlusion
 from onnxcam.exporter.sources import load_model
-from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation
+from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation, score
 from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.methods.maps import normalise, resize_maps
@@ -117,7 +117,7 @@ def perturbation_side_by_side(loaded, graph: Path, inputs: np.ndarray) -> None:
     scores = probabilities(out["logits"], info.output_activation)[np.arange(n), targets]
     metric_rows = [MetricRow(int(targets[i]), float(scores[i]), inputs[i], maps[i]) for i in range(n)]
     evaluation = Evaluation({"average_drop": {}, "increase_in_confidence": {}})
-    ours_s, _ = timed(evaluation.score, metric_rows, Scoring(passes), runs_model=True)
+    ours_s, _ = timed(score, evaluation, metric_rows, Scoring(passes), runs_model=True)
     softmax_targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
     theirs_s, _ = timed(lambda: (DropInConfidence()(tensor, maps, softmax_targets, model),
                                  IncreaseInConfidence()(tensor, maps, softmax_targets, model)))

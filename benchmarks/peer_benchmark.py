@@ -6,7 +6,7 @@
 One invocation, the same JPEGs (scikit-image's photographs at 500x375), each configuration end to end (JPEG read ->
 overlay JPEG written) in a process of its own, one run each:
   - onnxcam, ONNX Runtime f32: `onnxcam run` with runtime.providers [cpu], Grad-CAM;
-  - onnxcam, OpenVINO f32 and bf16: runtime.providers [openvino], runtime.precision f32 / bf16 (bf16 only where the
+  - onnxcam, OpenVINO f32 and bf16: runtime.backend openvino, runtime.precision f32 / bf16 (bf16 only where the
     CPU has it natively);
   - OpenVINO XAI 1.1, ReciproCAM, at its default precision and forced to f32: benchmarks/_ovxai_reciprocam.py, run with
     the Python of its own environment (`make bench-peer` makes .venv-ovxai: its pins clash with onnxcam's), on the
@@ -51,9 +51,9 @@ from _common import (
     write_sized,
 )
 from onnxcam.runner.inputs.preprocess import to_input
-from onnxcam.runner.model.backend import open_backend
 from onnxcam.runner.model.graph import read_graph_info
 from onnxcam.runner.model.openvino_backend import available_cores, native_bf16
+from onnxcam.runner.model.registry import open_backend
 
 PHOTO_SIZE = (500, 375)  # width, height
 GOAL_FASTEST, GOAL_PIPELINE = 1.2, 0.85
@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace, tmp: Path, peer: bool) -> None:
     ours = [onnxcam_run(f"onnxcam, ONNX Runtime {ort.__version__}", graph, images, tmp / "ort",
                         {**runtime, "providers": ["cpu"]})]
     ours += [onnxcam_run(f"onnxcam, OpenVINO {ov.get_version().split('-')[0]}", graph, images, tmp / f"ov-{p}",
-                         {**runtime, "providers": ["openvino"], "precision": p}) for p in precisions]
+                         {**runtime, "backend": "openvino", "precision": p}) for p in precisions]
     theirs = []
     if peer:
         theirs = [ovxai_run("OpenVINO XAI 1.1 ReciproCAM, its defaults", str(args.ovxai_python), plain, recipe,
@@ -174,8 +174,8 @@ def measure(args: argparse.Namespace, tmp: Path, peer: bool) -> None:
     paths = sorted(images.glob("*.jpg"))
     inputs = np.stack([to_input(cv2.imread(str(path)), info.preprocessing)[0] for path in paths])
     batches = [inputs[i:i + args.batch_size] for i in range(0, len(inputs), args.batch_size)]
-    backends = [open_backend(graph, ["cpu"], [MAIN_OUTPUTS])]
-    backends += [open_backend(graph, ["openvino"], [MAIN_OUTPUTS], precision=p, workers=args.workers)
+    backends = [open_backend(graph, providers=["cpu"], output_sets=[MAIN_OUTPUTS])]
+    backends += [open_backend(graph, "openvino", output_sets=[MAIN_OUTPUTS], precision=p, workers=args.workers)
                  for p in precisions]
     for result, backend in zip(ours, backends, strict=True):
         result.compute = compute_only(backend, MAIN_OUTPUTS, batches, "gradcam", at_input_size=True)

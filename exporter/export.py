@@ -262,7 +262,7 @@ def export_explain_graph(
             labels=labels, target_layer=chosen.name, activation_shape=tuple(chosen.map_shape),
             output_activation="sigmoid" if multilabel else "softmax", outputs=output_names,
             gap_linear_head=_gap_linear_head(model, reference), model=loaded.spec, versions=_versions(),
-            parity=figures, convolutions=_convolution_names(traced, graph), precision="fp16" if fp16 else "fp32",
+            parity=figures, convolutions=_convolution_names(traced, graph), precision="f16" if fp16 else "f32",
             gradient_scale=scale,
         )
         for key, value in info.to_metadata().items():

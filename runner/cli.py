@@ -38,7 +38,7 @@ def run_info(args: argparse.Namespace) -> int:
     more = ", ..." if info.num_classes > 3 else ""
     print(f"  classes          {info.num_classes} ({', '.join(info.labels[:3])}{more})")
     print(f"  output           {info.output_activation}; GAP->linear head (exact CAM): {info.gap_linear_head}")
-    if info.precision != "fp32":
+    if info.precision != "f32":
         print(f"  precision        {info.precision} inside (float32 in and out); gradients scaled by "
               f"2^{round(math.log2(info.gradient_scale))} before the backward, exactly undone")
     if info.graph_maps or info.input_format != "float":
@@ -86,6 +86,7 @@ def run_filters(args: argparse.Namespace) -> int:
 def run_impressions(args: argparse.Namespace) -> int:
     """Generate class impressions through ONNX Runtime and report how the model scores each, as written."""
     from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
+    from onnxcam.runner.model.registry import BACKENDS
     from onnxcam.runner.visualise.impressions import Settings, class_impressions, parse_classes, write_impression
 
     try:
@@ -106,7 +107,7 @@ def run_impressions(args: argparse.Namespace) -> int:
         except OSError as error:
             raise ValueError(f"--out: cannot create {args.out} ({error.strerror}); pick another folder") from None
         providers = "auto" if args.providers == "auto" else args.providers.split(",")
-        if providers != "auto" and not set(providers) <= {"cuda", "cpu"}:
+        if providers != "auto" and not set(providers) <= set(BACKENDS["onnxruntime"].providers):
             raise ValueError(f"--providers: {args.providers}; use auto, cuda, cpu or cuda,cpu")
         backend = OnnxRuntimeBackend(args.model, providers)
     except (ValueError, ModelError) as error:
@@ -163,7 +164,7 @@ def run_manifest(args: argparse.Namespace) -> int:
     rate = s.images / s.seconds if s.seconds else 0.0
     print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
           f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.provider}); index {out / 'index.csv'}, run "
-          f"{out / 'run.json'}, report {s.report}")
+          f"{out / 'run.json'}, report {s.report_path}")
     if s.table:
         print(f"onnxcam run: faithfulness, mean ± std (rows) over index.csv; {out / 'summary.csv'}, curves in "
               f"{out / 'curves'}\n{s.table}")
@@ -221,9 +222,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_doctor(args: argparse.Namespace) -> int:
     """Print what runs the model here and the one command that fixes what is missing; exit 1 when there is one."""
-    from onnxcam.runner.doctor import report
+    from onnxcam.runner.doctor import diagnose
 
-    lines, fixable = report()
+    lines, fixable = diagnose()
     print("\n".join(lines))
     return 1 if fixable else 0
 

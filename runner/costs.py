@@ -23,7 +23,7 @@ class Cost:
         self.seconds += other.seconds
         self.model_passes += other.model_passes
 
-    def report(self) -> dict[str, float]:
+    def as_json(self) -> dict[str, float]:
         rows = max(self.rows, 1)
         return {"rows": self.rows, "seconds": round(self.seconds, 3),
                 "ms_per_row": round(1000 * self.seconds / rows, 3),
@@ -44,6 +44,6 @@ class Costs:
             for name, cost in theirs.items():
                 mine.setdefault(name, Cost()).add(cost)
 
-    def report(self) -> dict[str, dict[str, dict[str, float]]]:
-        return {kind: {name: cost.report() for name, cost in costs.items()}
+    def as_json(self) -> dict[str, dict[str, dict[str, float]]]:
+        return {kind: {name: cost.as_json() for name, cost in costs.items()}
                 for kind, costs in (("methods", self.methods), ("metrics", self.metrics))}

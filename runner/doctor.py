@@ -28,7 +28,7 @@ def _cuda_session() -> bool:
     return session.get_providers()[0] == cuda.CUDA_PROVIDER
 
 
-def report() -> tuple[list[str], bool]:
+def diagnose() -> tuple[list[str], bool]:
     """The lines `onnxcam doctor` prints, and whether there is something to fix."""
     lines = [f"onnxcam {__version__} (Python {platform.python_version()}, {platform.system()} {platform.machine()})"]
     installed = ", ".join(cuda.runtime_distributions()) or f"{ort.package_name or 'onnxruntime'} {ort.__version__}"

@@ -7,81 +7,30 @@ resolved against the manifest's folder.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from onnxcam.runner.evaluate.metrics import METRICS, Evaluation
+from onnxcam.runner.config import (
+    COLORMAPS,
+    METHOD_OPTIONS,
+    METRIC_OPTIONS,
+    SECTIONS,
+    Evaluation,
+    Heatmaps,
+    Manifest,
+    ManifestError,
+    Option,
+    Overlays,
+    Targets,
+    defaults,
+)
+from onnxcam.runner.evaluate.metrics import METRICS
 from onnxcam.runner.methods import METHODS
-from onnxcam.runner.options import Option, defaults
+from onnxcam.runner.model.registry import BACKENDS
 from onnxcam.runner.outputs.formats import HEATMAP_FORMATS, OVERLAY_FORMATS
 
-DEFAULT_INCLUDE = ("**/*.jpg", "**/*.jpeg", "**/*.png", "**/*.bmp", "**/*.webp", "**/*.tif", "**/*.tiff")
-COLORMAPS = {"jet": 2, "hot": 11, "inferno": 14, "magma": 13, "plasma": 15, "viridis": 16, "turbo": 20,
-             "parula": 12, "rainbow": 4, "bone": 1}  # OpenCV COLORMAP_* values
-PROVIDERS = ("cuda", "cpu", "openvino")
-PRECISIONS = ("auto", "f32", "bf16")
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-DEFAULT_MAX_SIDE = 2048
-DEFAULT_THUMBNAIL_SIDE = 256
 UNITS = {"": 1, "b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2, "gb": 1024**3, "g": 1024**3}
-
-
-class ManifestError(ValueError):
-    """A mistake in the manifest; the message is one line naming the key and the fix."""
-
-
-@dataclass
-class Targets:
-    kind: str  # top1 | topk | classes | labels | threshold
-    k: int = 1
-    classes: list[int | str] = field(default_factory=list)
-    labels_file: Path | None = None
-    threshold: float = 0.5
-
-
-@dataclass
-class Overlays:
-    format: str = "jpg"
-    quality: int = 90
-    colormap: str = "jet"
-    alpha: float = 0.4
-    max_side: int | None = DEFAULT_MAX_SIDE  # the longer side of what is drawn at most; None: the image's own size
-
-
-@dataclass
-class Heatmaps:
-    format: str = "npy"  # a key of HEATMAP_FORMATS, or none
-    size: str = "model"  # model: the method's own map (compact), placed by index.csv's region; original: the image's
-
-
-@dataclass
-class Manifest:
-    path: Path
-    model: Path
-    images_root: Path | None
-    images_list: Path | None
-    include: tuple[str, ...]
-    max_pixels: int
-    targets: Targets
-    methods: dict[str, dict[str, Any]]  # name -> options, in the manifest's order
-    output_dir: Path
-    overlays: Overlays | None
-    heatmaps: Heatmaps
-    thumbnails: int | None  # the longer side of the report's small overlays and photos; None: none written
-    providers: str | list[str]
-    batch_size: int
-    workers: int
-    memory_budget: int  # bytes that images in flight may hold
-    evaluate: Evaluation | None = None
-    precision: str = "auto"  # auto | f32 | bf16: auto is bf16 on OpenVINO where the CPU has it, TF32 on CUDA
-    worker_processes: bool = False  # the local engine reads and writes in `workers` processes instead of threads
-
-    @property
-    def max_side(self) -> int | None:
-        """The longer side of overlays, original-size heatmaps and the peak search (the overlays' setting)."""
-        return self.overlays.max_side if self.overlays else DEFAULT_MAX_SIDE
 
 
 class _Reader:
@@ -167,7 +116,7 @@ def _targets(reader: _Reader, value: Any) -> Targets:
         return Targets("top1")
     if not isinstance(value, dict) or len(value) != 1:
         raise reader.fail("targets", f"expected one of {forms}, got {value!r}")
-    reader.mapping(value, "targets", ("topk", "classes", "labels", "threshold"))
+    reader.mapping(value, "targets", SECTIONS["targets"])
     kind, option = next(iter(value.items()))
     if kind == "topk":
         return Targets("topk", k=reader.integer(option, "targets.topk", 1, 1000))
@@ -242,7 +191,7 @@ def _evaluate(reader: _Reader, value: Any) -> Evaluation | None:
     if value is None or value is False:
         return None
     value = {} if value is True else value
-    reader.mapping(value, "evaluate", ("metrics", "boxes", "batch_size", *(m for m in METRICS if METRICS[m].options)))
+    reader.mapping(value, "evaluate", (*SECTIONS["evaluate"], *METRIC_OPTIONS))
     boxes = reader.file(value["boxes"], "evaluate.boxes") if "boxes" in value else None
     default = [m for m in METRICS if boxes or not METRICS[m].needs_boxes]
     names = value.get("metrics", default)
@@ -263,102 +212,118 @@ def _evaluate(reader: _Reader, value: Any) -> Evaluation | None:
         if name in METRICS and name not in names:
             raise reader.fail(f"evaluate.{name}", f"options for a metric that is not in evaluate.metrics; add {name}")
     metrics = {name: _options(reader, value.get(name), f"evaluate.{name}", METRICS[name].options) for name in names}
-    return Evaluation(metrics, boxes, reader.integer(value.get("batch_size", 64), "evaluate.batch_size", 1, 4096))
+    batch_size = reader.integer(value.get("batch_size", Evaluation.batch_size), "evaluate.batch_size", 1, 4096)
+    return Evaluation(metrics, boxes, batch_size)
+
+
+def _parse(path: Path) -> Any:
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ManifestError(f"{path}: not valid YAML{where} ({getattr(error, 'problem', error)})") from None
+
+
+def _images(reader: _Reader, value: Any) -> dict[str, Any]:
+    """images: root (a folder, with include patterns) or list (a file of paths), and max_pixels."""
+    images = reader.mapping(value, "images", SECTIONS["images"])
+    if ("root" in images) == ("list" in images):
+        raise reader.fail("images", "give exactly one of root (a directory) or list (a file of paths)")
+    include = images.get("include", list(Manifest.include))
+    reader.typed(include, "images.include", list, "a list of glob patterns")
+    for pattern in include:
+        reader.typed(pattern, "images.include", str, "glob patterns")
+    return {"images_root": reader.file(images["root"], "images.root", directory=True) if "root" in images else None,
+            "images_list": reader.file(images["list"], "images.list") if "list" in images else None,
+            "include": tuple(include),
+            "max_pixels": reader.integer(images.get("max_pixels", Manifest.max_pixels), "images.max_pixels", 1)}
+
+
+def _overlays(reader: _Reader, value: Any) -> Overlays | None:
+    if value is False:
+        return None
+    options = reader.mapping({} if value is True else value, "output.overlays", SECTIONS["output.overlays"])
+    default = Overlays()
+    max_side = options.get("max_side", default.max_side)
+    return Overlays(
+        format=reader.choice(options.get("format", default.format), "output.overlays.format", tuple(OVERLAY_FORMATS)),
+        quality=reader.integer(options.get("quality", default.quality), "output.overlays.quality", 1, 100),
+        colormap=reader.choice(options.get("colormap", default.colormap), "output.overlays.colormap",
+                               tuple(COLORMAPS)),
+        alpha=reader.number(options.get("alpha", default.alpha), "output.overlays.alpha", 0.0, 1.0),
+        max_side=None if max_side == "original" else reader.integer(max_side, "output.overlays.max_side", 16, 65_535,
+                                                                    "a number of pixels or original"))
+
+
+def _heatmaps(reader: _Reader, value: Any) -> Heatmaps:
+    short = not isinstance(value, dict)  # heatmaps: npy, the same as {format: npy}
+    options = reader.mapping({"format": value} if short else value, "output.heatmaps", SECTIONS["output.heatmaps"])
+    default = Heatmaps()
+    return Heatmaps(
+        format=reader.choice(options.get("format", default.format),
+                             "output.heatmaps" if short else "output.heatmaps.format", (*HEATMAP_FORMATS, "none")),
+        size=reader.choice(options.get("size", default.size), "output.heatmaps.size", ("model", "original")))
+
+
+def _output(reader: _Reader, value: Any) -> dict[str, Any]:
+    """output: dir, and what is written there (overlays, heatmaps, the report's thumbnails)."""
+    output = reader.mapping(value, "output", SECTIONS["output"], required=("dir",))
+    reader.typed(output["dir"], "output.dir", str, "a path")
+    thumbnails = output.get("thumbnails", Manifest.thumbnails)
+    thumbnails = Manifest.thumbnails if thumbnails is True else thumbnails
+    if thumbnails is not False:
+        thumbnails = reader.integer(thumbnails, "output.thumbnails", 32, 1024, "a number of pixels or false")
+    return {"output_dir": (reader.base / Path(output["dir"]).expanduser()).resolve(),
+            "overlays": _overlays(reader, output.get("overlays", {})),
+            "heatmaps": _heatmaps(reader, output.get("heatmaps", Heatmaps.format)),
+            "thumbnails": thumbnails or None}
+
+
+def _runtime(reader: _Reader, value: Any) -> dict[str, Any]:
+    """runtime: what runs the model (backend, ONNX Runtime's providers, precision) and how much runs at once."""
+    runtime = reader.mapping(value or {}, "runtime", SECTIONS["runtime"])
+    backend = reader.choice(runtime.get("backend", Manifest.backend), "runtime.backend", tuple(BACKENDS))
+    kind = BACKENDS[backend]
+    providers = runtime.get("providers", Manifest.providers)
+    if providers != "auto":
+        reader.typed(providers, "runtime.providers", list, "auto or a list such as [cuda, cpu]")
+        for provider in providers:
+            if provider in BACKENDS:
+                raise reader.fail("runtime.providers", f"{provider} is a backend, not an ONNX Runtime provider; write "
+                                                       f"runtime.backend: {provider}")
+        if not kind.providers:
+            raise reader.fail("runtime.providers", f"{backend} takes no providers (ONNX Runtime's); drop the key")
+        if not providers:
+            raise reader.fail("runtime.providers", f"empty list; use auto or a list of {', '.join(kind.providers)}")
+        for provider in providers:
+            reader.choice(provider, "runtime.providers", kind.providers)
+    requests = tuple(dict.fromkeys(name for entry in BACKENDS.values() for name in entry.precisions))
+    precision = reader.choice(runtime.get("precision", Manifest.precision), "runtime.precision", requests)
+    if precision not in kind.precisions:
+        serving = [name for name, entry in BACKENDS.items() if precision in entry.precisions]
+        raise reader.fail("runtime.precision", f"{precision} runs on {', '.join(serving)} only ({backend} serves "
+                                               f"{', '.join(kind.precisions)}); set runtime.backend: {serving[0]}, or "
+                                               f"precision {' or '.join(kind.precisions)}")
+    return {"backend": backend, "providers": providers, "precision": precision,
+            "batch_size": reader.integer(runtime.get("batch_size", Manifest.batch_size), "runtime.batch_size", 1, 4096),
+            "workers": reader.integer(runtime.get("workers", Manifest.workers), "runtime.workers", 1, 256),
+            "worker_processes": reader.typed(runtime.get("worker_processes", Manifest.worker_processes),
+                                             "runtime.worker_processes", bool, "true or false"),
+            "memory_budget": reader.size_in_bytes(runtime.get("memory_budget", Manifest.memory_budget),
+                                                  "runtime.memory_budget", 64 * 1024**2)}
 
 
 def load_manifest(path: str | Path) -> Manifest:
     """Parse and validate a manifest file; raises ManifestError with a one-line message."""
     path = Path(path).resolve()
-    if not path.is_file():
-        raise ManifestError(f"{path}: no such manifest file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ManifestError(f"{path}: not valid YAML{where} ({getattr(error, 'problem', error)})") from None
     reader = _Reader(path)
-    with_options = tuple(name for name, method in METHODS.items() if method.options)
-    top = reader.mapping(raw, "", ("model", "images", "targets", "methods", "evaluate", "output", "runtime",
-                                   *with_options), required=("model", "images", "methods", "output"))
-
-    images = reader.mapping(top["images"], "images", ("root", "include", "list", "max_pixels"))
-    if ("root" in images) == ("list" in images):
-        raise reader.fail("images", "give exactly one of root (a directory) or list (a file of paths)")
-    include = images.get("include", list(DEFAULT_INCLUDE))
-    reader.typed(include, "images.include", list, "a list of glob patterns")
-    for pattern in include:
-        reader.typed(pattern, "images.include", str, "glob patterns")
-
-    output = reader.mapping(top["output"], "output", ("dir", "overlays", "heatmaps", "thumbnails"), required=("dir",))
-    reader.typed(output["dir"], "output.dir", str, "a path")
-    overlays_value = output.get("overlays", {})
-    overlays = None
-    if overlays_value is not False:
-        if overlays_value is True:
-            overlays_value = {}
-        options = reader.mapping(overlays_value, "output.overlays",
-                                 ("format", "quality", "colormap", "alpha", "max_side"))
-        max_side = options.get("max_side", DEFAULT_MAX_SIDE)
-        overlays = Overlays(
-            format=reader.choice(options.get("format", "jpg"), "output.overlays.format", tuple(OVERLAY_FORMATS)),
-            quality=reader.integer(options.get("quality", 90), "output.overlays.quality", 1, 100),
-            colormap=reader.choice(options.get("colormap", "jet"), "output.overlays.colormap", tuple(COLORMAPS)),
-            alpha=reader.number(options.get("alpha", 0.4), "output.overlays.alpha", 0.0, 1.0),
-            max_side=None if max_side == "original" else reader.integer(max_side, "output.overlays.max_side", 16,
-                                                                        65_535, "a number of pixels or original"),
-        )
-    heatmaps_value = output.get("heatmaps", "npy")
-    short = not isinstance(heatmaps_value, dict)  # heatmaps: npy, the same as {format: npy}
-    options = reader.mapping({"format": heatmaps_value} if short else heatmaps_value, "output.heatmaps",
-                             ("format", "size"))
-    heatmaps = Heatmaps(
-        format=reader.choice(options.get("format", "npy"), "output.heatmaps" if short else "output.heatmaps.format",
-                             (*HEATMAP_FORMATS, "none")),
-        size=reader.choice(options.get("size", "model"), "output.heatmaps.size", ("model", "original")))
-
-    thumbnails = output.get("thumbnails", DEFAULT_THUMBNAIL_SIDE)
-    thumbnails = DEFAULT_THUMBNAIL_SIDE if thumbnails is True else thumbnails
-    if thumbnails is not False:
-        thumbnails = reader.integer(thumbnails, "output.thumbnails", 32, 1024, "a number of pixels or false")
-
-    runtime = reader.mapping(top.get("runtime", {}) or {}, "runtime",
-                             ("providers", "precision", "batch_size", "workers", "worker_processes", "memory_budget"))
-    providers = runtime.get("providers", "auto")
-    if providers != "auto":
-        reader.typed(providers, "runtime.providers", list, "auto or a list such as [cuda, cpu]")
-        if not providers:
-            raise reader.fail("runtime.providers", "empty list; use auto, [cuda, cpu], [cpu] or [openvino]")
-        for provider in providers:
-            reader.choice(provider, "runtime.providers", PROVIDERS)
-        if "openvino" in providers and len(providers) > 1:
-            raise reader.fail("runtime.providers", f"{providers}: openvino is a runtime of its own, not an ONNX "
-                                                   "Runtime provider; use [openvino], or [cuda, cpu] for ONNX Runtime")
-    precision = reader.choice(runtime.get("precision", "auto"), "runtime.precision", PRECISIONS)
-    if precision == "bf16" and providers != ["openvino"]:
-        raise reader.fail("runtime.precision", "bf16 runs on OpenVINO only (ONNX Runtime computes in f32); set "
-                                               "runtime.providers: [openvino], or precision f32 or auto")
-
-    return Manifest(
-        path=path,
-        model=reader.file(top["model"], "model"),
-        images_root=reader.file(images["root"], "images.root", directory=True) if "root" in images else None,
-        images_list=reader.file(images["list"], "images.list") if "list" in images else None,
-        include=tuple(include),
-        max_pixels=reader.integer(images.get("max_pixels", 50_000_000), "images.max_pixels", 1),
-        targets=_targets(reader, top.get("targets", "top1")),
-        methods=_methods(reader, top["methods"], {name: top[name] for name in with_options if name in top}),
-        output_dir=(path.parent / Path(output["dir"]).expanduser()).resolve(),
-        overlays=overlays,
-        heatmaps=heatmaps,
-        thumbnails=thumbnails or None,
-        providers=providers,
-        batch_size=reader.integer(runtime.get("batch_size", 32), "runtime.batch_size", 1, 4096),
-        workers=reader.integer(runtime.get("workers", 4), "runtime.workers", 1, 256),
-        memory_budget=reader.size_in_bytes(runtime.get("memory_budget", DEFAULT_MEMORY_BUDGET), "runtime.memory_budget",
-                                           64 * 1024**2),
-        evaluate=_evaluate(reader, top.get("evaluate")),
-        precision=precision,
-        worker_processes=reader.typed(runtime.get("worker_processes", False), "runtime.worker_processes", bool,
-                                      "true or false"),
-    )
+    top = reader.mapping(_parse(path), "", (*SECTIONS[""], *METHOD_OPTIONS), required=("model", "images", "methods",
+                                                                                        "output"))
+    sections = {name: top[name] for name in METHOD_OPTIONS if name in top}
+    return Manifest(path=path, model=reader.file(top["model"], "model"), **_images(reader, top["images"]),
+                    targets=_targets(reader, top.get("targets", Targets.kind)),
+                    methods=_methods(reader, top["methods"], sections), **_output(reader, top["output"]),
+                    **_runtime(reader, top.get("runtime")), evaluate=_evaluate(reader, top.get("evaluate")))

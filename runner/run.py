@@ -9,24 +9,25 @@ costs and shows progress, whichever engine computes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
+from onnxcam.runner.config import Manifest
 from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines import Engine
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.evaluate import aggregate, curves
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
-from onnxcam.runner.manifest import Manifest
 from onnxcam.runner.methods import METHODS, index_names
-from onnxcam.runner.model.backend import Backend, ModelError, open_backend
+from onnxcam.runner.model.backend import Backend, ModelError
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
+from onnxcam.runner.model.registry import BACKENDS, open_backend
 from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
 from onnxcam.runner.outputs.index import IndexFile
 from onnxcam.runner.outputs.lock import RunLock
+from onnxcam.runner.outputs.run_json import Tally
 from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
 from onnxcam.runner.progress import Progress
 from onnxcam.runner.report.build import REPORT_NAME, write_report
@@ -38,24 +39,6 @@ if TYPE_CHECKING:
 MAX_ERRORS_IN_REPORT = 100
 MISSING_OUTPUT_FIX = {"input_gradients": "was exported with --no-guided; re-export without it",
                       "plain_input_gradients": "was exported without --saliency; re-export with --saliency"}
-
-
-@dataclass
-class Tally:
-    """What a run did, for the last line and run.json."""
-
-    images: int = 0
-    ok: int = 0
-    errors: int = 0
-    rows: int = 0
-    already_done: int = 0
-    interrupted: bool = False
-    seconds: float = 0.0
-    costs: Costs = field(default_factory=Costs)
-    error_samples: list[dict[str, str]] = field(default_factory=list)
-    table: str = ""  # the faithfulness summary, as printed
-    started: float = 0.0  # time.time() when the run started
-    report: str = ""  # report.html's path, or why it could not be written
 
 
 def check_model(manifest: Manifest, info: GraphInfo) -> None:
@@ -78,27 +61,27 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
 
 
 class Run:
-    """`backend` replaces the manifest's (tests); `ray` runs the work on Ray actors instead of this process."""
+    """`backend` replaces the manifest's (tests); `open_model` opens the manifest's (model/registry.py's open_backend
+    unless a test passes another); `ray` runs the work on Ray actors instead of this process.
+
+    Building it checks what is cheap to check (the model serves the methods, the targets and boxes fit it); the
+    engine, with its model sessions or its Ray connection, is built once `opened()` holds output.dir's lock, so a
+    run on a folder another run holds stops before it loads a model."""
 
     def __init__(self, manifest: Manifest, quiet: bool = False, stream: TextIO | None = None,
-                 backend: Backend | None = None, ray: RaySettings | None = None):
+                 backend: Backend | None = None, ray: RaySettings | None = None,
+                 open_model: Callable[..., Backend] = open_backend):
         self.manifest, self.quiet, self.stream = manifest, quiet, stream
+        self.backend, self.ray, self.open_model = backend, ray, open_model
         try:
             self.info = read_graph_info(manifest.model)
         except Exception as error:  # noqa: BLE001 - a protobuf parse error or missing metadata
             raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
         check_model(manifest, self.info)
-        if ray is None:
-            backend = backend or open_backend(manifest.model, manifest.providers, output_sets(manifest, self.info),
-                                              precision=manifest.precision, workers=manifest.workers)
-            self.engine: Engine = LocalEngine(build_stages(manifest, self.info, backend), manifest.batch_size,
-                                              manifest.workers, manifest.memory_budget, manifest.worker_processes)
-        else:
-            from onnxcam.runner.engines.ray_data import RayEngine
-
-            build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before Ray starts
-            self.engine = RayEngine(manifest, ray)
-        self.backend = backend if ray is None else None
+        if ray is None:  # a Ray run's actors need the backend's package, on their nodes
+            BACKENDS[manifest.backend].check_installed(manifest.backend)
+        build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before any model loads
+        self._engine: Engine | None = None
         self.methods = index_names(manifest.methods)
         self.output_dir = manifest.output_dir
         self.identity = run_identity(manifest)
@@ -106,19 +89,42 @@ class Run:
         self.tally = Tally()
 
     @property
+    def engine(self) -> Engine:
+        """The engine, built on first use (`opened()` uses it once it holds the lock)."""
+        if self._engine is None:
+            self._engine = self._start_engine()
+        return self._engine
+
+    def _start_engine(self) -> Engine:
+        m = self.manifest
+        if self.ray is not None:
+            from onnxcam.runner.engines.ray_data import RayEngine
+
+            return RayEngine(m, self.ray)
+        backend = self.backend or self.open_model(m.model, m.backend, providers=m.providers,
+                                                  output_sets=output_sets(m, self.info), precision=m.precision,
+                                                  workers=m.workers)
+        return LocalEngine(build_stages(m, self.info, backend), m.batch_size, m.workers, m.memory_budget,
+                           m.worker_processes)
+
+    def _close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+    @property
     def provider(self) -> str:
         """What runs the model: the backend's provider, or the Ray actors' (as they reported once they ran)."""
-        return (self.backend or self.engine).provider
+        return self.engine.provider
 
     @property
     def precision(self) -> str:
         """What the model computes in (f32, bf16): the backend's, or the Ray actors'."""
-        return (self.backend or self.engine).precision
+        return self.engine.precision
 
     @property
     def notes(self) -> list[str]:
         """Why it runs there, printed before the run."""
-        return (self.backend or self.engine).notes
+        return self.engine.notes
 
     def _refs(self) -> Iterator[ImageRef]:
         m = self.manifest
@@ -134,8 +140,8 @@ class Run:
 
     @contextmanager
     def opened(self) -> Iterator[Run]:
-        """Holds output.dir for the run: its lock, the stamp check and the resumed index. Every problem with the
-        folder raises OutputDirError here, before any work starts."""
+        """Holds output.dir for the run: its lock, the stamp check, the engine (built here, inside the lock) and the
+        resumed index. Every problem with the folder raises OutputDirError here, before any model loads."""
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise OutputDirError(f"output.dir: {self.output_dir} is a file, not a folder; pick another output.dir")
         try:
@@ -147,6 +153,7 @@ class Run:
             with RunLock(self.output_dir):
                 clear_partials(self.output_dir)  # a killed run's half-written files
                 check_stamp(self.output_dir, self.identity)
+                self.engine  # noqa: B018 - model sessions or Ray, now that the folder is this run's
                 self.index = IndexFile(self.output_dir / "index.csv", self.methods)
                 try:
                     write_stamp(self.output_dir, self.identity)
@@ -154,10 +161,10 @@ class Run:
                 finally:
                     self.index.close()
                     self.index = None
-                    self.engine.close()  # inside the lock: no worker of this run writes once it is released
+                    self._close_engine()  # inside the lock: no worker of this run writes once it is released
                     clear_partials(self.output_dir)  # those of workers that died (a --ray run)
         finally:
-            self.engine.close()  # also when output.dir refused the run
+            self._close_engine()  # also when output.dir refused the run
 
     def run(self) -> Tally:
         """Runs every image not done yet; opens output.dir first unless `opened()` already holds it."""
@@ -178,9 +185,9 @@ class Run:
         run_json.write_run_json(self)
         try:
             write_report(self.output_dir, incremental=True)
-            self.tally.report = str(self.output_dir / REPORT_NAME)
+            self.tally.report_path = str(self.output_dir / REPORT_NAME)
         except OSError as error:  # the rows are safe in index.csv; `onnxcam report` writes it later
-            self.tally.report = f"not written ({error.strerror or error}); run onnxcam report {self.output_dir}"
+            self.tally.report_path = f"not written ({error.strerror or error}); run onnxcam report {self.output_dir}"
         return self.tally
 
     # -- the sink: what the engine hands back ----------------------------------------------------------------

@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from onnxcam.runner.manifest import ManifestError, Targets
+from onnxcam.runner.config import ManifestError, Targets
 
 TOP1 = -1
 

@@ -59,7 +59,7 @@ def assert_maps_agree(half: dict[str, np.ndarray], full: dict[str, np.ndarray]) 
 @pytest.mark.slow  # exports efficientnet-lite0 twice
 def test_the_graph_is_float16_inside_and_float32_at_its_edges(graphs, capsys):
     info = read_graph_info(graphs[1])
-    assert info.precision == "fp16" and read_graph_info(graphs[0]).precision == "fp32"
+    assert info.precision == "f16" and read_graph_info(graphs[0]).precision == "f32"
     assert info.gradient_scale > 1 and math.log2(info.gradient_scale).is_integer()
     graph = onnx.load(str(graphs[1])).graph
     weights = [t for t in graph.initializer if len(t.dims) >= 2]
@@ -68,7 +68,7 @@ def test_the_graph_is_float16_inside_and_float32_at_its_edges(graphs, capsys):
     assert kinds["input"] == kinds["logits"] == kinds["gradients"] == onnx.TensorProto.FLOAT
     assert (graphs[1].stat().st_size - 0.5 * graphs[0].stat().st_size) < 0.1 * graphs[0].stat().st_size
     assert main(["info", str(graphs[1])]) == 0
-    assert (f"precision        fp16 inside (float32 in and out); gradients scaled by "
+    assert (f"precision        f16 inside (float32 in and out); gradients scaled by "
             f"2^{round(math.log2(info.gradient_scale))} before the backward, exactly undone") in capsys.readouterr().out
 
 
@@ -110,5 +110,5 @@ def test_serving_options_apply_to_a_float16_graph(graphs, tmp_path):
     from onnxcam.exporter.serving import convert
 
     info, figures = convert(graphs[1], tmp_path / "served.onnx", ["gradcam", "layercam"], uint8=True)
-    assert (info.precision, info.input_format, info.graph_maps) == ("fp16", "uint8", ["gradcam", "layercam"])
+    assert (info.precision, info.input_format, info.graph_maps) == ("f16", "uint8", ["gradcam", "layercam"])
     assert max(figures.values()) <= 1e-5

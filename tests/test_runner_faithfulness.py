@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 from onnxcam.runner.costs import Cost
+from onnxcam.runner.evaluate import metrics
 from onnxcam.runner.evaluate.boxes import read_boxes
 from onnxcam.runner.evaluate.metrics import (
     Evaluation,
@@ -55,7 +56,7 @@ class LinearModel(ExtraPasses):
 
 
 def score(evaluation: Evaluation, rows: list[MetricRow], model: LinearModel, costs=None) -> list[dict]:
-    return evaluation.score(rows, Scoring(model, evaluation.batch_size), runs_model=True, costs=costs)
+    return metrics.score(evaluation, rows, Scoring(model, evaluation.batch_size), runs_model=True, costs=costs)
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_area_under_curve_is_the_trapezoid_over_unit_width():
 
 def test_cost_report_per_row():
     cost = Cost(rows=4, seconds=0.2, model_passes=84)
-    assert cost.report() == {"rows": 4, "seconds": 0.2, "ms_per_row": 50.0, "passes_per_row": 21.0}
+    assert cost.as_json() == {"rows": 4, "seconds": 0.2, "ms_per_row": 50.0, "passes_per_row": 21.0}
 
 
 def test_pointing_game_tolerance_and_classes():

@@ -1,4 +1,4 @@
-"""The OpenVINO backend (`runtime.providers: [openvino]`): in f32 the explain graph's outputs match ONNX Runtime's; in
+"""The OpenVINO backend (`runtime.backend: openvino`): in f32 the explain graph's outputs match ONNX Runtime's; in
 bf16 Grad-CAM maps on real photographs stay close to f32 (the bounds below); each output set runs a graph cut down to
 it; its threads leave room for the read and write pools; whole runs, perturbation methods, metrics and fixations
 included, give ONNX Runtime's rows; mistakes are one line."""
@@ -17,8 +17,9 @@ from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.manifest import ManifestError, load_manifest
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.methods.maps import normalise
-from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend, open_backend
+from onnxcam.runner.model.backend import ModelError, OnnxRuntimeBackend
 from onnxcam.runner.model.graph import OUTPUTS, read_graph_info
+from onnxcam.runner.model.registry import open_backend
 from runner_helpers import read_index, write_images, write_manifest
 from sample_photos import PHOTOS, write_photos
 
@@ -63,15 +64,19 @@ def run_cli(capsys, manifest: Path, *flags: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("runtime,expected", [
+    ({"providers": ["openvino"]},
+     "runtime.providers: openvino is a backend, not an ONNX Runtime provider; write runtime.backend: openvino"),
     ({"providers": ["openvino", "cpu"]},
-     "runtime.providers: ['openvino', 'cpu']: openvino is a runtime of its own, not an ONNX Runtime provider; use "
-     "[openvino], or [cuda, cpu] for ONNX Runtime"),
+     "runtime.providers: openvino is a backend, not an ONNX Runtime provider; write runtime.backend: openvino"),
+    ({"backend": "openvino", "providers": ["cpu"]},
+     "runtime.providers: openvino takes no providers (ONNX Runtime's); drop the key"),
+    ({"backend": "openvinno"}, "runtime.backend: expected one of onnxruntime, openvino, got 'openvinno'"),
     ({"providers": ["cpu"], "precision": "bf16"},
-     "runtime.precision: bf16 runs on OpenVINO only (ONNX Runtime computes in f32); set runtime.providers: [openvino], "
-     "or precision f32 or auto"),
-    ({"providers": ["openvino"], "precision": "fp16"},
+     "runtime.precision: bf16 runs on openvino only (onnxruntime serves auto, f32); set runtime.backend: openvino, "
+     "or precision auto or f32"),
+    ({"backend": "openvino", "precision": "fp16"},
      "runtime.precision: expected one of auto, f32, bf16, got 'fp16'"),
-    ({"providers": ["openvino"], "precison": "f32"}, "runtime.precison: unknown key; did you mean 'precision'?"),
+    ({"backend": "openvino", "precison": "f32"}, "runtime.precison: unknown key; did you mean 'precision'?"),
 ])
 def test_runtime_mistakes_are_one_line(toy, tmp_path, runtime, expected):
     write_images(tmp_path / "images", 1)
@@ -82,7 +87,7 @@ def test_runtime_mistakes_are_one_line(toy, tmp_path, runtime, expected):
 
 
 def test_precision_defaults_to_auto(toy, tmp_path):
-    path = write_manifest(tmp_path, toy, tmp_path, runtime={"providers": ["openvino"]})
+    path = write_manifest(tmp_path, toy, tmp_path, runtime={"backend": "openvino"})
     assert load_manifest(path).precision == "auto"
 
 
@@ -90,8 +95,8 @@ def test_without_openvino_installed_the_run_says_how_to_get_it(toy, tmp_path, ca
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: imports fail
     write_images(tmp_path / "images", 1)
     code, out = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images",
-                                               runtime={"providers": ["openvino"]}))
-    assert (code, out) == (2, "onnxcam run: error: runtime.providers: [openvino] needs OpenVINO, an optional extra: "
+                                               runtime={"backend": "openvino"}))
+    assert (code, out) == (2, "onnxcam run: error: runtime.backend: openvino needs openvino, an optional extra: "
                               "pip install 'onnxcam[openvino]'\n")
     assert not (tmp_path / "out").exists()
 
@@ -100,7 +105,7 @@ def test_a_file_openvino_cannot_read_is_one_line(openvino, tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     with pytest.raises(ModelError, match=rf"^{broken}: OpenVINO cannot read it \(.+\)$"):
-        open_backend(broken, ["openvino"])
+        open_backend(broken, "openvino")
 
 
 def test_fixations_with_weights_in_a_side_file_name_the_fix(openvino, toy, tmp_path):
@@ -108,10 +113,10 @@ def test_fixations_with_weights_in_a_side_file_name_the_fix(openvino, toy, tmp_p
 
     path = tmp_path / "side.onnx"  # as the exporter writes graphs over 1 GB
     onnx.save(onnx.load(str(toy)), str(path), save_as_external_data=True, location="side.onnx.data", size_threshold=0)
-    backend = open_backend(path, ["openvino"], [("logits",)], precision="f32")
+    backend = open_backend(path, "openvino", output_sets=[("logits",)], precision="f32")
     batch = np.zeros((1, 3, 224, 224), np.float32)
     assert backend.run(("logits",), batch, np.array([-1]))["logits"].shape == (1, 5), "the passes read the side file"
-    fix = r"; with weights in a side file, run fixations on ONNX Runtime \(runtime.providers: \[cpu\]\)$"
+    fix = r"; with weights in a side file, run fixations on ONNX Runtime \(runtime.backend: onnxruntime\)$"
     with pytest.raises(ModelError, match=r"OpenVINO cannot read the forward graph fixations run \(.+\)" + fix):
         backend.forward_values(batch)
 
@@ -122,7 +127,7 @@ def test_fixations_with_weights_in_a_side_file_name_the_fix(openvino, toy, tmp_p
 def test_f32_outputs_match_onnx_runtime(openvino, toy):
     batch = np.random.default_rng(0).standard_normal((6, 3, 224, 224)).astype(np.float32)
     targets = np.array([-1, 0, 1, 2, 3, -1])
-    ours = open_backend(toy, ["openvino"], precision="f32").run(OUTPUTS, batch, targets)
+    ours = open_backend(toy, "openvino", precision="f32").run(OUTPUTS, batch, targets)
     theirs = OnnxRuntimeBackend(toy, ["cpu"]).run(OUTPUTS, batch, targets)
     for name in OUTPUTS:
         assert ours[name].dtype == np.float32 and ours[name].shape == theirs[name].shape, name
@@ -131,7 +136,7 @@ def test_f32_outputs_match_onnx_runtime(openvino, toy):
 
 def test_each_output_set_runs_a_graph_cut_down_to_it(openvino, toy):
     main_set, logits_only = ("logits", "activations", "gradients", "input_gradients"), ("logits",)
-    backend = open_backend(toy, ["openvino"], [main_set, logits_only], precision="f32")
+    backend = open_backend(toy, "openvino", output_sets=[main_set, logits_only], precision="f32")
 
     def layers(outputs) -> set[str]:
         model = backend._requests[outputs].get_compiled_model().get_runtime_model()
@@ -151,7 +156,8 @@ def test_threads_leave_room_for_the_read_and_write_pools(openvino, toy):
     assert [model_threads(cores, 4) for cores in (1, 2, 3, 4, 8, 16, 64)] == [1, 2, 3, 3, 6, 12, 60]
     assert (model_threads(16, 1), model_threads(16, 2)) == (15, 14), "never more kept than there are workers"
     for cores, workers in ((0, 4), (1, 2), (4096, 1)):  # all it sees, a Ray actor's share, more than there are
-        backend = open_backend(toy, ["openvino"], [("logits",)], precision="f32", cores=cores, workers=workers)
+        backend = open_backend(toy, "openvino", output_sets=[("logits",)], precision="f32", cores=cores,
+                               workers=workers)
         compiled = backend._requests[("logits",)].get_compiled_model()
         expected = model_threads(min(cores or available_cores(), available_cores()), workers)
         assert backend.threads == compiled.get_property("INFERENCE_NUM_THREADS") == expected
@@ -164,14 +170,14 @@ def test_precision_auto_is_bf16_where_the_cpu_has_it(openvino, toy, monkeypatch)
 
     for native, expected in ((True, "bf16"), (False, "f32")):
         monkeypatch.setattr(openvino_backend, "native_bf16", lambda core, native=native: native)
-        backend = open_backend(toy, ["openvino"], [("logits",)])
+        backend = open_backend(toy, "openvino", output_sets=[("logits",)])
         hint = backend._requests[("logits",)].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
         assert (backend.precision, str(hint)) == (expected, {"bf16": "<Type: 'bfloat16'>",
                                                              "f32": "<Type: 'float32'>"}[expected])
         assert backend.notes[0].startswith("OpenVINO ") and f"runs {expected} (" in backend.notes[0]
     with pytest.raises(ModelError, match=r"^runtime.precision: bf16, and this CPU has no native bf16 .*; use auto or "
                                          r"f32$"):
-        open_backend(toy, ["openvino"], precision="bf16")
+        open_backend(toy, "openvino", precision="bf16")
 
 
 # -- whole runs ----------------------------------------------------------------------------------------------------
@@ -182,7 +188,7 @@ def test_a_run_on_openvino_gives_onnx_runtimes_rows(openvino, toy, tmp_path, cap
     write_images(tmp_path / "images", 5, size=(60, 80))
     methods = ["gradcam", "guided_backprop", "saliency", {"occlusion": {"patch": 56, "stride": 56}}, "fixations"]
     runs = {}
-    for name, runtime in (("ort", {"providers": ["cpu"]}), ("ov", {"providers": ["openvino"], "precision": "f32"})):
+    for name, runtime in (("ort", {"providers": ["cpu"]}), ("ov", {"backend": "openvino", "precision": "f32"})):
         folder = tmp_path / name
         folder.mkdir()
         manifest = write_manifest(folder, toy, tmp_path / "images", methods=methods, targets={"topk": 2},
@@ -219,7 +225,7 @@ def test_precision_auto_is_on_the_first_line_and_in_run_json(openvino, toy, tmp_
     expected = "bf16" if native_bf16(openvino.Core()) else "f32"
     write_images(tmp_path / "images", 2)
     code, out = run_cli(capsys, write_manifest(tmp_path, toy, tmp_path / "images",
-                                               runtime={"providers": ["openvino"], "batch_size": 2, "workers": 2}))
+                                               runtime={"backend": "openvino", "batch_size": 2, "workers": 2}))
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0].startswith(f"onnxcam run: OpenVINO {openvino.__version__.split('-')[0]} runs {expected} (")
@@ -247,7 +253,7 @@ def test_f32_matches_onnx_runtime_on_real_photographs(openvino, lite0):
     batch, targets = batch[chosen], np.full(len(chosen), -1)
     outputs = tuple(read_graph_info(path).outputs)
     assert outputs == OUTPUTS[:4]
-    ours = open_backend(path, ["openvino"], precision="f32").run(outputs, batch, targets)
+    ours = open_backend(path, "openvino", precision="f32").run(outputs, batch, targets)
     theirs = OnnxRuntimeBackend(path, ["cpu"]).run(outputs, batch, targets)
     for name in outputs:
         error = relative_error(ours[name], theirs[name])
@@ -268,7 +274,7 @@ def test_bf16_gradcam_stays_close_to_f32_on_real_photographs(openvino, lite0):
     outputs, targets = ("logits", "activations", "gradients"), np.full(len(batch), -1)
     maps, top1 = {}, {}
     for precision in ("f32", "bf16"):
-        out = open_backend(path, ["openvino"], [outputs], precision=precision).run(outputs, batch, targets)
+        out = open_backend(path, "openvino", output_sets=[outputs], precision=precision).run(outputs, batch, targets)
         maps[precision] = normalise(METHODS["gradcam"](out, {}))
         top1[precision] = out["logits"].argmax(axis=1)
     cosines, deltas, same_peak, at_peak = [], [], 0, []

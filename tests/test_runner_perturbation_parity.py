@@ -17,7 +17,7 @@ pytest.importorskip("pytorch_grad_cam")
 
 from captum.attr import Occlusion, Saliency  # noqa: E402
 from onnxcam.exporter.parity import cosine, relative_error  # noqa: E402
-from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation  # noqa: E402
+from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation, score  # noqa: E402
 from onnxcam.runner.inputs.preprocess import to_input  # noqa: E402
 from onnxcam.runner.methods import METHODS  # noqa: E402
 from onnxcam.runner.methods.maps import normalise, resize_maps  # noqa: E402
@@ -149,7 +149,7 @@ def test_average_drop_and_increase_match_pytorch_grad_cam(toy):
     maps = np.stack([explanation(m, toy.batch.shape[2:]) for m in METHODS["gradcam"](toy.out, {})])
     scores = np.exp(toy.out["logits"]) / np.exp(toy.out["logits"]).sum(axis=1, keepdims=True)
     rows = [MetricRow(int(t), float(scores[i, t]), toy.batch[i], maps[i]) for i, t in enumerate(toy.targets)]
-    ours = Evaluation({"average_drop": {}, "increase_in_confidence": {}}).score(rows, Scoring(passes), runs_model=True)
+    ours = score(Evaluation({"average_drop": {}, "increase_in_confidence": {}}), rows, Scoring(passes), runs_model=True)
     targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in toy.targets]
     arguments = (torch.from_numpy(toy.batch), maps, targets, toy.model)
     drop, increase = DropInConfidence()(*arguments), IncreaseInConfidence()(*arguments)

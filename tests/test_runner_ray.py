@@ -211,13 +211,13 @@ def test_stopped_then_killed_driver_resumes_exactly_once(toy, cluster, tmp_path)
 
 
 def test_cpu_actors_run_openvino(toy, cluster, tmp_path):
-    """runtime.providers: [openvino] plans CPU actors even beside GPUs, and they give the local engine's results."""
+    """runtime.backend: openvino plans CPU actors even beside GPUs, and they give the local engine's results."""
     pytest.importorskip("openvino", reason="needs the openvino extra (pip install -e '.[openvino]')")
-    assert plan_actors([{"CPU": 64.0, "GPU": 8.0}], ["openvino"], "m.yaml").__dict__ == {
-        "count": 1, "cpus": 64.0, "gpus": 0, "providers": ("openvino",)}, "OpenVINO runs on the CPU: one actor a node"
+    assert plan_actors([{"CPU": 64.0, "GPU": 8.0}], "auto", "m.yaml", "openvino").__dict__ == {
+        "count": 1, "cpus": 64.0, "gpus": 0, "providers": ()}, "OpenVINO runs on the CPU: one actor a node"
     images = tmp_path / "images"
     write_images(images, 24, size=(60, 90))
-    runtime = {"providers": ["openvino"], "precision": "f32", "batch_size": 4, "workers": 2}
+    runtime = {"backend": "openvino", "precision": "f32", "batch_size": 4, "workers": 2}
     local = Run(load_manifest(manifest_in(tmp_path / "local", toy, images, runtime=runtime)), quiet=True).run()
     distributed = Run(load_manifest(manifest_in(tmp_path / "ray", toy, images, runtime=runtime)), quiet=True,
                       ray=RaySettings()).run()
@@ -252,7 +252,7 @@ def test_ray_actors_read_and_write_on_threads_whatever_worker_processes_says(toy
     run = Run(manifest, quiet=True, ray=RaySettings())
     assert run.notes == ["runtime.worker_processes: the Ray actors read and write on threads; the key is the local "
                          "engine's"]
-    assert run.engine.report()["worker_processes"] is False
+    assert run.engine.facts()["worker_processes"] is False
 
 
 def test_without_ray_installed_the_flag_says_how_to_get_it(tmp_path, capsys, monkeypatch):

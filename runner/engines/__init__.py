@@ -30,6 +30,10 @@ class Sink(Protocol):
 
 
 class Engine(Protocol):
+    provider: str  # what runs the model (a Ray engine's: what its actors reported, once they ran)
+    precision: str  # what it computes in (f32, bf16, ...)
+    notes: list[str]  # why it runs there (e.g. why not CUDA), printed before the run
+
     def run(self, todo: Iterator[ImageRef], sink: Sink) -> bool:
         """Runs every image of `todo`, handing rows and costs to `sink`; returns True when interrupted."""
         ...
@@ -38,7 +42,7 @@ class Engine(Protocol):
         """Where the work runs, for the run's first line."""
         ...
 
-    def report(self) -> dict[str, object]:
+    def facts(self) -> dict[str, object]:
         """What run.json says of the engine."""
         ...
 

@@ -36,10 +36,22 @@ class LocalEngine:
         self.stages, self.batch_size, self.workers, self.memory_budget = stages, batch_size, workers, memory_budget
         self.processes = processes
 
+    @property
+    def provider(self) -> str:
+        return self.stages.explain.backend.provider
+
+    @property
+    def precision(self) -> str:
+        return self.stages.explain.backend.precision
+
+    @property
+    def notes(self) -> list[str]:
+        return self.stages.explain.backend.notes
+
     def describe(self) -> str:
         return f"local engine, {self.workers} read/write {'processes' if self.processes else 'threads'}"
 
-    def report(self) -> dict[str, object]:
+    def facts(self) -> dict[str, object]:
         return {"engine": "local", "worker_processes": self.processes}
 
     def close(self) -> None:

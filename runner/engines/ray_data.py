@@ -32,14 +32,15 @@ import cv2
 import numpy as np
 import ray
 import ray.data
+from onnxcam.runner.config import Manifest, ManifestError
 from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines import EngineError, Sink
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.inputs.listing import ImageRef
-from onnxcam.runner.manifest import Manifest, ManifestError
-from onnxcam.runner.model.backend import ORT_NAMES, PROVIDER_NAMES, Backend, ModelError, open_backend
+from onnxcam.runner.model.backend import ORT_NAMES, Backend, ModelError
 from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
+from onnxcam.runner.model.registry import BACKENDS, open_backend
 from onnxcam.runner.outputs.files import SCRATCH
 from onnxcam.runner.stages import build_stages, output_sets
 from onnxcam.runner.stages.items import DecodedImage, ImageResult
@@ -64,25 +65,29 @@ class ActorPlan:
     count: int
     cpus: float  # per actor: its ONNX Runtime threads (OpenVINO: its cores, some kept for reading and writing)
     gpus: int  # per actor: 1 (its own GPU) or 0
-    providers: tuple[str, ...]  # what the actor runs the model on; ("cuda",) admits no fallback; ("openvino",): CPU
+    providers: tuple[str, ...]  # ONNX Runtime's providers for the actor; ("cuda",) admits no fallback; () none
 
     def describe(self) -> str:
         kind = "GPU" if self.gpus else "CPU"
         return f"{self.count} {kind} actor{'s' * (self.count != 1)} ({self.cpus:g} CPU{'s' * (self.cpus != 1)} each)"
 
 
-def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where: str) -> ActorPlan:
-    """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs, or with OpenVINO (a CPU
-    runtime), CPU actors as large as the smallest node's CPUs, as many as fit (one per node when the nodes are alike).
-    `nodes` are the alive nodes' resources; `where` names the manifest for errors."""
-    wants_cuda = providers == "auto" or "cuda" in providers
-    openvino = providers != "auto" and "openvino" in providers
-    gpu_nodes = [] if openvino else [node for node in nodes if node.get("GPU", 0) >= 1]
+def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where: str, backend: str = Manifest.backend
+                ) -> ActorPlan:
+    """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs, or with a backend that
+    runs on CPUs only, CPU actors as large as the smallest node's CPUs, as many as fit (one per node when the nodes are
+    alike). `nodes` are the alive nodes' resources; `where` names the manifest for errors."""
+    kind = BACKENDS[backend]
+    if not kind.ray_actors:
+        raise ManifestError(f"{where}: runtime.backend: {backend} does not run on Ray actors; run without --ray")
+    cpu = ("cpu",) if kind.providers else ()
+    gpu_nodes = [node for node in nodes if node.get("GPU", 0) >= 1] if kind.gpu else []
     if gpu_nodes:
         cpus = min(node.get("CPU", 0) / int(node["GPU"]) for node in gpu_nodes)
         cpus = float(int(cpus)) if cpus >= 1 else cpus
-        return ActorPlan(sum(int(node["GPU"]) for node in gpu_nodes), cpus, 1, ("cuda",) if wants_cuda else ("cpu",))
-    if providers != "auto" and "cpu" not in providers and not openvino:
+        wants_cuda = providers == "auto" or "cuda" in providers
+        return ActorPlan(sum(int(node["GPU"]) for node in gpu_nodes), cpus, 1, ("cuda",) if wants_cuda else cpu)
+    if kind.providers and providers != "auto" and "cpu" not in providers:
         raise ManifestError(f"{where}: runtime.providers: {providers} but the Ray cluster has no GPU; add cpu or "
                             "use auto")
     cpu_nodes = [node for node in nodes if node.get("CPU", 0) >= 1]
@@ -90,7 +95,7 @@ def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where
         raise EngineError("--ray: the Ray cluster has no node with a CPU or a GPU to run actors on")
     cpus = float(int(min(node["CPU"] for node in cpu_nodes)))
     count = sum(int(node["CPU"] // cpus) for node in cpu_nodes)
-    return ActorPlan(count, cpus, 0, ("openvino",) if openvino else ("cpu",))
+    return ActorPlan(count, cpus, 0, cpu)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -156,8 +161,9 @@ class ExplainWorker:
             reason = cuda_unavailable()
             if reason:
                 raise ModelError(f"CUDA unusable: {reason} (or set runtime.providers: [cpu])")
-        backend = open_backend(manifest.model, list(plan.providers), output_sets(manifest, info),
-                               precision=manifest.precision, cores=max(1, int(plan.cpus)), workers=manifest.workers)
+        backend = open_backend(manifest.model, manifest.backend, providers=list(plan.providers) or "auto",
+                               output_sets=output_sets(manifest, info), precision=manifest.precision,
+                               cores=max(1, int(plan.cpus)), workers=manifest.workers)
         if plan.providers == ("cuda",) and backend.provider != ORT_NAMES["cuda"]:
             raise ModelError("the CUDA provider failed to initialise, and a GPU actor does not fall back to CPU; "
                              "`onnxcam doctor` on that node says why")
@@ -288,9 +294,10 @@ class RayEngine:
         self.connect_s = time.monotonic() - start
         _quiet_ray()
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-        self.plan = plan_actors(nodes, manifest.providers, str(manifest.path))
-        self.provider = PROVIDER_NAMES[self.plan.providers[0]]
-        self.precision = manifest.precision if self.plan.providers == ("openvino",) else "f32"  # auto: each actor's CPU
+        self.plan = plan_actors(nodes, manifest.providers, str(manifest.path), manifest.backend)
+        kind = BACKENDS[manifest.backend]
+        self.provider = ORT_NAMES[self.plan.providers[0]] if self.plan.providers else kind.label  # until they report
+        self.precision = kind.planned_precision(manifest.precision)
         self.notes = ["runtime.worker_processes: the Ray actors read and write on threads; the key is the local "
                       "engine's"] if manifest.worker_processes else []
         self.nodes = len(nodes)
@@ -358,7 +365,7 @@ class RayEngine:
     def describe(self) -> str:
         return f"ray: {self.plan.describe()} on {self.nodes} node{'s' * (self.nodes != 1)}"
 
-    def report(self) -> dict[str, object]:
+    def facts(self) -> dict[str, object]:
         return {"engine": "ray", "worker_processes": False,  # the actors' local engines read and write on threads
                 "ray": {"plan": self.plan.describe(), "connect_s": round(self.connect_s, 3),
                         "worker_died": self.worker_died, "actors": list(self.actors.values())}}

@@ -18,19 +18,15 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from onnxcam.runner.config import METRIC_OPTIONS, Evaluation, Option
 from onnxcam.runner.costs import Cost
+from onnxcam.runner.evaluate.boxes import ObjectBox
 from onnxcam.runner.methods.maps import normalise
-from onnxcam.runner.model.passes import FILLS, ExtraPasses
-from onnxcam.runner.options import Option
+from onnxcam.runner.model.passes import ExtraPasses
 from onnxcam.runner.size import Size
-
-if TYPE_CHECKING:
-    from onnxcam.runner.evaluate.boxes import ObjectBox
 
 POINTING_TOLERANCE = 15  # pixels, at the original image size
 
@@ -52,7 +48,7 @@ class Scoring:
     """What a metric may use besides its rows."""
 
     passes: ExtraPasses | None = None
-    batch_size: int = 64
+    batch_size: int = Evaluation.batch_size
     boxes: dict[str, list[ObjectBox]] = field(default_factory=dict)
 
 
@@ -175,47 +171,39 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "average_drop": Metric(confidence_change, higher_is_better=False),
     "increase_in_confidence": Metric(confidence_change),
-    "top_removal": Metric(top_removal, {"fraction": Option(0.25, 0.0, 1.0), "fill": Option("mean", choices=FILLS)}),
-    "deletion": Metric(deletion, {"steps": Option(20, 2, 1000), "baseline": Option("mean", choices=FILLS)},
-                       curve=True, higher_is_better=False),
-    "insertion": Metric(insertion, {"steps": Option(20, 2, 1000), "baseline": Option("blur", choices=FILLS)},
-                        curve=True),
+    "top_removal": Metric(top_removal, METRIC_OPTIONS["top_removal"]),
+    "deletion": Metric(deletion, METRIC_OPTIONS["deletion"], curve=True, higher_is_better=False),
+    "insertion": Metric(insertion, METRIC_OPTIONS["insertion"], curve=True),
     "pointing_game": Metric(pointing_game, runs_model=False, needs_boxes=True),
 }
 CURVES = tuple(name for name, metric in METRICS.items() if metric.curve)
 COLUMNS = (*METRICS, *(f"{name}_curve" for name in CURVES))  # index.csv's metric columns
 
 
-@dataclass
-class Evaluation:
-    """The manifest's `evaluate` section."""
+def wanted(evaluation: Evaluation, runs_model: bool) -> list[str]:
+    """The evaluation's metrics scored in the batch stage (`runs_model`) or in the write stage."""
+    return [name for name in evaluation.metrics if METRICS[name].runs_model == runs_model]
 
-    metrics: dict[str, dict[str, object]]  # name -> options, in the manifest's order
-    boxes: Path | None = None
-    batch_size: int = 64
 
-    def wanted(self, runs_model: bool) -> list[str]:
-        return [name for name in self.metrics if METRICS[name].runs_model == runs_model]
-
-    def score(self, rows: list[MetricRow], scoring: Scoring, runs_model: bool,
-              costs: dict[str, Cost] | None = None) -> list[dict[str, object]]:
-        """Every metric of the kind asked for, for every row; with `costs`, adds what each metric cost."""
-        results: list[dict[str, object]] = [{} for _ in rows]
-        calls: dict[Callable, list[str]] = {}
-        for name in self.wanted(runs_model):
-            calls.setdefault(METRICS[name].compute, []).append(name)
-        for compute, names in calls.items():
-            start = time.perf_counter()
-            passes_before = scoring.passes.count if scoring.passes else 0
-            columns = {column for name in names for column in METRICS[name].columns(name)}
-            for result, values in zip(results, compute(rows, scoring, **self.metrics[names[0]]), strict=True):
-                result.update({key: value for key, value in values.items() if key in columns})
-            if costs is None:
-                continue
-            passes = (scoring.passes.count if scoring.passes else 0) - passes_before
-            for name in names:  # metrics that share a call share its cost
-                cost = costs.setdefault(name, Cost())
-                cost.rows += len(rows)
-                cost.seconds += (time.perf_counter() - start) / len(names)
-                cost.model_passes += passes / len(names)
-        return results
+def score(evaluation: Evaluation, rows: list[MetricRow], scoring: Scoring, runs_model: bool,
+          costs: dict[str, Cost] | None = None) -> list[dict[str, object]]:
+    """Every metric of the kind asked for, for every row; with `costs`, adds what each metric cost."""
+    results: list[dict[str, object]] = [{} for _ in rows]
+    calls: dict[Callable, list[str]] = {}
+    for name in wanted(evaluation, runs_model):
+        calls.setdefault(METRICS[name].compute, []).append(name)
+    for compute, names in calls.items():
+        start = time.perf_counter()
+        passes_before = scoring.passes.count if scoring.passes else 0
+        columns = {column for name in names for column in METRICS[name].columns(name)}
+        for result, values in zip(results, compute(rows, scoring, **evaluation.metrics[names[0]]), strict=True):
+            result.update({key: value for key, value in values.items() if key in columns})
+        if costs is None:
+            continue
+        passes = (scoring.passes.count if scoring.passes else 0) - passes_before
+        for name in names:  # metrics that share a call share its cost
+            cost = costs.setdefault(name, Cost())
+            cost.rows += len(rows)
+            cost.seconds += (time.perf_counter() - start) / len(names)
+            cost.model_passes += passes / len(names)
+    return results

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnxcam.runner.config import METHOD_OPTIONS, Option, defaults
 from onnxcam.runner.methods import features, fixations, perturbation
 from onnxcam.runner.methods.gradients import (
     cam,
@@ -29,8 +30,7 @@ from onnxcam.runner.methods.gradients import (
     xgradcam,
 )
 from onnxcam.runner.model.graph import GraphInfo
-from onnxcam.runner.model.passes import FILLS, ExtraPasses
-from onnxcam.runner.options import Option, defaults
+from onnxcam.runner.model.passes import ExtraPasses
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class Method:
 
     @property
     def defaults(self) -> dict[str, Any]:
+        """The options' defaults: what the compute function gets for an option not given (it has no defaults of its
+        own, so each is written once, in config.py)."""
         return defaults(self.options)
 
     def outputs_needed(self, options: dict[str, Any]) -> tuple[str, ...]:
@@ -57,20 +59,20 @@ class Method:
     def __call__(self, outputs: dict[str, np.ndarray], options: dict[str, Any],
                  passes: ExtraPasses | None = None) -> np.ndarray:
         extra = {"passes": passes} if self.extra_pass_output else {}
-        return self.compute(outputs, **options, **extra).astype(np.float32, copy=False)
+        return self.compute(outputs, **(self.defaults | options), **extra).astype(np.float32, copy=False)
 
     def maps(self, name: str, outputs: dict[str, np.ndarray], options: dict[str, Any],
              passes: ExtraPasses | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """index name -> (maps [N,...], the channel each row shows or None)."""
         if self.views is None:
             return {name: (self(outputs, options, passes), None)}
-        maps, channels = self.compute(outputs, **options)
+        maps, channels = self.compute(outputs, **(self.defaults | options))
         return {index_name: (maps[:, v].astype(np.float32, copy=False), channels[:, v])
                 for v, index_name in enumerate(self.index_names(name, options))}
 
     def index_names(self, name: str, options: dict[str, Any]) -> list[str]:
         """What index.csv's method column holds for this method's maps: its name, or one `name.view` per map."""
-        return [f"{name}.{view}" for view in self.views(**options)] if self.views else [name]
+        return [f"{name}.{view}" for view in self.views(**(self.defaults | options))] if self.views else [name]
 
 
 def _stride_within_patch(options: dict[str, Any]) -> str:
@@ -88,10 +90,9 @@ def method_of(index_name: str) -> Method:
     return METHODS[index_name.split(".", 1)[0]]
 
 
-_BATCH = Option(64, 1, 4096)
-METHODS: dict[str, Method] = {
+METHODS: dict[str, Method] = {  # options: config.py's METHOD_OPTIONS, where the manifest reader finds them too
     "cam": Method(cam, needs_gap_head=True),
-    "gradcam": Method(gradcam, options={"guided_weights": Option(False)}),
+    "gradcam": Method(gradcam, options=METHOD_OPTIONS["gradcam"]),
     "gradcam++": Method(gradcam_plus_plus),
     "xgradcam": Method(xgradcam),
     "hirescam": Method(hirescam),
@@ -100,22 +101,18 @@ METHODS: dict[str, Method] = {
     "activations": Method(features.activations, needs=("activations",), views=features.views, check=features.check,
                           model_check=features.check_model,
                           needs_when=lambda options: ("gradients",) if options["rank_by"] == "gradcam" else (),
-                          options={"channels": Option((), 0, 1 << 20), "top": Option(0, 0, 4096),
-                                   "rank_by": Option("mean", choices=("mean", "gradcam"))}),
+                          options=METHOD_OPTIONS["activations"]),
     "guided_backprop": Method(guided_backprop, needs=("input_gradients",), guided=True),
     "guided_gradcam": Method(guided_gradcam, needs=("activations", "gradients", "input_gradients"), guided=True),
     "saliency": Method(saliency, needs=("plain_input_gradients",)),
-    "smoothgrad": Method(perturbation.smoothgrad, needs=(), extra_pass_output="plain_input_gradients", options={
-        "noise": Option(0.15, 0.0, 10.0), "samples": Option(25, 1, 10_000), "batch_size": Option(16, 1, 4096)}),
+    "smoothgrad": Method(perturbation.smoothgrad, needs=(), extra_pass_output="plain_input_gradients",
+                         options=METHOD_OPTIONS["smoothgrad"]),
     "occlusion": Method(perturbation.occlusion, needs=(), extra_pass_output="logits", check=_stride_within_patch,
-                        options={"patch": Option(32, 1, 4096), "stride": Option(16, 1, 4096),
-                                 "fill": Option("mean", choices=FILLS), "batch_size": _BATCH}),
+                        options=METHOD_OPTIONS["occlusion"]),
     "patches": Method(perturbation.patches, needs=(), extra_pass_output="logits", check=_stride_within_patch,
-                      options={"patch": Option(32, 1, 4096), "stride": Option(32, 1, 4096),
-                               "view": Option("keep", choices=("keep", "crop")), "fill": Option("mean", choices=FILLS),
-                               "batch_size": _BATCH}),
+                      options=METHOD_OPTIONS["patches"]),
     "fixations": Method(fixations.fixations, needs=(), extra_pass_output="forward", model_check=fixations.check_model,
-                        options={"sigma": Option(12.0, 0.0, 1000.0), "batch_size": Option(8, 1, 4096)}),
+                        options=METHOD_OPTIONS["fixations"]),
     "scorecam": Method(perturbation.scorecam, needs=("activations",), extra_pass_output="logits",
-                       options={"batch_size": _BATCH}),
+                       options=METHOD_OPTIONS["scorecam"]),
 }

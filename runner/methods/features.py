@@ -13,13 +13,13 @@ import numpy as np
 from onnxcam.runner.model.graph import GraphInfo
 
 
-def views(channels: list[int] | tuple[int, ...] = (), top: int = 0, **_) -> list[str]:
+def views(*, channels: list[int] | tuple[int, ...], top: int, **_) -> list[str]:
     """The suffix of each map in index.csv's method column: `activations.c151`, or `activations.top1`..."""
     return [f"c{channel}" for channel in channels] if channels else [f"top{rank}" for rank in range(1, top + 1)]
 
 
-def activations(out: dict[str, np.ndarray], channels: list[int] | tuple[int, ...] = (), top: int = 0,
-                rank_by: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+def activations(out: dict[str, np.ndarray], *, channels: list[int] | tuple[int, ...], top: int,
+                rank_by: str) -> tuple[np.ndarray, np.ndarray]:
     """Maps [N, V, h, w] (the activations as they are, no ReLU or scaling) and the channel of each [N, V]."""
     a = out["activations"]
     n = len(a)

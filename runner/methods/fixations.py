@@ -267,8 +267,7 @@ def density(pixels: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarr
     return cv2.GaussianBlur(counts, (0, 0), sigma) if sigma > 0 else counts
 
 
-def fixations(out: dict[str, np.ndarray], passes: ExtraPasses, sigma: float = 12.0, batch_size: int = 8
-              ) -> np.ndarray:
+def fixations(out: dict[str, np.ndarray], passes: ExtraPasses, *, sigma: float, batch_size: int) -> np.ndarray:
     """[N, H, W] fixation densities at model input resolution, `batch_size` forward passes at a time."""
     inputs, targets, maps = out["input"], out["target"], []
     for start in range(0, len(inputs), batch_size):

@@ -34,7 +34,7 @@ def cam(out: dict[str, np.ndarray], **_) -> np.ndarray:
     return _weighted(gradients[:, :, 0, 0] * (h * w), out["activations"])
 
 
-def gradcam(out: dict[str, np.ndarray], guided_weights: bool = False) -> np.ndarray:
+def gradcam(out: dict[str, np.ndarray], *, guided_weights: bool) -> np.ndarray:
     """Selvaraju et al.: ReLU(sum_c mean(G_c) A_c). guided_weights: average only G > 0 where A > 0."""
     gradients, activations = out["gradients"], out["activations"]
     if guided_weights:
@@ -93,7 +93,7 @@ def guided_backprop(out: dict[str, np.ndarray], **_) -> np.ndarray:
 def guided_gradcam(out: dict[str, np.ndarray], **_) -> np.ndarray:
     """Selvaraju et al.: guided backprop x Grad-CAM (normalised, upsampled to input size)."""
     guided = out["input_gradients"]
-    maps = resize_maps(normalise(gradcam(out)), guided.shape[2:])
+    maps = resize_maps(normalise(gradcam(out, guided_weights=False)), guided.shape[2:])
     return guided * maps[:, None]
 
 

@@ -30,7 +30,7 @@ def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
     return matrix
 
 
-def scorecam(out: dict[str, np.ndarray], passes: ExtraPasses, batch_size: int = 64) -> np.ndarray:
+def scorecam(out: dict[str, np.ndarray], passes: ExtraPasses, *, batch_size: int) -> np.ndarray:
     """Wang et al. 2020, as pytorch-grad-cam's ScoreCAM: every channel A_c, upsampled (bilinear, corners
     aligned) and min-max scaled, masks the (normalised) input; the softmax over channels of the target's
     logits on those masked inputs weights the channels; map = ReLU(sum_c w_c A_c)."""
@@ -64,8 +64,8 @@ def _whole_window_starts(size: int, patch: int, stride: int) -> list[int]:
     return starts + [size - patch] if starts[-1] + patch < size else starts
 
 
-def occlusion(out: dict[str, np.ndarray], passes: ExtraPasses, patch: int = 32, stride: int = 16,
-              fill: str = "mean", batch_size: int = 64) -> np.ndarray:
+def occlusion(out: dict[str, np.ndarray], passes: ExtraPasses, *, patch: int, stride: int, fill: str,
+              batch_size: int) -> np.ndarray:
     """Zeiler & Fergus 2014, as Captum's Occlusion: each pixel gets the mean drop in the target's probability
     over the windows (patch x patch, moved by stride) that cover it, the window filled as `fill` says."""
     inputs, targets = out["input"], out["target"]
@@ -95,8 +95,8 @@ def _spread(values: np.ndarray, windows: list[tuple[int, int]], patch: int, size
     return total / count
 
 
-def patches(out: dict[str, np.ndarray], passes: ExtraPasses, patch: int = 32, stride: int = 32, view: str = "keep",
-            fill: str = "mean", batch_size: int = 64) -> np.ndarray:
+def patches(out: dict[str, np.ndarray], passes: ExtraPasses, *, patch: int, stride: int, view: str, fill: str,
+            batch_size: int) -> np.ndarray:
     """Patch (instance) scores as in attention-MIL localisation (Patil et al. 2019): the input cut into whole
     patch x patch instances (moved by stride, the last one moved back to end at the edge), each classified
     alone; each pixel gets the mean target-class probability of the instances covering it. `view`: keep (the
@@ -132,8 +132,8 @@ def noisy_inputs(x: np.ndarray, noise: float, samples: int) -> Iterator[np.ndarr
         yield x + rng.normal(0, sigma, x.shape).astype(np.float32)
 
 
-def smoothgrad(out: dict[str, np.ndarray], passes: ExtraPasses, noise: float = 0.15, samples: int = 25,
-               batch_size: int = 16) -> np.ndarray:
+def smoothgrad(out: dict[str, np.ndarray], passes: ExtraPasses, *, noise: float, samples: int,
+               batch_size: int) -> np.ndarray:
     """Smilkov et al. 2017, as Captum's NoiseTunnel(Saliency): the mean over noisy copies of |dS/dx|, then the
     maximum over colour channels."""
     inputs, targets = out["input"], out["target"]

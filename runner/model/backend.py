@@ -1,5 +1,5 @@
-"""The model backend: what the stages need of a model, its ONNX Runtime implementation, and `open_backend`, which
-picks the runtime the manifest asks for (OpenVINO's is `model/openvino_backend.py`).
+"""The model backend: what the stages need of a model, and its ONNX Runtime implementation (OpenVINO's is
+`model/openvino_backend.py`; `model/registry.py` opens the one the manifest names).
 
 A backend runs batches of (`input` [N,3,H,W] float32, `target` [N] int64) through the explain graph and
 returns the outputs asked for, by name, as NumPy arrays. The stages call nothing else, so another runtime
@@ -8,7 +8,6 @@ returns the outputs asked for, by name, as NumPy arrays. The stages call nothing
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +21,6 @@ from onnxcam.runner.model.forward import ForwardGraph, forward_graph
 from onnxcam.runner.model.graph import FLOAT_INPUT, INPUTS, read_graph_info
 
 ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-PROVIDER_NAMES = {**ORT_NAMES, "openvino": "OpenVINO CPU"}  # runtime.providers -> what the first line reports
 
 
 class ModelError(ValueError):
@@ -31,7 +29,7 @@ class ModelError(ValueError):
 
 class Backend(Protocol):
     provider: str  # what runs the model, as reported on the first line and in run.json
-    precision: str  # what it computes in (f32, bf16), reported beside the provider
+    precision: str  # what it computes in (one of config.PRECISIONS), reported beside the provider
     notes: list[str]  # why it runs there (e.g. why not CUDA), printed before the run
 
     def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
@@ -80,7 +78,7 @@ class OnnxRuntimeBackend:
         self.path, self.threads, self.cuda_options = path, threads, cuda_options or {}
         try:
             info = read_graph_info(path)
-            self.uint8_input, half = info.input_format == "uint8", info.precision == "fp16"
+            self.uint8_input, half = info.input_format == "uint8", info.precision == "f16"
         except Exception:  # noqa: BLE001 - not an explain graph: its session below fails, saying why
             self.uint8_input = half = False
         self.notes: list[str] = []
@@ -97,7 +95,7 @@ class OnnxRuntimeBackend:
         self._forward: tuple[ForwardGraph, ort.InferenceSession] | None = None
         self.provider = ORT_NAMES[wanted[0]]
         self.tf32 = precision != "f32" and not half
-        self.precision = "fp16" if half else "tf32" if self.tf32 and "cuda" in wanted else "f32"
+        self.precision = "f16" if half else "tf32" if self.tf32 and "cuda" in wanted else "f32"
         for outputs in output_sets:
             self._session(tuple(outputs), from_float=False)
 
@@ -154,17 +152,3 @@ class OnnxRuntimeBackend:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
         return dict(zip(outputs, binding.copy_outputs_to_cpu(), strict=True))
-
-
-def open_backend(path: Path, providers: str | list[str], output_sets: Iterable[tuple[str, ...]] = (), *,
-                 precision: str = "auto", cores: int = 0, workers: int = 4) -> Backend:
-    """The backend for the manifest's runtime section: OpenVINO for `providers: [openvino]` (its threads from `cores`,
-    0 for all this process sees, and `workers`), else ONNX Runtime (`cores` intra-op threads, 0 for its default)."""
-    if providers != "auto" and "openvino" in providers:  # the manifest admits it only alone
-        if importlib.util.find_spec("openvino") is None:
-            raise ModelError("runtime.providers: [openvino] needs OpenVINO, an optional extra: "
-                             "pip install 'onnxcam[openvino]'")
-        from onnxcam.runner.model.openvino_backend import OpenVinoBackend
-
-        return OpenVinoBackend(path, output_sets, precision, cores, workers)
-    return OnnxRuntimeBackend(path, providers, output_sets, threads=cores, precision=precision)

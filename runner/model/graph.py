@@ -43,6 +43,11 @@ class Preprocessing:
         self.size = Size(*self.size)
 
 
+# The metadata's spelling of the precision (the file format's, as first written), so that graph files stay as they were
+# and every runner reads them; inside onnxcam the names are config.PRECISIONS'.
+FILE_PRECISIONS = {"f32": "fp32", "f16": "fp16"}
+
+
 @dataclass
 class GraphInfo:
     preprocessing: Preprocessing
@@ -58,8 +63,8 @@ class GraphInfo:
     convolutions: dict[str, str] = field(default_factory=dict)  # ONNX weight name -> PyTorch module (filters)
     graph_maps: list[str] = field(default_factory=list)  # methods whose maps the graph computes (map_<method>)
     input_format: str = "float"  # float: [N,3,H,W] normalised; uint8: [N,H,W,3] BGR pixels, normalised in the graph
-    precision: str = "fp32"  # fp32 | fp16: what the model computes in; its inputs and outputs are float32 either way
-    gradient_scale: float = 1.0  # fp16: the power of two the class score is scaled by before the backward (undone)
+    precision: str = "f32"  # f32 | f16: what the model computes in; its inputs and outputs are float32 either way
+    gradient_scale: float = 1.0  # f16: the power of two the class score is scaled by before the backward (undone)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -69,6 +74,7 @@ class GraphInfo:
     def to_metadata(self) -> dict[str, str]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["preprocessing"] = self.preprocessing.__dict__
+        values["precision"] = FILE_PRECISIONS.get(self.precision, self.precision)
         return {key: json.dumps(value) for key, value in values.items()}
 
     @classmethod
@@ -78,6 +84,9 @@ class GraphInfo:
             pre = values.pop("preprocessing")
             pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
             values["activation_shape"] = tuple(values["activation_shape"])
+            if "precision" in values:
+                values["precision"] = {file: name for name, file in FILE_PRECISIONS.items()}.get(values["precision"],
+                                                                                                 values["precision"])
             return cls(preprocessing=Preprocessing(**pre), **values)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{source}: not an onnxcam explain graph (metadata {error}); "

@@ -1,4 +1,4 @@
-"""The OpenVINO backend (`runtime.providers: [openvino]`): the explain graph on the CPU through OpenVINO, f32 or bf16.
+"""The OpenVINO backend (`runtime.backend: openvino`): the explain graph on the CPU through OpenVINO, f32 or bf16.
 
 The interface is the ONNX Runtime backend's (`model/backend.py`): `run(outputs, inputs, targets)` with one compiled
 model per set of outputs asked for, each the graph cut down to that set (a model built from those outputs alone holds
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
-from onnxcam.runner.model.backend import PROVIDER_NAMES, ModelError
+from onnxcam.runner.model.backend import ModelError
 from onnxcam.runner.model.forward import ForwardGraph, forward_graph
 from onnxcam.runner.model.graph import INPUTS, read_graph_info
 
@@ -60,7 +60,7 @@ class OpenVinoBackend:
                              "slower than f32); use auto or f32")
         self.precision = precision if precision != "auto" else "bf16" if native else "f32"
         self.threads = model_threads(min(cores or available_cores(), available_cores()), workers)
-        self.provider = PROVIDER_NAMES["openvino"]
+        self.provider = "OpenVINO CPU"
         why = f" ({'the CPU has native bf16' if native else 'no native bf16 on this CPU'}; runtime.precision: auto)"
         self.notes = [f"OpenVINO {ov.get_version().split('-')[0]} runs {self.precision}"
                       f"{why if precision == 'auto' else ''}, {self.threads} threads in one stream"]
@@ -110,7 +110,7 @@ class OpenVinoBackend:
             except RuntimeError as error:
                 raise ModelError(f"{self.path}: OpenVINO cannot read the forward graph fixations run "
                                  f"({_first_line(error)}); with weights in a side file, run fixations on ONNX Runtime "
-                                 "(runtime.providers: [cpu])") from None
+                                 "(runtime.backend: onnxruntime)") from None
             self._forward = (graph, self._compile(model))
         graph, request = self._forward
         names = ["logits", *graph.returned]

@@ -18,7 +18,6 @@ import numpy as np
 from onnxcam.runner.model.backend import Backend
 from onnxcam.runner.model.graph import GraphInfo, probabilities
 
-FILLS = ("mean", "zero", "blur")
 BLUR_SIGMA = 5.0  # pixels at model input size (Gaussian, as RISE's insertion substrate)
 
 

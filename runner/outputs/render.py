@@ -7,8 +7,8 @@ from functools import cache
 
 import cv2
 import numpy as np
+from onnxcam.runner.config import COLORMAPS, Overlays
 from onnxcam.runner.inputs.preprocess import Region
-from onnxcam.runner.manifest import COLORMAPS, Overlays
 from onnxcam.runner.methods.maps import normalise
 from onnxcam.runner.size import Size
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from onnxcam.runner.manifest import Manifest
+from onnxcam.runner.config import Manifest
 from onnxcam.runner.outputs.files import OutputDirError, write_atomic
 from onnxcam.runner.outputs.index import LAYOUT
 

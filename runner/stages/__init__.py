@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxcam.runner.manifest import Manifest
+from onnxcam.runner.config import Manifest
+from onnxcam.runner.evaluate.metrics import wanted
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend
 from onnxcam.runner.model.graph import GraphInfo
@@ -32,7 +33,7 @@ class Stages:
 def output_sets(manifest: Manifest, info: GraphInfo) -> list[tuple[str, ...]]:
     """The sets of outputs the stages ask the model for: the main pass, then each kind of extra pass."""
     extra = {METHODS[name].extra_pass_output for name in manifest.methods} - {"", "forward"}  # forward: its own graph
-    if manifest.evaluate and manifest.evaluate.wanted(runs_model=True):
+    if manifest.evaluate and wanted(manifest.evaluate, runs_model=True):
         extra.add("logits")
     return [main_outputs(manifest.methods, info.graph_maps), *((output,) for output in sorted(extra))]
 

@@ -15,8 +15,9 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from onnxcam.runner.config import Evaluation
 from onnxcam.runner.costs import Cost, Costs
-from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring, explanation
+from onnxcam.runner.evaluate.metrics import MetricRow, Scoring, explanation, score, wanted
 from onnxcam.runner.inputs.preprocess import normalised
 from onnxcam.runner.methods import METHODS
 from onnxcam.runner.model.backend import Backend
@@ -52,7 +53,7 @@ class ExplainStage:
         # a uint8-input graph gets pixels; methods and metrics that edit the input get it normalised here
         self.host_input = info.input_format == "uint8" and (
             any(METHODS[name].extra_pass_output for name in methods) or bool(evaluation and
-                                                                             evaluation.wanted(runs_model=True)))
+                                                                             wanted(evaluation, runs_model=True)))
         self.passes = ExtraPasses(backend, info)
         self.scoring = Scoring(self.passes, evaluation.batch_size) if evaluation else None
         self._batch = np.empty(0)  # the model input of the last chunk, its memory used again by the next
@@ -148,12 +149,12 @@ class ExplainStage:
         results = [TargetResult(int(out["target"][k]), float(scores[k]), {name: maps[name][k].copy() for name in maps},
                                 channels={name: int(shown[k]) for name, shown in channels.items()})
                    for k in range(len(scores))]
-        if self.evaluation and self.evaluation.wanted(runs_model=True):
+        if self.evaluation and wanted(self.evaluation, runs_model=True):
             size = out["input"].shape[2:]
             pairs = [(result, name) for result in results for name in maps]
             rows = [MetricRow(result.target_class, result.score, out["input"][k], explanation(maps[name][k], size))
                     for k, result in enumerate(results) for name in maps]
-            values = self.evaluation.score(rows, self.scoring, runs_model=True, costs=costs.metrics)
+            values = score(self.evaluation, rows, self.scoring, runs_model=True, costs=costs.metrics)
             for (result, name), metrics in zip(pairs, values, strict=True):
                 result.metrics[name] = metrics
         return results

@@ -8,9 +8,9 @@ full overlay, so they cost a few hundred microseconds whatever the photograph's 
 from __future__ import annotations
 
 import numpy as np
+from onnxcam.runner.config import Evaluation, Manifest, ManifestError, Overlays
 from onnxcam.runner.evaluate.boxes import read_boxes
-from onnxcam.runner.evaluate.metrics import Evaluation, MetricRow, Scoring
-from onnxcam.runner.manifest import Manifest, ManifestError, Overlays
+from onnxcam.runner.evaluate.metrics import MetricRow, Scoring, score, wanted
 from onnxcam.runner.methods import index_names, method_of
 from onnxcam.runner.outputs import render
 from onnxcam.runner.outputs.files import SCRATCH, inside, write_atomic
@@ -103,9 +103,9 @@ class WriteStage:
         if not self.evaluation:
             return {}
         values = dict(target.metrics.get(method, {}))
-        if self.evaluation.wanted(runs_model=False):
+        if wanted(self.evaluation, runs_model=False):
             row = MetricRow(target.target_class, target.score, image=result.decoded.ref.key, peak=peak)
-            values |= self.evaluation.score([row], self.scoring, runs_model=False)[0]
+            values |= score(self.evaluation, [row], self.scoring, runs_model=False)[0]
         return {key: _cell(value) for key, value in values.items()}
 
     def _row(self, result: ImageResult, **values) -> IndexRow:

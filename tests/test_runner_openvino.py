@@ -299,10 +299,10 @@ def test_bf16_gradcam_stays_close_to_f32_on_real_photographs(openvino, lite0):
         peak = np.unravel_index(bf16.argmax(), bf16.shape)
         at_peak.append(float(f32[peak]))
         same_peak += peak == np.unravel_index(f32.argmax(), f32.shape)  # printed, not asserted (see above)
-    f32_logits = logits["f32"]
-    top1_short = (f32_logits.max(axis=1) - f32_logits[np.arange(len(batch)), logits["bf16"].argmax(axis=1)]) / np.ptp(
-        f32_logits, axis=1)  # how far below f32's best bf16's choice is, as a share of the f32 logits' range
-    same_top1 = int((logits["bf16"].argmax(axis=1) == f32_logits.argmax(axis=1)).sum())
+    chosen, f32_logits = logits["bf16"].argmax(axis=1), logits["f32"]
+    # how far below f32's best logit bf16's top-1 class sits under f32, as a share of the f32 logits' range
+    top1_short = (f32_logits.max(axis=1) - f32_logits[np.arange(len(batch)), chosen]) / np.ptp(f32_logits, axis=1)
+    same_top1 = int((chosen == f32_logits.argmax(axis=1)).sum())
     print(f"\nbf16 vs f32 Grad-CAM, efficientnet-lite0, {len(names)} photographs, 7x7 maps: cosine >= "
           f"{min(cosines):.4f}, max |delta| {max(deltas):.3f}, f32 value at the bf16 peak >= {min(at_peak):.2f}, same "
           f"peak cell {same_peak}/{len(names)}, same top-1 {same_top1}/{len(names)} (bf16's top-1 at most "

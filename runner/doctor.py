@@ -14,7 +14,7 @@ from onnxcam.runner import __version__
 from onnxcam.runner.model import cuda
 
 
-def _cuda_session() -> bool:
+def cuda_session() -> bool:
     """Whether a session asked for CUDA gets it: a one-node graph, so the provider itself is tried."""
     node = onnx.helper.make_node("Relu", ["x"], ["y"])
     value = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [4]) for n in ("x", "y")]
@@ -49,7 +49,7 @@ def diagnose() -> tuple[list[str], bool]:
         lines.append(f"libraries    {', '.join(state[w] for w, (_, need) in cuda.libraries().items() if need)}; "
                      f"for some ops: {', '.join(state[w] for w, (_, need) in cuda.libraries().items() if not need)}")
         problem = (cuda.driver_problem(found) if found else cuda.no_driver()) or cuda.missing(loaded)
-        if problem is None and not _cuda_session():
+        if problem is None and not cuda_session():
             problem = cuda.Unavailable("the CUDA provider failed to initialise (ONNX Runtime's message above says "
                                        "why)")
         gpus = found.gpus if found else ()

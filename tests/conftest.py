@@ -1,15 +1,16 @@
-"""Shared fixtures: exported graphs are built once per session and reused by every test."""
+"""Shared fixtures: exported graphs are built once per session and reused by every test. Exporting needs torch:
+the tests that use `exported` skip without it, the runner's other tests run."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="exporter tests need torch (pip install -e '.[export]')")
-
-from onnxcam.exporter.export import ExportResult, export_explain_graph  # noqa: E402
-from onnxcam.exporter.sources import LoadedModel, load_model  # noqa: E402
+if TYPE_CHECKING:
+    from onnxcam.exporter.export import ExportResult
+    from onnxcam.exporter.sources import LoadedModel
 
 
 class ExportCache:
@@ -19,6 +20,10 @@ class ExportCache:
     def __call__(self, spec: str, layer: str = "auto", **options) -> tuple[LoadedModel, ExportResult]:
         key = (spec, layer, tuple(sorted(options.items())))
         if key not in self.done:
+            import torch
+            from onnxcam.exporter.export import export_explain_graph
+            from onnxcam.exporter.sources import load_model
+
             torch.manual_seed(0)
             loaded = load_model(spec)
             name = f"{spec.replace(':', '-').replace('.', '-')}-{layer}-{len(self.done)}.onnx"
@@ -29,4 +34,5 @@ class ExportCache:
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> ExportCache:
+    pytest.importorskip("torch", reason="exporting needs torch (pip install -e '.[export]')")
     return ExportCache(tmp_path_factory.mktemp("exports"))

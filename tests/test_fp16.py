@@ -12,16 +12,18 @@ import math
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnxcam.exporter import export
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.parity import cosine
 from onnxcam.exporter.sources import load_model
 from onnxcam.runner.cli import main
 from onnxcam.runner.inputs.decode import decode_image
-from onnxcam.runner.inputs.preprocess import to_input
+from onnxcam.runner.inputs.preprocess import normalised, to_input
 from onnxcam.runner.methods import METHODS
+from onnxcam.runner.methods.maps import normalise, resize_maps
 from onnxcam.runner.model.backend import OnnxRuntimeBackend
-from onnxcam.runner.model.graph import GRAPH_MAP_METHODS, read_graph_info
+from onnxcam.runner.model.graph import GRAPH_MAP_METHODS, map_output, read_graph_info
 from sample_photos import write_photos
 
 RAW = ("logits", "activations", "gradients")
@@ -106,9 +108,32 @@ def test_gradients_below_float16s_range_survive_by_scaling(tmp_path, monkeypatch
 
 
 @pytest.mark.slow  # exports efficientnet-lite0 twice
-def test_serving_options_apply_to_a_float16_graph(graphs, tmp_path):
+def test_serving_options_apply_to_a_float16_graph(exported, graphs, tmp_path):
+    """The served float16 graph (uint8 pixels in, maps out) against the PyTorch model in float64 with
+    pytorch-grad-cam on the same photographs: the same top-1, maps as close as float16's are to float32's."""
     from onnxcam.exporter.serving import convert
+    from pytorch_grad_cam import GradCAM, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from reference_model import reference_model
 
-    info, figures = convert(graphs[1], tmp_path / "served.onnx", ["gradcam", "layercam"], uint8=True)
+    info, _ = convert(graphs[1], tmp_path / "served.onnx", ["gradcam", "layercam"], uint8=True)
     assert (info.precision, info.input_format, info.graph_maps) == ("f16", "uint8", ["gradcam", "layercam"])
-    assert max(figures.values()) <= 1e-5
+    pre = info.preprocessing
+    paths = write_photos(tmp_path / "photos", ("chelsea", "coffee", "astronaut", "rocket"))
+    pixels = np.stack([to_input(decode_image(path, 1 << 26)[0], pre, uint8=True)[0] for path in paths])
+    served = OnnxRuntimeBackend(tmp_path / "served.onnx", ["cpu"]).run(
+        ("logits", *map(map_output, info.graph_maps)), pixels, np.full(len(pixels), -1))
+    loaded, result = exported("efficientnet-lite0")
+    model, layer = reference_model(loaded, result.layer.name, result.info.activation_shape[0])
+    model = model.double().eval()
+    inputs = torch.from_numpy(np.stack([normalised(picture, pre) for picture in pixels])).double()
+    with torch.no_grad():
+        top1 = model(inputs).numpy().argmax(axis=1)
+    np.testing.assert_array_equal(served["logits"].argmax(axis=1), top1)
+    for method, reference in (("gradcam", GradCAM), ("layercam", LayerCAM)):
+        with reference(model=model, target_layers=[layer]) as cam:
+            theirs = cam(input_tensor=inputs.clone().requires_grad_(),  # its weights are frozen
+                         targets=[ClassifierOutputTarget(int(t)) for t in top1])
+        ours = normalise(resize_maps(served[map_output(method)], pre.size))
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            assert cosine(a, b) >= COSINE, f"{method}, photograph {i}: cosine {cosine(a, b):.6f}"

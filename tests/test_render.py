@@ -46,16 +46,28 @@ def test_draw_a_constant_map_is_zero_and_its_peak_the_first_pixel():
     assert not drawn.any() and peak == (0, 0)
 
 
-def test_draw_a_guided_map_is_its_bgr_picture():
-    rng = np.random.default_rng(1)
-    map_ = rng.normal(0, 1e-3, (3, 24, 24)).astype(np.float32)
-    region = (10, 0, 50, 40)
-    drawn, (x, y) = render.draw(map_, region, Size(40, 60), guided=True)
-    rgb = render.guided_image(map_, region, Size(40, 60))
-    np.testing.assert_array_equal(drawn, np.round(rgb[:, :, ::-1] * 255).astype(np.uint8))
-    strength = np.abs(rgb - 0.5).max(axis=2)
-    assert strength[y, x] == strength.max()
-    assert render.overlay(np.zeros_like(drawn), drawn, True, Overlays()) is drawn
+def test_guided_image_is_pytorch_grad_cams_deprocess_image():
+    from pytorch_grad_cam.utils.image import deprocess_image
+
+    map_ = np.random.default_rng(1).normal(0, 1e-3, (3, 24, 32)).astype(np.float32)
+    rgb = render.guided_image(map_, (0, 0, 32, 24), Size(24, 32))  # the model saw the whole picture, at its size
+    assert rgb.shape == (24, 32, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    theirs = deprocess_image(map_.transpose(1, 2, 0).astype(np.float64))  # uint8, truncated
+    assert np.abs(np.floor(rgb * 255) - theirs).max() <= 1  # float32 against float64 at a truncation's edge
+
+
+def test_draw_a_guided_map_is_its_bgr_picture_and_its_peak_the_strongest_gradient():
+    """Gradients all 0 but blue 288 at (x 5, y 2) and red -72 at (x 1, y 6), 288 values: mean 216 / 288 = 0.75,
+    std sqrt((287.25^2 + 72.75^2 + 286 * 0.75^2) / 288) = 17.4768; each value (v - mean) / std * 0.1 + 0.5, clipped
+    to [0, 1]: blue 2.144 -> 1 (255), red 0.0837 (21), the rest 0.49571 (126)."""
+    map_ = np.zeros((3, 8, 12), np.float32)
+    map_[2, 2, 5], map_[0, 6, 1] = 288, -72
+    drawn, peak = render.draw(map_, (0, 0, 12, 8), Size(8, 12), guided=True)
+    expected = np.full((8, 12, 3), 126, np.uint8)
+    expected[2, 5, 0], expected[6, 1, 2] = 255, 21  # BGR
+    np.testing.assert_array_equal(drawn, expected)
+    assert peak == (5, 2), "the largest |gradient| over channels, as (x, y)"
+    assert render.overlay(np.zeros_like(drawn), drawn, True, Overlays()) is drawn, "drawn as it is, not blended"
 
 
 @pytest.mark.parametrize("colormap", sorted(COLORMAPS))

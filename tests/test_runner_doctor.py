@@ -51,7 +51,7 @@ def gpu_server(monkeypatch):
     monkeypatch.setattr(cuda, "build_cuda", lambda: "13.0")
     monkeypatch.setattr(cuda, "driver", lambda: cuda.Driver((13, 0), "580.65.06", ("NVIDIA H100 80GB HBM3",), ""))
     monkeypatch.setattr(cuda, "load_libraries", lambda: dict.fromkeys(cuda.libraries(), True))
-    monkeypatch.setattr(doctor, "_cuda_session", lambda: True)
+    monkeypatch.setattr(doctor, "cuda_session", lambda: True)
     return monkeypatch
 
 
@@ -82,7 +82,7 @@ CASES = {
         {"driver": lambda: None, "nvidia_on_pci_bus": lambda: False},
         "no NVIDIA GPU on this machine (libcuda.so.1 not found, none on the PCI bus)", ""),
     "a provider that fails": (
-        {"_cuda_session": lambda: False},
+        {"cuda_session": lambda: False},
         "the CUDA provider failed to initialise (ONNX Runtime's message above says why)", ""),
     "the CPU build": (
         {"runtime_distributions": lambda: ["onnxruntime 1.32.0"], "get_available_providers": lambda: PROVIDERS[1:]},
@@ -103,7 +103,7 @@ CASES = {
 def test_doctor_names_the_problem_and_its_fix(case, gpu_server, capsys):
     patches, why, fix = CASES[case]
     for name, value in patches.items():
-        gpu_server.setattr(doctor if name == "_cuda_session" else ort if name == "get_available_providers" else cuda,
+        gpu_server.setattr(doctor if name == "cuda_session" else ort if name == "get_available_providers" else cuda,
                            name, value)
     code, lines = run_doctor(capsys)
     assert lines[-2].startswith(f"runs on      CPU: {why}")

@@ -27,13 +27,18 @@ F32_TOLERANCE = 1e-4  # relative (norm-wise) error of every output against ONNX 
 # Input gradients jump where a ReLU's input or a max-pool's maximum is a near-tie, which two float32 runtimes may
 # resolve differently: there the exporter's own bound, 1e-2 norm-wise with cosine >= 0.9999.
 KINKED = ("input_gradients", "plain_input_gradients")
-# bf16 Grad-CAM against f32, efficientnet-lite0 on scikit-image's ten photographs (measured: cosine >= 0.998, max
-# |delta| 0.12 on the 7x7 map after min-max scaling, the same top-1 everywhere, the same peak cell on 8 of 10; the two
-# others, moon and page, have f32 maps whose top cells are within 0.03 of each other, and bf16 picks a cell f32 puts at
-# 0.90 or more).
-BF16_MIN_COSINE = 0.995
-BF16_MAX_DELTA = 0.15
-BF16_PEAK_AT_LEAST = 0.85  # the f32 map's value (of 1) at the bf16 map's peak
+# bf16 Grad-CAM against f32, efficientnet-lite0 on scikit-image's ten photographs. bf16 keeps 8 significant bits, a
+# relative rounding error of at most 2^-9 per value, which OpenVINO's kernels order and accumulate differently on
+# CPUs with AMX and with AVX512-BF16 only: the exact peak cell is not the same on both (two photographs, moon and page,
+# have f32 maps whose top cells are within 0.03 of each other), these bounds are. Measured on an AMX CPU and on an AMD
+# AVX512-BF16 one: cosine >= 0.998, max |delta| 0.12 on the 7x7 map after min-max scaling, the f32 value at the bf16
+# peak >= 0.90, the same top-1 on 10 of 10.
+BF16_MIN_COSINE = 0.99  # an error of 14% of the map's norm: 1 - cos ~ |error|^2 / 2
+BF16_MAX_DELTA = 0.15  # of a map scaled to [0, 1]
+BF16_PEAK_AT_LEAST = 0.85  # the f32 map's value at the bf16 map's peak: 1 - BF16_MAX_DELTA at worst
+# bf16's top-1 may differ from f32's only where f32's own top logits nearly tie: its logit under f32 is within this
+# share of the f32 logits' range of their maximum (a few bf16 roundings of 2^-8 each, accumulated over the layers).
+BF16_TOP1_SLACK = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +50,20 @@ def openvino():
 @pytest.fixture(scope="module")
 def toy(exported) -> Path:
     return exported("toy_models:relu_net", saliency=True)[1].path
+
+
+@pytest.fixture
+def compiled(openvino, monkeypatch) -> list[tuple[str, dict, object]]:
+    """Every model OpenVINO compiles from here on: (its name, the properties asked for, the compiled model)."""
+    seen, compile_model = [], openvino.Core.compile_model
+
+    def spy(core, model, device=None, config=None, **kwargs):
+        result = compile_model(core, model, device, config, **kwargs)
+        seen.append((model.get_friendly_name(), dict(config or {}), result))
+        return result
+
+    monkeypatch.setattr(openvino.Core, "compile_model", spy)
+    return seen
 
 
 def relative_error(value: np.ndarray, expected: np.ndarray) -> float:
@@ -134,23 +153,24 @@ def test_f32_outputs_match_onnx_runtime(openvino, toy):
         assert relative_error(ours[name], theirs[name]) <= F32_TOLERANCE, name
 
 
-def test_each_output_set_runs_a_graph_cut_down_to_it(openvino, toy):
+def test_each_output_set_runs_a_graph_cut_down_to_it(openvino, toy, compiled):
     main_set, logits_only = ("logits", "activations", "gradients", "input_gradients"), ("logits",)
     backend = open_backend(toy, "openvino", output_sets=[main_set, logits_only], precision="f32")
+    built = [name for name, _, _ in compiled]
+    assert built == ["+".join(main_set), "logits"], "compiled when built: a bad file fails before any work"
 
-    def layers(outputs) -> set[str]:
-        model = backend._requests[outputs].get_compiled_model().get_runtime_model()
-        return {op.get_rt_info()["layerType"].astype(str) for op in model.get_ordered_ops()}
+    def layers(model) -> set[str]:
+        return {op.get_rt_info()["layerType"].astype(str) for op in model.get_runtime_model().get_ordered_ops()}
 
-    assert set(backend._requests) == {main_set, logits_only}, "compiled when built: a bad file fails before any work"
-    assert "Deconvolution" in layers(main_set), "guided backprop to the input: transposed convolutions"
-    assert "Deconvolution" not in layers(logits_only), "the logits pass runs no backward op"
+    assert "Deconvolution" in layers(compiled[0][2]), "guided backprop to the input: transposed convolutions"
+    assert "Deconvolution" not in layers(compiled[1][2]), "the logits pass runs no backward op"
     batch = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
     both = backend.run(main_set, batch, np.full(3, -1))
     np.testing.assert_array_equal(backend.run(logits_only, batch, np.full(3, -1))["logits"], both["logits"])
+    assert len(compiled) == 2, "each set compiled once"
 
 
-def test_threads_leave_room_for_the_read_and_write_pools(openvino, toy):
+def test_threads_leave_room_for_the_read_and_write_pools(openvino, toy, compiled):
     from onnxcam.runner.model.openvino_backend import available_cores, model_threads
 
     assert [model_threads(cores, 4) for cores in (1, 2, 3, 4, 8, 16, 64)] == [1, 2, 3, 3, 6, 12, 60]
@@ -158,22 +178,23 @@ def test_threads_leave_room_for_the_read_and_write_pools(openvino, toy):
     for cores, workers in ((0, 4), (1, 2), (4096, 1)):  # all it sees, a Ray actor's share, more than there are
         backend = open_backend(toy, "openvino", output_sets=[("logits",)], precision="f32", cores=cores,
                                workers=workers)
-        compiled = backend._requests[("logits",)].get_compiled_model()
+        model = compiled[-1][2]
         expected = model_threads(min(cores or available_cores(), available_cores()), workers)
-        assert backend.threads == compiled.get_property("INFERENCE_NUM_THREADS") == expected
-        assert compiled.get_property("NUM_STREAMS") == 1, "one batch at a time: one stream"
-        assert compiled.get_property("ENABLE_CPU_PINNING") is False, "the read and write threads may use any core"
+        assert backend.threads == model.get_property("INFERENCE_NUM_THREADS") == expected
+        assert model.get_property("NUM_STREAMS") == 1, "one batch at a time: one stream"
+        assert model.get_property("ENABLE_CPU_PINNING") is False, "the read and write threads may use any core"
 
 
-def test_precision_auto_is_bf16_where_the_cpu_has_it(openvino, toy, monkeypatch):
+def test_precision_auto_is_bf16_where_the_cpu_has_it(openvino, toy, compiled, monkeypatch):
+    """What the backend asks OpenVINO for: its CPU plugin may still compile f32 where the CPU computes bf16 only by
+    emulation (AVX2), so the compiled model's own precision says something about the CPU, not the backend."""
     from onnxcam.runner.model import openvino_backend
 
     for native, expected in ((True, "bf16"), (False, "f32")):
         monkeypatch.setattr(openvino_backend, "native_bf16", lambda core, native=native: native)
         backend = open_backend(toy, "openvino", output_sets=[("logits",)])
-        hint = backend._requests[("logits",)].get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
-        assert (backend.precision, str(hint)) == (expected, {"bf16": "<Type: 'bfloat16'>",
-                                                             "f32": "<Type: 'float32'>"}[expected])
+        hint = compiled[-1][1][openvino.properties.hint.inference_precision]
+        assert (backend.precision, hint) == (expected, {"bf16": openvino.Type.bf16, "f32": openvino.Type.f32}[expected])
         assert backend.notes[0].startswith("OpenVINO ") and f"runs {expected} (" in backend.notes[0]
     with pytest.raises(ModelError, match=r"^runtime.precision: bf16, and this CPU has no native bf16 .*; use auto or "
                                          r"f32$"):
@@ -272,22 +293,26 @@ def test_bf16_gradcam_stays_close_to_f32_on_real_photographs(openvino, lite0):
     path, names, batch = lite0
     assert len(names) == len(PHOTOS), "scikit-image's ten photographs"
     outputs, targets = ("logits", "activations", "gradients"), np.full(len(batch), -1)
-    maps, top1 = {}, {}
+    maps, logits = {}, {}
     for precision in ("f32", "bf16"):
         out = open_backend(path, "openvino", output_sets=[outputs], precision=precision).run(outputs, batch, targets)
         maps[precision] = normalise(METHODS["gradcam"](out, {}))
-        top1[precision] = out["logits"].argmax(axis=1)
-    cosines, deltas, same_peak, at_peak = [], [], 0, []
+        logits[precision] = out["logits"]
+    cosines, deltas, at_peak, same_peak = [], [], [], 0
     for f32, bf16 in zip(maps["f32"], maps["bf16"], strict=True):
         cosines.append(cosine(f32, bf16))
         deltas.append(float(np.abs(f32 - bf16).max()))
         peak = np.unravel_index(bf16.argmax(), bf16.shape)
-        same_peak += peak == np.unravel_index(f32.argmax(), f32.shape)
         at_peak.append(float(f32[peak]))
+        same_peak += peak == np.unravel_index(f32.argmax(), f32.shape)  # printed, not asserted (see above)
+    chosen, f32_logits = logits["bf16"].argmax(axis=1), logits["f32"]
+    # how far below f32's best logit bf16's top-1 class sits under f32, as a share of the f32 logits' range
+    top1_short = (f32_logits.max(axis=1) - f32_logits[np.arange(len(batch)), chosen]) / np.ptp(f32_logits, axis=1)
+    same_top1 = int((chosen == f32_logits.argmax(axis=1)).sum())
     print(f"\nbf16 vs f32 Grad-CAM, efficientnet-lite0, {len(names)} photographs, 7x7 maps: cosine >= "
-          f"{min(cosines):.4f}, max |delta| {max(deltas):.3f}, same peak cell {same_peak}/{len(names)}, f32 value at "
-          f"the bf16 peak >= {min(at_peak):.2f}, same top-1 {int((top1['f32'] == top1['bf16']).sum())}/{len(names)}")
-    np.testing.assert_array_equal(top1["bf16"], top1["f32"])
-    assert min(cosines) >= BF16_MIN_COSINE and max(deltas) <= BF16_MAX_DELTA
-    assert min(at_peak) >= BF16_PEAK_AT_LEAST and same_peak >= len(names) - 2
+          f"{min(cosines):.4f}, max |delta| {max(deltas):.3f}, f32 value at the bf16 peak >= {min(at_peak):.2f}, same "
+          f"peak cell {same_peak}/{len(names)}, same top-1 {same_top1}/{len(names)} (bf16's top-1 at most "
+          f"{max(top1_short):.4f} of the range below f32's)")
+    assert min(cosines) >= BF16_MIN_COSINE and max(deltas) <= BF16_MAX_DELTA and min(at_peak) >= BF16_PEAK_AT_LEAST
+    assert max(top1_short) <= BF16_TOP1_SLACK, "bf16 picks a class f32 nearly ties with its best, or the same"
     assert max(deltas) > 1e-3, "bf16 really ran: its maps are not f32's"

@@ -355,15 +355,24 @@ class _no_error:
         return False
 
 
-def test_the_cuda_provider_gets_the_precision_and_the_options_asked_for(toy):
-    """What CUDA sessions are opened with (checked here without a GPU: the CUDA entry is put in by hand)."""
-    backend = OnnxRuntimeBackend(toy, ["cpu"], precision="f32", cuda_options={"prefer_nhwc": "1"})
-    backend.wanted = ["cuda", "cpu"]
-    assert backend._providers() == [("CUDAExecutionProvider", {"use_tf32": "0", "prefer_nhwc": "1"}),
-                                    "CPUExecutionProvider"]
-    backend = OnnxRuntimeBackend(toy, ["cpu"])
-    backend.wanted = ["cuda", "cpu"]
-    assert backend._providers() == [("CUDAExecutionProvider", {"use_tf32": "1"}), "CPUExecutionProvider"]
+def test_the_cuda_provider_gets_the_precision_and_the_options_asked_for(toy, monkeypatch):
+    """What CUDA sessions are opened with, checked without a GPU: CUDA said usable, the sessions asked for are
+    noted and opened on the CPU."""
+    import onnxruntime as ort
+    from onnxcam.runner.model import backend as module
+
+    asked, session = [], ort.InferenceSession
+
+    def on_the_cpu(model, options=None, providers=None, **kwargs):
+        asked.append(providers)
+        return session(model, options, providers=["CPUExecutionProvider"], **kwargs)
+
+    monkeypatch.setattr(module, "cuda_unavailable", lambda: None)
+    monkeypatch.setattr(ort, "InferenceSession", on_the_cpu)
+    OnnxRuntimeBackend(toy, ["cuda", "cpu"], [("logits",)], precision="f32", cuda_options={"prefer_nhwc": "1"})
+    OnnxRuntimeBackend(toy, "auto", [("logits",)])
+    assert asked == [[("CUDAExecutionProvider", {"use_tf32": "0", "prefer_nhwc": "1"}), "CPUExecutionProvider"],
+                     [("CUDAExecutionProvider", {"use_tf32": "1"}), "CPUExecutionProvider"]]
 
 
 @pytest.mark.parametrize(("precision", "tolerance"), [("f32", 1e-4), ("auto", 5e-3)])

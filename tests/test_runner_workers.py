@@ -5,7 +5,6 @@ process outlives the run, however it ends."""
 from __future__ import annotations
 
 import errno
-import itertools
 import json
 import multiprocessing
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy_model import NumpyModel, graph_info, metadata_only_graph
 from onnxcam.runner.cli import main
 from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.engines.workers import DIED_HOLDING, DIED_READING, ProcessWorkers
@@ -28,7 +28,6 @@ from onnxcam.runner.size import Size
 from onnxcam.runner.stages import Stages, build_stages
 from onnxcam.runner.stages.items import ImageResult, TargetResult
 from runner_helpers import read_index, wait_for_rows, write_images, write_manifest
-from test_runner_stages import NumpyModel, graph_info, metadata_only_graph
 
 TESTS = Path(__file__).parent
 
@@ -161,35 +160,53 @@ def shut_down(workers: ProcessWorkers, seconds: float = 30) -> bool:
     return True
 
 
-class SlowWrite:
-    """A write stage that takes `seconds` and writes nothing; its one row names the image."""
+class GatedWrite:
+    """A write stage that writes nothing until `gate` (a spawn context's Event) is set; its one row names the image."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, gate):
+        self.gate = gate
 
     def __call__(self, result):
-        time.sleep(self.seconds)
+        self.gate.wait()
         return [{"image": result.decoded.ref.key}]
+
+
+def ctrl_c_once_sending(thread: threading.Thread) -> None:
+    """Sends Ctrl-C to `thread` once it is inside a pipe's send (waiting for the other end to read, here)."""
+    def sending() -> bool:
+        frame = sys._current_frames().get(thread.ident)
+        while frame is not None:
+            if frame.f_code.co_name == "_send" and frame.f_code.co_filename.endswith("connection.py"):
+                return True
+            frame = frame.f_back
+        return False
+
+    while not sending():
+        time.sleep(0.001)  # polls an order of events: how soon does not matter
+    signal.pthread_kill(thread.ident, signal.SIGINT)
 
 
 def test_ctrl_c_in_the_middle_of_a_message_does_not_hang_the_shutdown(numpy_onnx, tmp_path):
     write_images(tmp_path / "images", 2, size=(40, 56))
     manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True, workers=1))
     stages = build_stages(manifest, graph_info(), NumpyModel())
-    workers = ProcessWorkers(Stages(read=stages.read, explain=stages.explain, write=SlowWrite(1.0)), 1)
+    gate = multiprocessing.get_context("spawn").Event()
+    workers = ProcessWorkers(Stages(read=stages.read, explain=stages.explain, write=GatedWrite(gate)), 1)
     decoded = [future.result(timeout=60) for future in workers.submit_reads(image_refs(tmp_path / "images"))]
-    under_way = workers.submit_writes([ImageResult(decoded[0])])  # the worker is busy with it for a second
+    under_way = workers.submit_writes([ImageResult(decoded[0])])  # the worker is busy with it until the gate opens
     # a write of 4 MB: the task pipe takes 64 KB of it, the rest waits for the worker; Ctrl-C comes meanwhile
     big = ImageResult(decoded[1], targets=[TargetResult(0, 1.0, {"gradcam": np.zeros((1024, 1024), np.float32)})])
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    ctrl_c = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    ctrl_c = threading.Thread(target=ctrl_c_once_sending, args=(threading.main_thread(),), daemon=True)
     try:
         ctrl_c.start()
         with pytest.raises(KeyboardInterrupt):
             workers.submit_writes([big])
     finally:
-        ctrl_c.cancel()
+        ctrl_c.join()
         signal.signal(signal.SIGINT, previous)
+    assert not under_way[0].done(), "Ctrl-C came while the worker was still busy"
+    gate.set()
     assert under_way[0].result(timeout=30) == [{"image": "img00000.png"}], "the write under way finishes"
     assert shut_down(workers), "the shutdown returns"
     assert not multiprocessing.active_children()
@@ -233,17 +250,29 @@ def test_an_exception_the_run_cannot_unpickle_reaches_its_future(numpy_onnx, tmp
     assert not multiprocessing.active_children()
 
 
+class ForkFailsAfter:
+    """A spawn context that starts `count` processes, and no more (fork fails: memory, a process limit)."""
+
+    def __init__(self, count: int):
+        self.spawn, self.left = multiprocessing.get_context("spawn"), count
+
+    def Pipe(self, duplex: bool = True):  # noqa: N802 (multiprocessing's name)
+        return self.spawn.Pipe(duplex)
+
+    def Process(self, **kwargs):  # noqa: N802
+        if not self.left:
+            raise OSError(errno.EAGAIN, "no process to spare")
+        self.left -= 1
+        return self.spawn.Process(**kwargs)
+
+
 def test_no_fresh_worker_fails_the_tasks_instead_of_hanging(numpy_onnx, tmp_path):
     write_images(tmp_path / "images", 3, size=(40, 56))
     manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True, workers=1))
     stages = build_stages(manifest, graph_info(), NumpyModel())
     read = CrashOn(stages.read, "img00000.png", tmp_path / "readers.log")
-    workers = ProcessWorkers(Stages(read=read, explain=stages.explain, write=stages.write), 1)
-
-    def cannot_start():
-        raise OSError(errno.EAGAIN, "no process to spare")
-
-    workers._start = cannot_start  # the worker that dies cannot be replaced (fork fails: memory, process limit)
+    # the worker that dies cannot be replaced
+    workers = ProcessWorkers(Stages(read=read, explain=stages.explain, write=stages.write), 1, ForkFailsAfter(1))
     refs = image_refs(tmp_path / "images")
     try:
         for future in workers.submit_reads(refs):
@@ -268,7 +297,7 @@ def test_worker_processes_is_true_or_false(numpy_onnx, tmp_path, capsys):
 # A run of the NumPy model in its own process and session (as a terminal starts one), each batch slowed down so
 # that it can be stopped halfway.
 SLOW_RUN = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "sys.path.insert(0, sys.argv[2]); from test_runner_stages import NumpyModel; "
+            "sys.path.insert(0, sys.argv[2]); from numpy_model import NumpyModel; "
             "from onnxcam.runner.manifest import load_manifest; from onnxcam.runner.run import Run\n"
             "class Slow(NumpyModel):\n"
             "    def run(self, *args):\n"
@@ -316,33 +345,42 @@ def test_a_stopped_run_leaves_no_worker(numpy_onnx, tmp_path, stop):
             os.killpg(process.pid, signal.SIGKILL)
 
 
-class SlowModel(NumpyModel):
-    """NumpyModel taking `seconds` a batch with the GIL free (as a GPU's run), noting when and in which thread."""
+class WaitingModel(NumpyModel):
+    """NumpyModel that runs each batch after the first only once the sink has the rows of the batch before (two
+    passes a batch: topk 2). Would the driver wait for the model before handing rows over, it would wait forever:
+    it gives up after a minute, and says so."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, batch_size: int):
         super().__init__()
-        self.seconds, self.runs = seconds, []
+        self.batch_size, self.rows, self.threads, self.gave_up = batch_size, 0, set(), False
+        self.changed = threading.Condition()
+
+    def add_rows(self, found):
+        with self.changed:
+            self.rows += 1
+            self.changed.notify_all()
 
     def run(self, outputs, inputs, targets):
-        start = time.monotonic()
-        time.sleep(self.seconds)
-        self.runs.append((start, time.monotonic(), threading.get_ident()))
+        batch = len(self.batches) // 2
+        with self.changed:
+            self.threads.add(threading.get_ident())
+            if not self.gave_up:
+                self.gave_up = not self.changed.wait_for(lambda: self.rows >= batch * self.batch_size, 60)
         return super().run(outputs, inputs, targets)
 
 
 @pytest.mark.parametrize("processes", [False, True])
 def test_the_model_runs_beside_the_driver(numpy_onnx, tmp_path, processes):
     """The batch stage has a thread of its own: while the model runs a batch, the driver hands the rows of the
-    batch before to the sink and the next batch is ready (the model does not wait for the host between batches)."""
+    batch before to the sink (the model does not wait for the host between batches, nor the host for the model)."""
     write_images(tmp_path / "images", 24, size=(40, 56))
     manifest = load_manifest(numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", processes))
-    model = SlowModel(0.4)
+    model = WaitingModel(batch_size=4)
     stages = build_stages(manifest, graph_info(), model)
-    added = []
 
     class Sink:
         def add_rows(self, found):
-            added.append(time.monotonic())
+            model.add_rows(found)
 
         def add_costs(self, costs):
             pass
@@ -350,9 +388,6 @@ def test_the_model_runs_beside_the_driver(numpy_onnx, tmp_path, processes):
     refs = iter(ImageRef(path.name, str(path)) for path in sorted((tmp_path / "images").iterdir()))
     assert LocalEngine(stages, batch_size=4, workers=2, memory_budget=2**30, processes=processes).run(
         refs, Sink()) is False
-    assert len(added) == 24 and len(model.runs) == 12  # topk 2: two passes per batch
-    assert {thread for _, _, thread in model.runs} != {threading.get_ident()}
-    during = [any(start < t < end for start, end, _ in model.runs) for t in added]
-    assert sum(during) >= 16, "the rows of every batch but the last two arrive while the model runs"
-    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(model.runs)]
-    assert max(gaps) < 0.2, f"the model waited {max(gaps):.2f} s for a batch"
+    assert model.rows == 24 and model.batches == [4] * 12  # topk 2: two passes per batch
+    assert not model.gave_up, "the rows of each batch reach the sink while the model runs the next"
+    assert threading.get_ident() not in model.threads, "the model runs in a thread of its own"

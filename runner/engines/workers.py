@@ -92,11 +92,12 @@ class _Worker:
 
 
 class ProcessWorkers:
-    """`count` worker processes that read and write, each image's read and write in the same one."""
+    """`count` worker processes that read and write, each image's read and write in the same one. `context` makes
+    the processes and pipes (multiprocessing's spawn context unless given)."""
 
-    def __init__(self, stages: Stages, count: int):
+    def __init__(self, stages: Stages, count: int, context: multiprocessing.context.BaseContext | None = None):
         self.stages, self.count = stages, count
-        self.context = multiprocessing.get_context("spawn")
+        self.context = context or multiprocessing.get_context("spawn")
         self.ids = itertools.count()
         self.lock = threading.Lock()  # the workers and their pending tasks, shared with the collector
         self.workers = [self._start() for _ in range(count)]

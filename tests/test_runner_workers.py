@@ -23,6 +23,7 @@ from onnxcam.runner.engines.local import LocalEngine
 from onnxcam.runner.engines.workers import DIED_HOLDING, DIED_READING, ProcessWorkers
 from onnxcam.runner.inputs.listing import ImageRef
 from onnxcam.runner.manifest import load_manifest
+from onnxcam.runner.report.build import STATE_NAME
 from onnxcam.runner.run import Run
 from onnxcam.runner.size import Size
 from onnxcam.runner.stages import Stages, build_stages
@@ -48,7 +49,7 @@ def numpy_manifest(folder: Path, model: Path, images: Path, processes: bool, wor
 def written_files(out: Path) -> dict[str, bytes]:
     """Every file of the run but its reports (which name the folder and the times)."""
     return {path.relative_to(out).as_posix(): path.read_bytes() for path in out.rglob("*") if path.is_file()
-            and path.name not in ("run.json", "report.html", "index.csv") and "report" not in path.parts}
+            and path.name not in ("run.json", "report.html", STATE_NAME, "index.csv") and "report" not in path.parts}
 
 
 def test_processes_write_the_threads_rows_and_files(numpy_onnx, tmp_path):

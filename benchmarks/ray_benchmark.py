@@ -45,7 +45,8 @@ class TimedWorker(ExplainWorker):
 
 
 start = time.time()
-run = Run(load_manifest(sys.argv[1]), quiet=True, ray=RaySettings(worker=TimedWorker) if sys.argv[2] == "ray" else None)
+run = Run(load_manifest(sys.argv[1]), quiet=True, engine=sys.argv[2],
+          settings=RaySettings(worker=TimedWorker) if sys.argv[2] == "ray" else None)
 built = time.time()
 tally = run.run()
 end = time.time()

@@ -131,22 +131,18 @@ def run_manifest(args: argparse.Namespace) -> int:
     """Run a manifest; exit 0 when the run finished (error rows included), 2 for an error in the manifest, the
     model, output.dir or the engine."""
     from onnxcam.runner.engines import EngineError
+    from onnxcam.runner.engines.registry import ENGINES
     from onnxcam.runner.manifest import ManifestError, load_manifest
     from onnxcam.runner.model.backend import ModelError
     from onnxcam.runner.outputs.files import OutputDirError
     from onnxcam.runner.run import Run
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop ends the run like Ctrl-C
-    ray = None
-    if args.ray is not None:
-        try:
-            from onnxcam.runner.engines.ray_data import RaySettings
-        except ImportError as error:
-            print(f"onnxcam run: error: --ray needs Ray Data, an optional extra ({error}): pip install 'onnxcam[ray]'")
-            return 2
-        ray = RaySettings(address=args.ray or None)
+    engine, options = ("ray", {"address": args.ray or None}) if args.ray is not None else ("local", {})
     try:
-        run = Run(load_manifest(args.manifest), quiet=args.quiet, ray=ray)
+        ENGINES[engine].check_installed()  # before the manifest: the settings come from the engine's module
+        settings = ENGINES[engine].settings(**options)
+        run = Run(load_manifest(args.manifest), quiet=args.quiet, engine=engine, settings=settings)
         with run.opened():
             for note in run.notes:
                 print(f"onnxcam run: {note}")

@@ -9,20 +9,20 @@ costs and shows progress, whichever engine computes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from onnxcam.runner.config import Manifest
 from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines import Engine
-from onnxcam.runner.engines.local import LocalEngine
+from onnxcam.runner.engines.registry import ENGINES, EngineKind, EngineSetup
 from onnxcam.runner.evaluate import aggregate, curves
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
 from onnxcam.runner.methods import METHODS, index_names
 from onnxcam.runner.model.backend import Backend, ModelError
 from onnxcam.runner.model.graph import GraphInfo, read_graph_info
-from onnxcam.runner.model.registry import BACKENDS, open_backend
+from onnxcam.runner.model.registry import open_backend
 from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
 from onnxcam.runner.outputs.index import IndexFile
@@ -32,9 +32,6 @@ from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
 from onnxcam.runner.progress import Progress
 from onnxcam.runner.report.build import REPORT_NAME, write_report
 from onnxcam.runner.stages import build_stages, output_sets
-
-if TYPE_CHECKING:
-    from onnxcam.runner.engines.ray_data import RaySettings
 
 MAX_ERRORS_IN_REPORT = 100
 MISSING_OUTPUT_FIX = {"input_gradients": "was exported with --no-guided; re-export without it",
@@ -62,24 +59,26 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
 
 class Run:
     """`backend` replaces the manifest's (tests); `open_model` opens the manifest's (model/registry.py's open_backend
-    unless a test passes another); `ray` runs the work on Ray actors instead of this process.
+    unless a test passes another); `engine` names the entry of `engines` (engines/registry.py's ENGINES) that runs
+    the work, with its `settings` (None: the entry's defaults).
 
     Building it checks what is cheap to check (the model serves the methods, the targets and boxes fit it); the
     engine, with its model sessions or its Ray connection, is built once `opened()` holds output.dir's lock, so a
     run on a folder another run holds stops before it loads a model."""
 
     def __init__(self, manifest: Manifest, quiet: bool = False, stream: TextIO | None = None,
-                 backend: Backend | None = None, ray: RaySettings | None = None,
-                 open_model: Callable[..., Backend] = open_backend):
+                 backend: Backend | None = None, engine: str = "local", settings: object = None,
+                 open_model: Callable[..., Backend] = open_backend, engines: Mapping[str, EngineKind] = ENGINES):
         self.manifest, self.quiet, self.stream = manifest, quiet, stream
-        self.backend, self.ray, self.open_model = backend, ray, open_model
+        self.backend, self.open_model = backend, open_model
+        self.engine_kind = engines[engine]
         try:
             self.info = read_graph_info(manifest.model)
         except Exception as error:  # noqa: BLE001 - a protobuf parse error or missing metadata
             raise ModelError(f"model: {manifest.model}: {str(error).splitlines()[0]}") from None
         check_model(manifest, self.info)
-        if ray is None:  # a Ray run's actors need the backend's package, on their nodes
-            BACKENDS[manifest.backend].check_installed(manifest.backend)
+        self.engine_kind.check(manifest)  # its package, and the backend's where the backend runs in this process
+        self.settings = self.engine_kind.settings() if settings is None else settings
         build_stages(manifest, self.info, None)  # the manifest's targets and boxes, checked before any model loads
         self._engine: Engine | None = None
         self.methods = index_names(manifest.methods)
@@ -96,16 +95,14 @@ class Run:
         return self._engine
 
     def _start_engine(self) -> Engine:
-        m = self.manifest
-        if self.ray is not None:
-            from onnxcam.runner.engines.ray_data import RayEngine
+        return self.engine_kind.build(EngineSetup(self.manifest, self.info, self._open_backend, self.settings))
 
-            return RayEngine(m, self.ray)
-        backend = self.backend or self.open_model(m.model, m.backend, providers=m.providers,
-                                                  output_sets=output_sets(m, self.info), precision=m.precision,
-                                                  workers=m.workers)
-        return LocalEngine(build_stages(m, self.info, backend), m.batch_size, m.workers, m.memory_budget,
-                           m.worker_processes)
+    def _open_backend(self) -> Backend:
+        """The model backend, in this process: the one a test passed, or the manifest's."""
+        m = self.manifest
+        return self.backend or self.open_model(m.model, m.backend, providers=m.providers,
+                                               output_sets=output_sets(m, self.info), precision=m.precision,
+                                               workers=m.workers)
 
     def _close_engine(self) -> None:
         if self._engine is not None:

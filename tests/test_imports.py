@@ -102,7 +102,7 @@ def test_the_walk_sees_every_kind_of_import():
     graph = import_graph()
     assert len(graph) > 60
     assert "onnxcam.runner.model.backend" in graph["onnxcam.runner.run"]  # top level
-    assert "onnxcam.runner.engines.ray_data" in graph["onnxcam.runner.cli"]  # inside a function
+    assert "onnxcam.runner.engines.ray_data" in graph["onnxcam.runner.engines.registry"]  # inside a function
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
 

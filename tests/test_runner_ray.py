@@ -87,7 +87,7 @@ def test_same_results_as_the_local_engine(toy, cluster, tmp_path):
     write_images(images, 40, size=(60, 90))
     local = Run(load_manifest(manifest_in(tmp_path / "local", toy, images)), quiet=True).run()
     ray_manifest = load_manifest(manifest_in(tmp_path / "ray", toy, images))
-    distributed = Run(ray_manifest, quiet=True, ray=RaySettings()).run()
+    distributed = Run(ray_manifest, quiet=True, engine="ray", settings=RaySettings()).run()
     assert (distributed.images, distributed.rows, distributed.errors) == (local.images, local.rows, 0) == (40, 160, 0)
 
     out_local, out_ray = tmp_path / "local" / "out", tmp_path / "ray" / "out"
@@ -127,7 +127,7 @@ def test_each_gpu_gets_an_actor_of_its_own(toy, cluster, tmp_path):
     write_images(tmp_path / "images", 8 * 16)
     manifest = load_manifest(manifest_in(tmp_path, toy, tmp_path / "images", methods=("gradcam",)))
     (tmp_path / "arrivals").mkdir()
-    Run(manifest, quiet=True, ray=RaySettings(worker=meeting_worker(tmp_path / "arrivals", 2))).run()
+    Run(manifest, quiet=True, engine="ray", settings=RaySettings(worker=meeting_worker(tmp_path / "arrivals", 2))).run()
     actors = json.loads((tmp_path / "out" / "run.json").read_text())["ray"]["actors"]
     assert sorted(actor["gpus"] for actor in actors) == [["0"], ["1"]], "one actor per GPU, each its own"
 
@@ -165,7 +165,7 @@ def test_dead_workers_are_retried_and_a_file_that_kills_every_time_is_an_error_r
     poison, once = paths[5].name, paths[22].name
     manifest = load_manifest(manifest_in(tmp_path, toy, images))
     worker = crashing_worker(poison, once, tmp_path / "crashed-once")
-    tally = Run(manifest, quiet=True, ray=RaySettings(worker=worker, max_tries=3)).run()
+    tally = Run(manifest, quiet=True, engine="ray", settings=RaySettings(worker=worker, max_tries=3)).run()
     assert (tally.images, tally.ok, tally.errors) == (40, 39, 1)
     assert (tmp_path / "crashed-once").exists(), "a worker did die while writing"
     rows = assert_each_once(tmp_path / "out", 40)
@@ -220,7 +220,7 @@ def test_cpu_actors_run_openvino(toy, cluster, tmp_path):
     runtime = {"backend": "openvino", "precision": "f32", "batch_size": 4, "workers": 2}
     local = Run(load_manifest(manifest_in(tmp_path / "local", toy, images, runtime=runtime)), quiet=True).run()
     distributed = Run(load_manifest(manifest_in(tmp_path / "ray", toy, images, runtime=runtime)), quiet=True,
-                      ray=RaySettings()).run()
+                      engine="ray", settings=RaySettings()).run()
     assert (distributed.images, distributed.rows, distributed.errors) == (local.images, local.rows, 0) == (24, 96, 0)
     out_local, out_ray = tmp_path / "local" / "out", tmp_path / "ray" / "out"
     sort = lambda rows: sorted(tuple(sorted(row.items())) for row in rows)  # noqa: E731
@@ -249,7 +249,7 @@ def test_ray_actors_read_and_write_on_threads_whatever_worker_processes_says(toy
     write_images(tmp_path / "images", 1)
     manifest = load_manifest(manifest_in(tmp_path, toy, tmp_path / "images",
                                          runtime={"providers": ["cpu"], "worker_processes": True}))
-    run = Run(manifest, quiet=True, ray=RaySettings())
+    run = Run(manifest, quiet=True, engine="ray", settings=RaySettings())
     assert run.notes == ["runtime.worker_processes: the Ray actors read and write on threads; the key is the local "
                          "engine's"]
     assert run.engine.facts()["worker_processes"] is False

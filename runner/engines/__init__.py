@@ -3,7 +3,7 @@
 An engine takes the images still to do and a `Sink` (the run's driver: the only writer of index.csv, which also
 adds up costs and shows progress), and returns whether the run was interrupted. `local` runs the stages on one
 machine, reading and writing on threads or worker processes (`workers`); `ray_data` runs them in Ray actors, one
-per GPU of a server or a cluster.
+per GPU of a server or a cluster. `registry` lists them (ENGINES): what each needs and how it is built.
 """
 
 from __future__ import annotations

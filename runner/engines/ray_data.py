@@ -77,9 +77,7 @@ def plan_actors(nodes: list[dict[str, float]], providers: str | list[str], where
     """One actor per GPU of the cluster (each with its node's CPUs per GPU), or without GPUs, or with a backend that
     runs on CPUs only, CPU actors as large as the smallest node's CPUs, as many as fit (one per node when the nodes are
     alike). `nodes` are the alive nodes' resources; `where` names the manifest for errors."""
-    kind = BACKENDS[backend]
-    if not kind.ray_actors:
-        raise ManifestError(f"{where}: runtime.backend: {backend} does not run on Ray actors; run without --ray")
+    kind = BACKENDS[backend]  # one that runs on Ray actors: ENGINES' entry checked that before
     cpu = ("cpu",) if kind.providers else ()
     gpu_nodes = [node for node in nodes if node.get("GPU", 0) >= 1] if kind.gpu else []
     if gpu_nodes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import errno
+import os
 import subprocess
 import sys
 import time
@@ -82,6 +84,44 @@ def wait_for_rows(index: Path, rows: int, process: subprocess.Popen) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"the run did not write {rows} rows in time: {process.poll()}")
+
+
+class Gate:
+    """A FIFO in an image's place: the run that reads it blocks until the test releases it, so it is still running
+    when the test signals it (on any machine, however fast). The run only reads an image once the images listed
+    before it are (nearly all) done."""
+
+    def __init__(self, path: Path):
+        self.path, self.write_end = path, None
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+
+    def wait_until_read(self, process: subprocess.Popen) -> None:
+        """Returns once the run has the FIFO open for reading (a writer can open it only then); the write end this
+        opens keeps the reader blocked until `release`. The deadline is a safety net, not a timing."""
+        deadline = time.monotonic() + 300
+        while self.write_end is None:
+            try:
+                self.write_end = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                if error.errno != errno.ENXIO:
+                    raise
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the run did not read {self.path.name}: {process.poll()}") from None
+                time.sleep(0.01)
+
+    def release(self) -> None:
+        """Ends the reader's wait (end of file) and removes the FIFO, so that nothing opens it again."""
+        if self.write_end is not None:
+            os.close(self.write_end)
+            self.write_end = None
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def heatmap_at_image_size(out: Path, row: dict[str, str]) -> np.ndarray:

@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 from onnxcam.runner.cli import main
 from onnxcam.runner.manifest import ManifestError, load_manifest
 from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.run import Run
-from runner_helpers import read_index, start_run, wait_for_rows, write_images, write_manifest
+from runner_helpers import Gate, read_index, smooth_image, start_run, wait_for_rows, write_images, write_manifest
 
 ray = pytest.importorskip("ray", reason="--ray needs the ray extra (pip install -e '.[ray]')")
 from onnxcam.runner.engines import EngineError  # noqa: E402
@@ -186,21 +187,31 @@ def test_stopped_then_killed_driver_resumes_exactly_once(toy, cluster, tmp_path)
     manifest = manifest_in(tmp_path, toy, images)
     out, per_image = tmp_path / "out", 2 * len(METHODS)
 
-    stopped = start_run(manifest, "--ray")  # a Ray of its own, which it starts and stops
-    wait_for_rows(out / "index.csv", 20, stopped)
-    stopped.send_signal(signal.SIGTERM)
-    output = stopped.communicate(timeout=60)[0]
+    # Each run is held by a FIFO in an image's place (the actor reading it blocks), so it is still running when it is
+    # stopped; the images before it come back in the chunks before the one that holds it.
+    with Gate(images / "img00100.png") as gate:
+        stopped = start_run(manifest, "--ray")  # a Ray of its own, which it starts and stops
+        gate.wait_until_read(stopped)
+        wait_for_rows(out / "index.csv", 20, stopped)
+        stopped.send_signal(signal.SIGTERM)
+        output = stopped.communicate(timeout=60)[0]  # its Ray goes with it, the blocked actor too
     assert stopped.returncode == 130, output
     assert output.splitlines()[-1].startswith("onnxcam run: interrupted after ")
     assert json.loads((out / "run.json").read_text())["interrupted"] is True
     first = read_index(out)
     assert 0 < len(first) < 240 * per_image and not partials(out)
+    assert gate.path.name not in {row["image"] for row in first}
+    cv2.imwrite(str(gate.path), smooth_image(48, 64, seed=100))  # the picture write_images made
 
-    killed = start_run(manifest, "--ray", cluster)
-    wait_for_rows(out / "index.csv", len(first) + 20, killed)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate(timeout=60)
+    with Gate(images / "img00200.png") as gate:
+        killed = start_run(manifest, "--ray", cluster)
+        gate.wait_until_read(killed)
+        wait_for_rows(out / "index.csv", len(first) + 20, killed)
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate(timeout=60)
     assert len(read_index(out)) < 240 * per_image
+    assert gate.path.name not in {row["image"] for row in read_index(out)}
+    cv2.imwrite(str(gate.path), smooth_image(48, 64, seed=200))
 
     code = main(["run", str(manifest), "--ray", cluster, "--quiet"])
     assert code == 0

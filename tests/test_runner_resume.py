@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
-from runner_helpers import read_index, start_run, wait_for_rows, write_images, write_manifest
+from runner_helpers import Gate, read_index, smooth_image, start_run, wait_for_rows, write_images, write_manifest
 
 IMAGES, TARGETS, METHODS = 400, 2, ("gradcam", "hirescam")
+GATE = 60  # the image a FIFO stands in for while a run is stopped: the images listed before it are nearly all done
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +42,14 @@ def manifest(toy, tmp_path) -> Path:
 @pytest.mark.parametrize("stop", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
                                   pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGKILL])
 def test_stopped_run_resumes(manifest, stop):
-    out = manifest.parent / "out"
-    process = start_run(manifest)
-    wait_for_rows(out / "index.csv", 40, process)
-    process.send_signal(stop)
-    output = process.communicate(timeout=60)[0]
+    out, image = manifest.parent / "out", manifest.parent / "images" / f"img{GATE:05d}.png"
+    with Gate(image) as gate:
+        process = start_run(manifest)
+        gate.wait_until_read(process)  # the run cannot finish before the signal
+        wait_for_rows(out / "index.csv", 40, process)
+        process.send_signal(stop)
+        gate.release()
+        output = process.communicate(timeout=60)[0]
     if stop == signal.SIGKILL:
         assert process.returncode == -signal.SIGKILL
     else:
@@ -53,6 +58,8 @@ def test_stopped_run_resumes(manifest, stop):
         assert json.loads((out / "run.json").read_text())["interrupted"] is True
     finished = read_index(out)
     assert 0 < len(finished) < IMAGES * TARGETS * len(METHODS)
+    assert image.name not in {row["image"] for row in finished}, "the image being read when stopped is not recorded"
+    cv2.imwrite(str(image), smooth_image(48, 64, seed=GATE))  # the picture write_images made
     kept = {(row["image"], row["target_class"], row["method"]): row for row in finished}
 
     rerun = start_run(manifest)

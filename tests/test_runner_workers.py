@@ -28,7 +28,7 @@ from onnxcam.runner.run import Run
 from onnxcam.runner.size import Size
 from onnxcam.runner.stages import Stages, build_stages
 from onnxcam.runner.stages.items import ImageResult, TargetResult
-from runner_helpers import read_index, wait_for_rows, write_images, write_manifest
+from runner_helpers import Gate, read_index, wait_for_rows, write_images, write_manifest
 
 TESTS = Path(__file__).parent
 
@@ -295,16 +295,11 @@ def test_worker_processes_is_true_or_false(numpy_onnx, tmp_path, capsys):
         "manifest.yaml: runtime.worker_processes: expected true or false, got a string 'yes please'"), lines
 
 
-# A run of the NumPy model in its own process and session (as a terminal starts one), each batch slowed down so
-# that it can be stopped halfway.
-SLOW_RUN = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "sys.path.insert(0, sys.argv[2]); from numpy_model import NumpyModel; "
-            "from onnxcam.runner.manifest import load_manifest; from onnxcam.runner.run import Run\n"
-            "class Slow(NumpyModel):\n"
-            "    def run(self, *args):\n"
-            "        time.sleep(0.05)\n"
-            "        return super().run(*args)\n"
-            "Run(load_manifest(sys.argv[1]), quiet=True, backend=Slow()).run()")
+# A run of the NumPy model in its own process and session (as a terminal starts one).
+NUMPY_RUN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.path.insert(0, sys.argv[2]); from numpy_model import NumpyModel; "
+             "from onnxcam.runner.manifest import load_manifest; from onnxcam.runner.run import Run; "
+             "Run(load_manifest(sys.argv[1]), quiet=True, backend=NumpyModel()).run()")
 
 
 def session_processes(session: int) -> list[int]:
@@ -323,20 +318,24 @@ def session_processes(session: int) -> list[int]:
 def test_a_stopped_run_leaves_no_worker(numpy_onnx, tmp_path, stop):
     write_images(tmp_path / "images", 200, size=(40, 56))
     manifest = numpy_manifest(tmp_path, numpy_onnx, tmp_path / "images", True)
-    process = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(manifest), str(TESTS)], start_new_session=True,
+    gate = Gate(tmp_path / "images" / "img00060.png")  # a FIFO in its place holds the run while it is stopped
+    process = subprocess.Popen([sys.executable, "-c", NUMPY_RUN, str(manifest), str(TESTS)], start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_rows(tmp_path / "out" / "index.csv", 20, process)
-        assert len(session_processes(process.pid)) >= 3, "the run and its two workers"
-        if stop == "ctrl-c":  # a terminal sends it to every process of the foreground group
-            os.killpg(process.pid, signal.SIGINT)
-            assert process.wait(timeout=60) == 0, process.stdout.read()
+        with gate:
+            gate.wait_until_read(process)
+            wait_for_rows(tmp_path / "out" / "index.csv", 20, process)
+            assert len(session_processes(process.pid)) >= 3, "the run and its two workers"
+            if stop == "ctrl-c":  # a terminal sends it to every process of the foreground group
+                os.killpg(process.pid, signal.SIGINT)
+            else:
+                process.kill()
+        assert process.wait(timeout=60) == (0 if stop == "ctrl-c" else -signal.SIGKILL), process.stdout.read()
+        if stop == "ctrl-c":
             assert json.loads((tmp_path / "out" / "run.json").read_text())["interrupted"] is True
             rows = read_index(tmp_path / "out")
             assert 0 < len(rows) < 200 * 4 and {row["status"] for row in rows} == {"ok"}, "writes under way finish"
-        else:
-            process.kill()
-            process.wait(timeout=60)
+            assert gate.path.name not in {row["image"] for row in rows}, "the image being read when stopped is dropped"
         deadline = time.monotonic() + 30
         while session_processes(process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)

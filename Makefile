@@ -36,7 +36,7 @@ lint: setup  ## ruff
 
 # Both run every benchmark at its --smoke size (tests/test_benchmarks.py, about 2 minutes on 2 idle cores), so none
 # rots.
-test: lint browser docs  ## ruff, the docs site (--strict) and every test (14 min on 2 cores; what CI runs)
+test: lint browser docs  ## ruff, the docs site (--strict) and every test (37 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
 # The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 5 minutes, of

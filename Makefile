@@ -39,9 +39,9 @@ lint: setup  ## ruff
 test: lint browser docs  ## ruff, the docs site (--strict) and every test (37 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
-# The everyday loop: everything but the tests marked slow (exports of real models, long runs); under 5 minutes, of
+# The everyday loop: everything but the tests marked slow (exports of real models, long runs); 9 minutes on 2 cores, of
 # which about 2 the benchmarks' smoke runs.
-test-fast: lint browser  ## ruff and the tests not marked slow (under 5 minutes)
+test-fast: lint browser  ## ruff and the tests not marked slow (9 min on 2 cores)
 	$(BIN)/pytest -q -m "not slow"
 
 export: setup  ## export MODEL (efficientnet-lite0) to OUT with EXPORT_FLAGS (--saliency)

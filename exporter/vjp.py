@@ -390,15 +390,12 @@ def _matmul(b, node, dys):
     if len(shape_a) == 1 or len(shape_c) == 1:
         if len(shape_a) == 1:
             raise _Unsupported("a 1-D first operand")
-        dy = b.op("Unsqueeze", dy, b.ints([-1]))  # [..., M, 1]
-        c_matrix = b.op("Unsqueeze", c, b.ints([-1]))  # [K, 1]
-        da = b.op("MatMul", dy, _swap_last(b, c_matrix)) if b.is_live(a) else None
+        column = b.op("Unsqueeze", dy, b.ints([-1]))  # [..., M, 1]
+        da = b.op("Mul", column, c) if b.is_live(a) else None
         dc = None
-        if b.is_live(c):
-            dc = b.op("MatMul", _swap_last(b, a), dy)  # [..., K, 1]
-            dc = b.op("Reshape", dc, b.ints([-1, shape_c[0]])) if len(shape_a) > 2 else dc
-            dc = b.op("ReduceSum", dc, b.ints([0]), keepdims=0) if len(shape_a) > 2 else b.op(
-                "Squeeze", dc, b.ints([-1]))
+        if b.is_live(c):  # the sum over every row of A weighted by dY: [1, rows] @ [rows, K]
+            rows = b.op("Reshape", a, b.ints([-1, shape_c[0]]))
+            dc = b.op("Reshape", b.op("MatMul", b.op("Reshape", dy, b.ints([1, -1])), rows), b.ints(shape_c))
         return [da, dc]
     batch = b.shape(y)[:-2]
     da = b.unbroadcast(b.op("MatMul", dy, _swap_last(b, c)), a, [*batch, *shape_a[-2:]]) if b.is_live(a) else None
@@ -529,7 +526,12 @@ def _reduce(b, node, dys):
     dy = dys[0] if attrs.get("keepdims", 1) else b.op("Unsqueeze", dys[0], b.ints(axes))
     grad = b.op("Expand", dy, b.shape_of(x))
     if node.op_type == "ReduceMean":
-        grad = b.op("Div", grad, b.const(math.prod(b.static_dims(x, axes)), like=x))
+        dims = [b.shape(x)[axis] for axis in axes]
+        if all(isinstance(d, int) for d in dims):
+            count = b.const(math.prod(dims), like=x)
+        else:  # the batch among the reduced axes: as many cells as the input has per output cell
+            count = b.op("Cast", b.op("Div", b.op("Size", x), b.op("Size", node.output[0])), to=b.elem_type(x))
+        grad = b.op("Div", grad, count)
     return [grad]
 
 

@@ -67,21 +67,24 @@ class Builder:
             if tensor_type.HasField("shape"):
                 self.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                           for d in tensor_type.shape.dim]
-        self.values: dict[str, np.ndarray] = {}
+        self.constants: dict[str, onnx.TensorProto] = {}  # read into `values` when a rule asks
         for initializer in graph.initializer:
-            self.values[initializer.name] = numpy_helper.to_array(initializer)
+            self.constants[initializer.name] = initializer
             self.types[initializer.name] = initializer.data_type
             self.shapes[initializer.name] = list(initializer.dims)
+        self.values: dict[str, np.ndarray] = {}
         for node in graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                value = numpy_helper.to_array(node.attribute[0].t)
-                self.values[node.output[0]] = value
-                self.types[node.output[0]] = node.attribute[0].t.data_type
-                self.shapes[node.output[0]] = list(value.shape)
+            if node.op_type == "Constant" and len(node.attribute) == 1:
+                value = _constant_value(node.attribute[0])
+                if value is not None:
+                    self.values[node.output[0]] = value
+                    self.types[node.output[0]] = helper.np_dtype_to_tensor_dtype(value.dtype)
+                    self.shapes[node.output[0]] = list(value.shape)
         self.used = {name for node in graph.node for name in [*node.input, *node.output, node.name]}
         self.used |= {info.name for info in [*graph.input, *graph.output, *graph.initializer]}
         self.count = 0
         self.runtime_shapes: dict[str, str] = {}
+        self.cached_constants: dict[tuple, str] = {}
         self.live: set[str] = set()
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
@@ -108,9 +111,11 @@ class Builder:
         if like is not None:
             dtype = helper.tensor_dtype_to_np_dtype(self.elem_type(like))
         array = np.asarray(value, dtype=dtype)
-        name = self.fresh("const")
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.cached_constants:
+            self.cached_constants[key] = self.fresh("const")
+            self.initializers.append(numpy_helper.from_array(array, self.cached_constants[key]))
+        return self.cached_constants[key]
 
     def ints(self, values: Sequence[int]) -> str:
         return self.const(np.asarray(list(values), dtype=np.int64))
@@ -136,7 +141,9 @@ class Builder:
 
     def value(self, name: str) -> np.ndarray | None:
         """The value of a constant input (initializer or Constant node), or None."""
-        return self.values.get(name) if name else None
+        if name in self.constants and name not in self.values:
+            self.values[name] = numpy_helper.to_array(self.constants[name])
+        return self.values.get(name)
 
     def static_value(self, name: str, what: str) -> np.ndarray:
         value = self.value(name)
@@ -181,6 +188,14 @@ def attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _constant_value(attribute: onnx.AttributeProto) -> np.ndarray | None:
+    """A Constant node's value: tensor, float(s) or int(s); None for the sparse and string kinds."""
+    if attribute.name == "value":
+        return numpy_helper.to_array(attribute.t)
+    kinds = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    return np.asarray(helper.get_attribute_value(attribute), kinds[attribute.name]) if attribute.name in kinds else None
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -195,7 +210,7 @@ def _cast(b, node, dys):
     return [b.op("Cast", dys[0], to=b.elem_type(node.input[0]))]
 
 
-def _linear_range_rule(b: Builder, x: str, dy: str, inside: str) -> str:
+def _linear_range_rule(b: Builder, dy: str, inside: str) -> str:
     """dX = dY where x is in the linear range, else 0; guided: relu(dY) there."""
     passed = b.op("Relu", dy) if b.guided else dy
     return b.op("Where", inside, passed, b.const(0, like=dy))
@@ -203,7 +218,7 @@ def _linear_range_rule(b: Builder, x: str, dy: str, inside: str) -> str:
 
 def _relu(b, node, dys):
     x = node.input[0]
-    return [_linear_range_rule(b, x, dys[0], b.op("Greater", x, b.const(0, like=x)))]
+    return [_linear_range_rule(b, dys[0], b.op("Greater", x, b.const(0, like=x)))]
 
 
 def _clip(b, node, dys):
@@ -218,7 +233,7 @@ def _clip(b, node, dys):
     if not masks:
         return [dys[0]]
     inside = masks[0] if len(masks) == 1 else b.op("And", *masks)
-    return [_linear_range_rule(b, x, dys[0], inside)]
+    return [_linear_range_rule(b, dys[0], inside)]
 
 
 def _leaky_relu(b, node, dys):

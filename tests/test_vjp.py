@@ -232,6 +232,9 @@ CASES = {
     "reduce_mean_all": ([node("ReduceMean", ["x"], keepdims=0)], {"x": rand(2, 3, 4)}, {}, lambda t: t["x"].mean()),
     "reduce_mean_opset13": ([node("ReduceMean", ["x"], axes=[1], keepdims=0)], {"x": rand(2, 3, 4)}, {},
                             lambda t: t["x"].mean(1), {"opset": 13}),
+    "reduce_mean_constant_node_axes": ([node("Constant", [], ("axes",), value_ints=[2, 3]),
+                                        node("ReduceMean", ["x", "axes"], keepdims=0)], {"x": rand(2, 3, 5, 4)}, {},
+                                       lambda t: t["x"].mean((2, 3))),
     "reduce_sum": ([node("ReduceSum", ["x", "axes"], keepdims=0)], {"x": rand(2, 3, 4)}, {"axes": ints(1)},
                    lambda t: t["x"].sum(1)),
     # normalisation

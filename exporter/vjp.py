@@ -242,6 +242,26 @@ def _leaky_relu(b, node, dys):
     return [b.op("Where", b.op("Greater", x, b.const(0, like=x)), dy, b.op("Mul", dy, b.const(alpha, like=dy)))]
 
 
+def _prelu(b, node, dys):
+    x, slope = node.input
+    return [b.op("Where", b.op("Greater", x, b.const(0, like=x)), dys[0], b.op("Mul", dys[0], slope)), None]
+
+
+def _elu(b, node, dys):
+    """dY where x > 0, else dY (y + alpha)."""
+    x, y = node.input[0], node.output[0]
+    alpha = b.const(attributes(node).get("alpha", 1.0), like=x)
+    return [b.op("Where", b.op("Greater", x, b.const(0, like=x)), dys[0], b.op("Mul", dys[0], b.op("Add", y, alpha)))]
+
+
+def _softplus(b, node, dys):
+    return [b.op("Mul", dys[0], b.op("Sigmoid", node.input[0]))]
+
+
+def _abs(b, node, dys):
+    return [b.op("Mul", dys[0], b.op("Sign", node.input[0]))]
+
+
 def _sigmoid(b, node, dys):
     y = node.output[0]
     return [b.op("Mul", dys[0], b.op("Mul", y, b.op("Sub", b.const(1, like=y), y)))]
@@ -358,6 +378,25 @@ def _div(b, node, dys):
     da = b.unbroadcast(b.op("Div", dys[0], c), a, y) if b.is_live(a) else None
     dc = b.unbroadcast(b.op("Neg", b.op("Mul", dys[0], b.op("Div", y, c))), c, y) if b.is_live(c) else None
     return [da, dc]
+
+
+def _max_min(b, node, dys):
+    """Max/Min of two operands: the gradient goes to the one chosen, halved between equal ones (as torch's)."""
+    if len(node.input) != 2:
+        raise _Unsupported(f"{len(node.input)} operands")
+    a, c = node.input
+    y, dy = node.output[0], dys[0]
+    chosen = b.op("Cast", b.op("Equal", a, y), to=b.elem_type(dy))
+    share = b.op("Sub", chosen, b.op("Mul", b.op("Cast", b.op("Equal", a, c), to=b.elem_type(dy)),
+                                     b.const(0.5, like=dy)))  # 1 where a alone is chosen, 1/2 on ties, else 0
+    da = b.unbroadcast(b.op("Mul", dy, share), a, y) if b.is_live(a) else None
+    dc = b.unbroadcast(b.op("Sub", dy, b.op("Mul", dy, share)), c, y) if b.is_live(c) else None
+    return [da, dc]
+
+
+def _mean(b, node, dys):
+    share = b.op("Div", dys[0], b.const(len(node.input), like=dys[0]))
+    return [b.unbroadcast(share, x, node.output[0]) for x in node.input]
 
 
 def _where(b, node, dys):
@@ -528,16 +567,36 @@ def _global_average_pool(b, node, dys):
     return [b.op("Div", b.op("Expand", dys[0], b.shape_of(x)), b.const(cells, like=x))]
 
 
+def _reduce_axes(b: Builder, node: onnx.NodeProto) -> list[int] | None:
+    """The sorted, non-negative axes a Reduce* node reduces; None when it is the identity."""
+    rank = b.rank(node.input[0])
+    axes = b.axes_input(node, 1) if node.op_type != "GlobalMaxPool" else list(range(2, rank))
+    if not axes:
+        if attributes(node).get("noop_with_empty_axes", 0):
+            return None
+        axes = list(range(rank))
+    return sorted(axis % rank for axis in axes)
+
+
+def _reduce_max(b, node, dys):
+    """ReduceMax, GlobalMaxPool: dY spread evenly over the cells equal to the maximum (torch's amax rule)."""
+    x, y = node.input[0], node.output[0]
+    axes = _reduce_axes(b, node)
+    if axes is None:
+        return [dys[0]]
+    keep = attributes(node).get("keepdims", 1) or node.op_type == "GlobalMaxPool"
+    dy, y = (dys[0], y) if keep else (b.op("Unsqueeze", dys[0], b.ints(axes)), b.op("Unsqueeze", y, b.ints(axes)))
+    chosen = b.op("Cast", b.op("Equal", x, y), to=b.elem_type(x))
+    count = b.op("ReduceSum", chosen, b.ints(axes), keepdims=1)
+    return [b.op("Mul", chosen, b.op("Div", dy, count))]
+
+
 def _reduce(b, node, dys):
     """ReduceSum / ReduceMean: dY (with the reduced axes kept) expanded to the input's shape, / count for a mean."""
     x, attrs = node.input[0], attributes(node)
-    rank = b.rank(x)
-    axes = b.axes_input(node, 1)
-    if not axes:
-        if attrs.get("noop_with_empty_axes", 0):
-            return [dys[0]]
-        axes = list(range(rank))
-    axes = sorted(axis % rank for axis in axes)
+    axes = _reduce_axes(b, node)
+    if axes is None:
+        return [dys[0]]
     dy = dys[0] if attrs.get("keepdims", 1) else b.op("Unsqueeze", dys[0], b.ints(axes))
     grad = b.op("Expand", dy, b.shape_of(x))
     if node.op_type == "ReduceMean":
@@ -730,11 +789,13 @@ RULES: dict[str, Callable[[Builder, onnx.NodeProto, list[str | None]], Sequence[
     "Identity": _identity, "Dropout": _identity, "Cast": _cast,
     "Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky_relu, "Sigmoid": _sigmoid, "HardSigmoid": _hard_sigmoid,
     "HardSwish": _hard_swish, "Erf": _erf, "Gelu": _gelu, "Sqrt": _sqrt, "Exp": _exp, "Log": _log, "Tanh": _tanh,
-    "Neg": _neg, "Reciprocal": _reciprocal, "Pow": _pow,
-    "Add": _add, "Sub": _sub, "Mul": _mul, "Div": _div, "Sum": _sum, "Where": _where,
+    "Neg": _neg, "Reciprocal": _reciprocal, "Pow": _pow, "PRelu": _prelu, "Elu": _elu, "Softplus": _softplus,
+    "Abs": _abs,
+    "Add": _add, "Sub": _sub, "Mul": _mul, "Div": _div, "Sum": _sum, "Mean": _mean, "Max": _max_min, "Min": _max_min,
+    "Where": _where,
     "Gemm": _gemm, "MatMul": _matmul,
     "Conv": _conv, "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,
-    "ReduceMean": _reduce, "ReduceSum": _reduce,
+    "ReduceMean": _reduce, "ReduceSum": _reduce, "ReduceMax": _reduce_max, "GlobalMaxPool": _reduce_max,
     "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm, "Softmax": _softmax,
     "LogSoftmax": _log_softmax,
     "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape, "Transpose": _transpose,

@@ -28,6 +28,7 @@ ZERO_GRADIENT = {"Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUn
 NOT_FLOAT = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
              "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf"}
 
+MIN_OPSET = 11  # Clip's bounds and Pad's counts as inputs
 Dim = int | str | None  # a static size, a symbolic one (the batch), or unknown
 
 
@@ -172,8 +173,18 @@ class Builder:
         axes = list(range(lead)) + [lead + i for i, d in enumerate(shape) if d == 1 and out_shape[lead + i] != 1]
         if not axes:
             return grad
-        grad = self.op("ReduceSum", grad, self.ints(axes), keepdims=1)
-        return self.op("Squeeze", grad, self.ints(range(lead))) if lead else grad
+        grad = self.reduce("ReduceSum", grad, axes)
+        return self.squeeze("Squeeze", grad, range(lead)) if lead else grad
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
+        """A Reduce* node, its axes an input from the opset that made them one (ReduceSum 13, the others 18)."""
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            return self.op(op_type, x, self.ints(axes), keepdims=keepdims)
+        return self.op(op_type, x, axes=list(axes), keepdims=keepdims)
+
+    def squeeze(self, op_type: str, x: str, axes: Sequence[int]) -> str:
+        """Squeeze or Unsqueeze; axes an input from opset 13."""
+        return self.op(op_type, x, self.ints(axes)) if self.opset >= 13 else self.op(op_type, x, axes=list(axes))
 
     def axes_input(self, node: onnx.NodeProto, index: int) -> list[int] | None:
         """Axes given as attribute `axes` or as constant input `index` (None: absent)."""
@@ -222,13 +233,9 @@ def _relu(b, node, dys):
 
 
 def _clip(b, node, dys):
-    x, attrs = node.input[0], attributes(node)
+    x = node.input[0]
     low = node.input[1] if len(node.input) > 1 and node.input[1] else None
     high = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if low is None and "min" in attrs:
-        low = b.const(attrs["min"], like=x)
-    if high is None and "max" in attrs:
-        high = b.const(attrs["max"], like=x)
     masks = ([b.op("Greater", x, low)] if low else []) + ([b.op("Less", x, high)] if high else [])
     if not masks:
         return [dys[0]]
@@ -444,7 +451,7 @@ def _matmul(b, node, dys):
     if len(shape_a) == 1 or len(shape_c) == 1:
         if len(shape_a) == 1:
             raise _Unsupported("a 1-D first operand")
-        column = b.op("Unsqueeze", dy, b.ints([-1]))  # [..., M, 1]
+        column = b.squeeze("Unsqueeze", dy, [-1])  # [..., M, 1]
         da = b.op("Mul", column, c) if b.is_live(a) else None
         dc = None
         if b.is_live(c):  # the sum over every row of A weighted by dY: [1, rows] @ [rows, K]
@@ -536,8 +543,8 @@ def _max_pool(b, node, dys):
     cols = (np.arange(out_w) * sw - window.pads[1])[None, None, :] + (np.arange(kw) * dw)[:, None, None]
     rows, cols = np.repeat(rows, kw, axis=0), np.tile(cols, (kh, 1, 1))
     expected = np.where((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width), rows * width + cols, -1)
-    one_hot = b.op("Equal", b.op("Unsqueeze", plane, b.ints([2])), b.ints(expected[None, None]))
-    values = b.op("Mul", b.op("Cast", one_hot, to=b.elem_type(dys[0])), b.op("Unsqueeze", dys[0], b.ints([2])))
+    one_hot = b.op("Equal", b.squeeze("Unsqueeze", plane, [2]), b.ints(expected[None, None]))
+    values = b.op("Mul", b.op("Cast", one_hot, to=b.elem_type(dys[0])), b.squeeze("Unsqueeze", dys[0], [2]))
     values = b.op("Reshape", values, b.ints([0, channels * kh * kw, out_h, out_w]))
     kernels = np.tile(np.eye(kh * kw).reshape(kh * kw, 1, kh, kw), (channels, 1, 1, 1))
     return [_transposed(b, values, b.const(kernels, like=dys[0]), window, channels)]
@@ -585,9 +592,9 @@ def _reduce_max(b, node, dys):
     if axes is None:
         return [dys[0]]
     keep = attributes(node).get("keepdims", 1) or node.op_type == "GlobalMaxPool"
-    dy, y = (dys[0], y) if keep else (b.op("Unsqueeze", dys[0], b.ints(axes)), b.op("Unsqueeze", y, b.ints(axes)))
+    dy, y = (dys[0], y) if keep else (b.squeeze("Unsqueeze", dys[0], axes), b.squeeze("Unsqueeze", y, axes))
     chosen = b.op("Cast", b.op("Equal", x, y), to=b.elem_type(x))
-    count = b.op("ReduceSum", chosen, b.ints(axes), keepdims=1)
+    count = b.reduce("ReduceSum", chosen, axes)
     return [b.op("Mul", chosen, b.op("Div", dy, count))]
 
 
@@ -597,7 +604,7 @@ def _reduce(b, node, dys):
     axes = _reduce_axes(b, node)
     if axes is None:
         return [dys[0]]
-    dy = dys[0] if attrs.get("keepdims", 1) else b.op("Unsqueeze", dys[0], b.ints(axes))
+    dy = dys[0] if attrs.get("keepdims", 1) else b.squeeze("Unsqueeze", dys[0], axes)
     grad = b.op("Expand", dy, b.shape_of(x))
     if node.op_type == "ReduceMean":
         dims = [b.shape(x)[axis] for axis in axes]
@@ -632,33 +639,33 @@ def _layer_norm(b, node, dys):
     """dX = r (g - mean(g) - x^ mean(g x^)), g = dY * scale, x^ = (x - mean) r, means over the normalised axes."""
     attrs, x, scale = attributes(node), node.input[0], node.input[1]
     rank = b.rank(x)
-    axes = b.ints(range(attrs.get("axis", -1) % rank, rank))
-    centred = b.op("Sub", x, b.op("ReduceMean", x, axes, keepdims=1))
-    variance = b.op("ReduceMean", b.op("Mul", centred, centred), axes, keepdims=1)
+    axes = range(attrs.get("axis", -1) % rank, rank)
+    centred = b.op("Sub", x, b.reduce("ReduceMean", x, axes))
+    variance = b.reduce("ReduceMean", b.op("Mul", centred, centred), axes)
     inverse = b.op("Reciprocal", b.op("Sqrt", b.op("Add", variance, b.const(attrs.get("epsilon", 1e-5), like=x))))
     normalised = b.op("Mul", centred, inverse)
     g = b.op("Mul", dys[0], scale)
-    inner = b.op("Sub", b.op("Sub", g, b.op("ReduceMean", g, axes, keepdims=1)),
-                 b.op("Mul", normalised, b.op("ReduceMean", b.op("Mul", g, normalised), axes, keepdims=1)))
+    inner = b.op("Sub", b.op("Sub", g, b.reduce("ReduceMean", g, axes)),
+                 b.op("Mul", normalised, b.reduce("ReduceMean", b.op("Mul", g, normalised), axes)))
     return [b.op("Mul", inner, inverse)]
 
 
-def _softmax_axes(b: Builder, node: onnx.NodeProto) -> str:
+def _softmax_axes(b: Builder, node: onnx.NodeProto) -> list[int]:
     """The axes a (Log)Softmax normalises over: one axis from opset 13, all from `axis` on before."""
     rank = b.rank(node.input[0])
     axis = attributes(node).get("axis", -1 if b.opset >= 13 else 1) % rank
-    return b.ints([axis] if b.opset >= 13 else range(axis, rank))
+    return [axis] if b.opset >= 13 else list(range(axis, rank))
 
 
 def _softmax(b, node, dys):
     y, dy = node.output[0], dys[0]
-    total = b.op("ReduceSum", b.op("Mul", dy, y), _softmax_axes(b, node), keepdims=1)
+    total = b.reduce("ReduceSum", b.op("Mul", dy, y), _softmax_axes(b, node))
     return [b.op("Mul", y, b.op("Sub", dy, total))]
 
 
 def _log_softmax(b, node, dys):
     y, dy = node.output[0], dys[0]
-    total = b.op("ReduceSum", dy, _softmax_axes(b, node), keepdims=1)
+    total = b.reduce("ReduceSum", dy, _softmax_axes(b, node))
     return [b.op("Sub", dy, b.op("Mul", b.op("Exp", y), total))]
 
 
@@ -686,7 +693,7 @@ def _tile(b, node, dys):
         raise _Unsupported(f"more than one dynamic size in {shape}")
     split = [v for r, d in zip(repeats, shape, strict=True) for v in (r, d if isinstance(d, int) else -1)]
     grad = b.op("Reshape", dys[0], b.ints(split))
-    return [b.op("ReduceSum", grad, b.ints(range(0, 2 * len(repeats), 2)), keepdims=0)]
+    return [b.reduce("ReduceSum", grad, range(0, 2 * len(repeats), 2), keepdims=0)]
 
 
 def _pad_or_crop(b: Builder, x: str, before: list[int], after: list[int]) -> str:
@@ -705,7 +712,7 @@ def _pad(b, node, dys):
     if _text(attrs.get("mode", "constant")) != "constant":
         raise _Unsupported(f"mode {_text(attrs['mode'])}")
     rank = b.rank(node.input[0])
-    pads = attrs.get("pads") if "pads" in attrs else b.value(node.input[1])
+    pads = b.value(node.input[1])
     if pads is None:  # computed at run time: crop by the same counts (negative pads)
         pads_input = node.input[1]
         axes = [node.input[3]] if len(node.input) > 3 and node.input[3] else []
@@ -720,17 +727,13 @@ def _pad(b, node, dys):
 
 
 def _slice(b, node, dys):
-    x, attrs = node.input[0], attributes(node)
+    x = node.input[0]
     rank = b.rank(x)
-    if "starts" in attrs:  # opset 1
-        starts, ends = attrs["starts"], attrs["ends"]
-        axes, steps = attrs.get("axes", range(len(starts))), [1] * len(starts)
-    else:
-        starts, ends = b.static_value(node.input[1], "starts"), b.static_value(node.input[2], "ends")
-        axes = b.value(node.input[3]) if len(node.input) > 3 and node.input[3] else range(len(starts))
-        steps = b.value(node.input[4]) if len(node.input) > 4 and node.input[4] else [1] * len(starts)
-        if axes is None or steps is None:
-            raise _Unsupported("axes or steps are not constants")
+    starts, ends = b.static_value(node.input[1], "starts"), b.static_value(node.input[2], "ends")
+    axes = b.value(node.input[3]) if len(node.input) > 3 and node.input[3] else range(len(starts))
+    steps = b.value(node.input[4]) if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+    if axes is None or steps is None:
+        raise _Unsupported("axes or steps are not constants")
     if any(int(s) != 1 for s in np.ravel(steps)):
         raise _Unsupported("steps other than 1")
     before, after = [0] * rank, [0] * rank
@@ -749,7 +752,9 @@ def _concat(b, node, dys):
     sizes = [b.static_dims(x, [axis])[0] for x in node.input]
     if len(sizes) == 1:
         return [dys[0]]
-    return b.op("Split", dys[0], b.ints(sizes), axis=axis, outputs=len(sizes))
+    if b.opset >= 13:
+        return b.op("Split", dys[0], b.ints(sizes), axis=axis, outputs=len(sizes))
+    return b.op("Split", dys[0], axis=axis, split=sizes, outputs=len(sizes))
 
 
 def _split(b, node, dys):
@@ -768,14 +773,16 @@ def _gather(b, node, dys):
         size = b.shape(data)[axis]
         flat = np.ravel(value) % size
         if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
-            dy = b.op("Unsqueeze", dys[0], b.ints([axis])) if value.ndim == 0 else dys[0]
+            dy = b.squeeze("Unsqueeze", dys[0], [axis]) if value.ndim == 0 else dys[0]
             before, after = [0] * rank, [0] * rank
             before[axis], after[axis] = int(flat[0]), size - int(flat[-1]) - 1
             return [_pad_or_crop(b, dy, before, after), None]
+    if b.opset < 16:
+        raise _Unsupported("indices that are not constants need opset 16 (ScatterND with reduction)")
     perm = [axis, *(i for i in range(rank) if i != axis)]
     moved = b.op("Transpose", data, perm=perm) if axis else data
     size = b.op("Gather", b.op("Shape", moved), b.ints([0]))
-    index = b.op("Unsqueeze", b.op("Mod", indices, size), b.ints([-1]))  # negative indices count from the end
+    index = b.squeeze("Unsqueeze", b.op("Mod", indices, size), [-1])  # negative indices count from the end
     index_rank = len(b.shape(indices))
     dy = dys[0]
     if axis:  # updates: index dims first, then the data's other axes in order
@@ -827,6 +834,9 @@ def backward(model: onnx.ModelProto, seeds: dict[str, str], wanted: list[str], *
     `prefix`. `model` must carry inferred shapes (static except the batch). guided: the guided-backprop rule at Relu
     and Clip, relu(dY) where the input is in the linear range."""
     b = Builder(model, prefix, guided)
+    if b.opset < MIN_OPSET:
+        raise ValueError(f"opset {b.opset}: the gradient builder needs opset {MIN_OPSET} or later; convert the model "
+                         f"first (onnx.version_converter.convert_version(model, 17))")
     b.live = _live_tensors(b, model.graph, wanted)
     parts: dict[str, list[str]] = {}
     for tensor, seed in seeds.items():

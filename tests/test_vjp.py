@@ -198,6 +198,8 @@ CASES = {
                  lambda t: t["x"] / t["z"]),
     "div_constant": ([node("Div", ["x", "c"])], {"x": rand(2, 3, 4)}, {"c": np.float32(1.41)},
                      lambda t: t["x"] / 1.41),
+    "add_both_opset11": ([node("Add", ["x", "z"])], {"x": rand(2, 3, 4), "z": rand(4)}, {},
+                         lambda t: t["x"] + t["z"], {"opset": 11}),
     "sum_three": ([node("Sum", ["x", "z", "c"])], {"x": rand(2, 3, 4), "z": rand(2, 1, 4)}, {"c": rand(4)},
                   lambda t: t["x"] + t["z"] + t["c"]),
     "where": ([node("Where", ["m", "x", "z"])], {"x": rand(2, 3, 4), "z": rand(2, 1, 4)},
@@ -205,6 +207,8 @@ CASES = {
     # pooling and reductions
     "max_pool_resnet": ([node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
                         {"x": rand(2, 3, 10, 10)}, {}, lambda t: F.max_pool2d(t["x"], 3, 2, 1)),
+    "max_pool_opset11": ([node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+                         {"x": rand(2, 3, 10, 10)}, {}, lambda t: F.max_pool2d(t["x"], 3, 2, 1), {"opset": 11}),
     "max_pool_2x2": ([node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])], {"x": rand(2, 3, 8, 8)}, {},
                      lambda t: F.max_pool2d(t["x"], 2, 2)),
     "max_pool_stride1_pads": ([node("MaxPool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
@@ -252,6 +256,8 @@ CASES = {
                         lambda t: torch.amax(t["x"], (1, 2))),
     "global_max_pool": ([node("GlobalMaxPool", ["x"])], {"x": rand(2, 3, 4, 5)}, {},
                         lambda t: torch.amax(t["x"], (2, 3), keepdim=True)),
+    "reduce_max_opset12": ([node("ReduceMax", ["x"], axes=[-1], keepdims=0)], {"x": rand(2, 3, 5)}, {},
+                           lambda t: torch.amax(t["x"], -1), {"opset": 12}),
     "reduce_sum": ([node("ReduceSum", ["x", "axes"], keepdims=0)], {"x": rand(2, 3, 4)}, {"axes": ints(1)},
                    lambda t: t["x"].sum(1)),
     # normalisation
@@ -262,8 +268,13 @@ CASES = {
                    {"s": rand(6), "b": rand(6)}, lambda t: F.layer_norm(t["x"], (6,), t["s"], t["b"])),
     "layer_norm_axis1": ([node("LayerNormalization", ["x", "s"], axis=1, epsilon=1e-6)], {"x": rand(2, 3, 4, 5)},
                          {"s": rand(3, 4, 5)}, lambda t: F.layer_norm(t["x"], (3, 4, 5), t["s"], eps=1e-6)),
+    "layer_norm_opset17": ([node("LayerNormalization", ["x", "s", "b"], axis=-2)], {"x": rand(2, 3, 4, 6)},
+                           {"s": rand(4, 6), "b": rand(4, 6)}, lambda t: F.layer_norm(t["x"], (4, 6), t["s"], t["b"]),
+                           {"opset": 17}),
     "softmax": ([node("Softmax", ["x"])], {"x": rand(2, 3, 5)}, {}, lambda t: F.softmax(t["x"], -1)),
     "softmax_axis1": ([node("Softmax", ["x"], axis=1)], {"x": rand(2, 3, 5)}, {}, lambda t: F.softmax(t["x"], 1)),
+    "softmax_opset11_flattens": ([node("Softmax", ["x"], axis=1)], {"x": rand(2, 3, 5)}, {},
+                                 lambda t: F.softmax(t["x"].flatten(1), 1).reshape(2, 3, 5), {"opset": 11}),
     "log_softmax": ([node("LogSoftmax", ["x"], axis=1)], {"x": rand(2, 5)}, {}, lambda t: F.log_softmax(t["x"], 1)),
     # shapes
     "reshape": ([node("Reshape", ["x", "shape"])], {"x": rand(2, 3, 4)}, {"shape": ints(0, 4, 3)},
@@ -281,6 +292,12 @@ CASES = {
              lambda t: t["x"].repeat(1, 2, 3)),
     "concat": ([node("Concat", ["x", "c", "z"], axis=1)], {"x": rand(2, 3, 4), "z": rand(2, 2, 4)},
                {"c": rand(2, 1, 4)}, lambda t: torch.cat([t["x"], t["c"], t["z"]], 1), {"batch": False}),
+    "concat_opset11": ([node("Concat", ["x", "z"], axis=-1)], {"x": rand(2, 3, 4), "z": rand(2, 3, 2)}, {},
+                       lambda t: torch.cat([t["x"], t["z"]], -1), {"opset": 11}),
+    "split_opset11": ([node("Split", ["x"], ("y0", "y1"), axis=1, split=[1, 2])], {"x": rand(2, 3, 4)}, {},
+                      lambda t: tuple(torch.split(t["x"], [1, 2], 1)), {"opset": 11}),
+    "unsqueeze_opset11": ([node("Unsqueeze", ["x"], axes=[1])], {"x": rand(2, 3)}, {}, lambda t: t["x"][:, None],
+                          {"opset": 11}),
     "split_sizes": ([node("Split", ["x", "sizes"], ("y0", "y1"), axis=1)], {"x": rand(2, 5, 3)}, {"sizes": ints(2, 3)},
                     lambda t: tuple(torch.split(t["x"], [2, 3], 1))),
     "split_num_outputs_one_used": ([node("Split", ["x"], ("y0", "y1", "y2"), axis=-1, num_outputs=3),
@@ -291,6 +308,8 @@ CASES = {
                        lambda t: t["x"][:, 1:-1, -3:]),
     "slice_default_axes": ([node("Slice", ["x", "starts", "ends"])], {"x": rand(3, 6)},
                            {"starts": ints(1, 0), "ends": ints(3, 4)}, lambda t: t["x"][1:3, 0:4], {"batch": False}),
+    "pad_runtime_pads": ([node("Pad", ["x", "pads"])], {"x": rand(2, 3, 4), "pads": ints(0, 1, -1, 0, 2, 1)}, {},
+                         lambda t: F.pad(t["x"], (-1, 1, 1, 2)), {"batch": False}),
     "pad": ([node("Pad", ["x", "pads", "value"])], {"x": rand(2, 3, 4, 4)},
             {"pads": ints(0, 0, 1, 0, 0, 0, 2, 1), "value": np.float32(0.5)},
             lambda t: F.pad(t["x"], (0, 1, 1, 2), value=0.5)),
@@ -305,6 +324,9 @@ CASES = {
                         lambda t: t["x"][:, [4, 0, 4, 4]]),
     "gather_runtime_indices": ([node("Gather", ["x", "i"])], {"x": rand(6, 3), "i": ints(5, 0, 5, -2)}, {},
                                lambda t: t["x"][[5, 0, 5, 4]], {"batch": False}),
+    "gather_runtime_indices_axis1": ([node("Gather", ["x", "i"], axis=1)],
+                                     {"x": rand(2, 5, 3), "i": np.array([[4, 0], [-1, 2]], dtype=np.int64)}, {},
+                                     lambda t: t["x"][:, [[4, 0], [4, 2]]], {"batch": False}),
     "identity": ([node("Identity", ["x"])], {"x": rand(2, 3)}, {}, lambda t: t["x"]),
     "dropout": ([node("Dropout", ["x"])], {"x": rand(2, 3)}, {}, lambda t: t["x"]),
     "cast_double": ([node("Cast", ["x"], to=TensorProto.DOUBLE)], {"x": rand(2, 3)}, {}, lambda t: t["x"]),
@@ -406,6 +428,19 @@ def test_unsupported_op_off_the_path_does_not_raise():
     result = backward(model, {"y": "seed"}, ["r"])
     assert {n.op_type for n in result.nodes} <= {"Reshape", "Shape", "Greater", "Where", "Relu"}
     with pytest.raises(NotDifferentiable, match="Sin"):  # but wanting x puts the first Sin on the path
+        backward(model, {"y": "seed"}, ["x"])
+
+
+def test_old_opsets_are_refused_with_the_fix():
+    model = make_model([node("Relu", ["x"])], {"x": rand(2, 3)}, {}, ["y"], opset=10)
+    with pytest.raises(ValueError, match=r"^opset 10: .*convert_version"):
+        backward(model, {"y": "seed"}, ["x"])
+
+
+def test_runtime_gather_indices_before_opset_16_are_refused():
+    model = make_model([node("Gather", ["x", "i"])], {"x": rand(4, 3), "i": ints(1, 2)}, {}, ["y"], opset=13)
+    with pytest.raises(NotDifferentiable, match=r"^no gradient for Gather: indices that are not constants need "
+                                                r"opset 16 .*\(node the_Gather, output y\)$"):
         backward(model, {"y": "seed"}, ["x"])
 
 

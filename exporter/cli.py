@@ -1,4 +1,5 @@
-"""`onnxcam layers` and `onnxcam export` (both need torch)."""
+"""`onnxcam layers` and `onnxcam export`: PyTorch models need torch (imported only for them); `onnx:MODEL.onnx`
+needs only the runner's install."""
 
 from __future__ import annotations
 
@@ -6,9 +7,19 @@ import argparse
 from pathlib import Path
 
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.layers import auto_layer, candidates, probe_layers
-from onnxcam.exporter.sources import BUNDLED, SPEC_HELP, LoadedModel, load_model, read_labels
+from onnxcam.exporter.labels import read_labels
+from onnxcam.exporter.specs import BUNDLED, SPEC_HELP, is_onnx
 from onnxcam.runner.size import Size
+
+# --preprocess: (mean, std) on [0, 1] pixels and channel order; Keras' `preprocess_input` modes by their names
+# ('caffe': BGR, the ImageNet means in 0..255 subtracted, no scaling)
+PRESETS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "rgb"),
+    "keras-tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "rgb"),
+    "keras-caffe": ((103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255,) * 3, "bgr"),
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "rgb"),
+    "raw": ((0.0, 0.0, 0.0), (1 / 255,) * 3, "rgb"),
+}
 
 
 def _floats(text: str) -> tuple[float, float, float]:
@@ -32,14 +43,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=_size, help="SIZE or HEIGHTxWIDTH (default: the model's own)")
     parser.add_argument("--grid", type=_size, help="HxW patch grid of a transformer's tokens (default: input size "
                         "over the patch size)")
+    parser.add_argument("--layout", choices=["nchw", "nhwc"], help="onnx: models: the input's layout, where its shape "
+                        "does not tell (Keras and TensorFlow: nhwc)")
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--layer", default="auto", help="target layer module name, or auto (default)")
+    parser.add_argument("--layer", default="auto", help="target layer: a module name (onnx: models: a tensor, node or "
+                        "layer name), or auto (default)")
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
     parser.add_argument("--mean", type=_floats, help="per-channel mean on [0,1] pixels (default: the model's own)")
     parser.add_argument("--std", type=_floats, help="per-channel std on [0,1] pixels (default: the model's own)")
+    parser.add_argument("--preprocess", choices=list(PRESETS), help="instead of --mean/--std: imagenet (Keras' "
+                        "'torch' mode), keras-tf (pixels to -1..1), keras-caffe (BGR, ImageNet means subtracted), "
+                        "unit (0..1), raw (0..255)")
+    parser.add_argument("--channel-order", choices=["rgb", "bgr"], help="onnx: models: the channel order the model "
+                        "takes (default: rgb, or the preset's)")
     parser.add_argument("--resize", choices=["stretch", "center_crop"],
                         help="how a photo becomes the input (default: the model's recipe; torchvision and timm: "
                         "center_crop, others: stretch)")
@@ -58,14 +77,35 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add plain input gradients, for the saliency and smoothgrad methods")
 
 
-def _load(args: argparse.Namespace) -> LoadedModel:
+def _load(args: argparse.Namespace):
+    from onnxcam.exporter.sources import load_model
+
     loaded = load_model(args.model, args.weights, args.num_classes)
     if args.input_size:
         loaded.input_size = args.input_size
     return loaded
 
 
+def _torch_only(args: argparse.Namespace) -> None:
+    """Options that mean nothing to an ONNX file, refused in one line rather than ignored."""
+    for option, value in (("--weights", args.weights), ("--num-classes", args.num_classes), ("--grid", args.grid)):
+        if value:
+            raise ExportError(f"{option}: {args.model} is an ONNX file, its weights and classes are in it; drop "
+                              f"{option}")
+
+
+def _plain(args: argparse.Namespace):
+    from onnxcam.exporter.onnx_source import load_plain_model
+
+    _torch_only(args)
+    return load_plain_model(args.model, args.layout, args.input_size)
+
+
 def run_layers(args: argparse.Namespace) -> int:
+    if is_onnx(args.model):
+        return _layers_onnx(args)
+    from onnxcam.exporter.layers import auto_layer, candidates, probe_layers
+
     loaded = _load(args)
     layers = probe_layers(loaded.model, loaded.input_size, args.grid).layers
     chosen = auto_layer(layers)
@@ -78,9 +118,59 @@ def run_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def _layers_onnx(args: argparse.Namespace) -> int:
+    from onnxcam.exporter.onnx_source import auto_tensor, candidates
+
+    plain = _plain(args)
+    chosen = auto_tensor(plain)
+    print(f"{plain.spec}: candidate target tensors (maps with h*w > 1), input {plain.layout} "
+          f"{list(plain.size)}, {plain.num_classes} classes")
+    print(f"  {'tensor':<40} {'op':<20} {'layer':<28} {'map [C, h, w]':<18} layout")
+    for tensor in candidates(plain):
+        mark = "*" if tensor is chosen else " "
+        layer = tensor.scopes[-1] if tensor.scopes else ""
+        print(f"{mark} {tensor.name:<40} {tensor.op:<20} {layer:<28} {str(list(tensor.map_shape)):<18} "
+              f"{tensor.layout}")
+    print(f"* = --layer auto ({chosen.name}); --layer takes a tensor, a node or a layer name (its last output)")
+    return 0
+
+
+def _preprocessing_options(args: argparse.Namespace) -> None:
+    if args.preprocess and (args.mean or args.std):
+        raise ExportError(f"--preprocess {args.preprocess} sets the mean and std; give either --preprocess or "
+                          "--mean/--std")
+    if args.crop_fraction is not None and not 0 < args.crop_fraction <= 1:
+        raise ExportError(f"--crop-fraction {args.crop_fraction}: must be in (0, 1], e.g. 0.875")
+    if args.preprocess:
+        args.mean, args.std, order = PRESETS[args.preprocess]
+        args.channel_order = args.channel_order or order
+
+
+def _export_onnx(args: argparse.Namespace) -> None:
+    from onnxcam.exporter.onnx_source import export_plain_model
+    from onnxcam.runner.model.graph import Preprocessing
+
+    if args.fp16:
+        raise ExportError(f"--fp16: not for {args.model} yet; export in float32 (the default)")
+    if not (args.mean and args.std):
+        raise ExportError(f"{args.model}: give the preprocessing the model was trained with: --preprocess "
+                          f"{'|'.join(PRESETS)}, or --mean and --std on [0,1] pixels")
+    plain = _plain(args)
+    print(f"exporting {plain.spec} ({plain.layout} input {plain.size.height}x{plain.size.width}, "
+          f"{plain.num_classes} classes; gradients built on the ONNX graph)")
+    preprocessing = Preprocessing(size=plain.size, mean=tuple(args.mean), std=tuple(args.std),
+                                  resize=args.resize or "stretch", crop_fraction=args.crop_fraction or 0.875,
+                                  channel_order=(args.channel_order or "rgb").upper())
+    labels = read_labels(args.labels) if args.labels else []
+    export_plain_model(plain, args.layer, args.out, preprocessing, labels, guided=not args.no_guided,
+                       multilabel=args.multilabel, saliency=args.saliency)
+
+
+def _export_torch(args: argparse.Namespace) -> None:
     from onnxcam.exporter.export import export_explain_graph
 
+    if args.layout or args.channel_order == "bgr":
+        raise ExportError("--layout and a BGR channel order are for onnx: models; a PyTorch model takes NCHW RGB")
     loaded = _load(args)
     if args.mean:
         loaded.mean = args.mean
@@ -91,12 +181,18 @@ def run_export(args: argparse.Namespace) -> int:
     if args.resize:
         loaded.resize = args.resize
     if args.crop_fraction is not None:
-        if not 0 < args.crop_fraction <= 1:
-            raise ExportError(f"--crop-fraction {args.crop_fraction}: must be in (0, 1], e.g. 0.875")
         loaded.crop_fraction = args.crop_fraction
     print(f"exporting {loaded.spec}" + (" (bundled pretrained ImageNet weights)" if loaded.spec == BUNDLED else ""))
     export_explain_graph(loaded, args.layer, args.out, guided=not args.no_guided, multilabel=args.multilabel,
                          saliency=args.saliency, grid=args.grid, fp16=args.fp16)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _preprocessing_options(args)
+    if is_onnx(args.model):
+        _export_onnx(args)
+    else:
+        _export_torch(args)
     maps = [name for name in (args.maps or "").split(",") if name]
     if maps or args.uint8_input:
         from onnxcam.exporter.serving import convert
@@ -118,4 +214,10 @@ def run(command: str, args: argparse.Namespace) -> int:
         return COMMANDS[command](args)
     except ExportError as error:
         print(f"onnxcam {command}: error: {error}")
+        return 2
+    except ImportError as error:
+        if is_onnx(args.model):
+            raise
+        print(f"onnxcam {command}: error: {args.model} needs the exporter extras ({error}); pip install -e "
+              "'.[export]' (an onnx:MODEL.onnx file needs none)")
         return 2

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,6 +19,7 @@ from onnxcam.exporter.layers import LayerInfo, probe_layers, resolve_layer
 from onnxcam.exporter.parity import compare, format_parity
 from onnxcam.exporter.reference import reference_outputs
 from onnxcam.exporter.sources import LoadedModel
+from onnxcam.exporter.write import publish, run_staged, stage, staging_folder
 from onnxcam.runner import __version__
 from onnxcam.runner.model.graph import INPUTS, REQUIRED_OUTPUTS, GraphInfo, Preprocessing, external_data_path
 from onnxcam.runner.size import Size
@@ -30,7 +28,6 @@ from torch import nn
 OPSET = 18
 PARITY_TOLERANCE = 1e-3
 INPUT_GRADIENT_FACTOR, INPUT_GRADIENT_COSINE = 10, 0.9999
-EXTERNAL_DATA_BYTES = 1 << 30
 # fp16: the gradients of the export example, scaled, peak at FP16_HEADROOM (float16 holds up to 65504: 64x room for
 # images with larger gradients); the scale stays within 2^-14..2^14 (the scaled score's own gradient is the scale).
 FP16_HEADROOM, FP16_MAX_EXPONENT = 2.0 ** 10, 14
@@ -166,50 +163,6 @@ def describe_layer(layer: LayerInfo) -> str:
     return f"{layer.name} ({layer.kind}, output {shape})"
 
 
-def _folder(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
-
-
-def _stage(proto: onnx.ModelProto, path: Path) -> Path:
-    """Write the graph into the staging folder; weights over EXTERNAL_DATA_BYTES go to `<name>.data` beside it.
-
-    One protobuf cannot exceed 2 GB, so vit_h_14 or regnet_y_128gf (2.5 GB of float32 weights) only save with
-    their weights in a side file. Leaves `proto` holding references to that file, not the weights.
-    """
-    weights = sum(len(tensor.raw_data) for tensor in proto.graph.initializer)
-    if weights <= EXTERNAL_DATA_BYTES:
-        onnx.save(proto, str(path))
-    else:
-        onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=external_data_path(path).name, size_threshold=1024)
-        os.chmod(external_data_path(path), path.stat().st_mode)  # onnx creates it owner-only; share it as the graph
-    return path
-
-
-def _run_staged(path: Path, example: torch.Tensor, target: torch.Tensor) -> list:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # ONNX Runtime's optimiser notes (constant folding skipped) are not for the user
-    options.enable_cpu_mem_arena = False  # the arena grows in powers of two: vit_h_14's check no longer fits 23 GB
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # noqa: BLE001 - ORT raises several types for a graph it cannot load
-        detail = " ".join(str(error).split())[:200]
-        raise ExportError(f"ONNX Runtime cannot load the exported graph ({detail}); pick another --layer, or report "
-                          "the model to onnxcam") from None
-    return session.run(None, {"input": example.numpy(), "target": target.numpy()})
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the staged graph (and its weights file, if any) to `out`; the graph lands last, in one rename."""
-    data = external_data_path(out)
-    if (staging / data.name).exists():
-        os.replace(staging / data.name, data)
-    else:
-        data.unlink(missing_ok=True)  # an earlier, larger export's weights: nothing refers to them now
-    os.replace(staging / out.name, out)
-
-
 def export_explain_graph(
     loaded: LoadedModel, layer: str, out: Path, guided: bool = True, multilabel: bool = False,
     tolerance: float = PARITY_TOLERANCE, log=print, saliency: bool = False, grid: Size | None = None,
@@ -243,10 +196,9 @@ def export_explain_graph(
     output_names = [*REQUIRED_OUTPUTS, *(["input_gradients"] if guided else []),
                     *(["plain_input_gradients"] if saliency else [])]
     proto = _to_onnx(graph, example, output_names)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_folder(out)))
-    try:
-        staged = _stage(proto, staging / out.name)
-        actual = dict(zip(output_names, _run_staged(staged, example, target), strict=True))
+    with staging_folder(out) as staging:
+        staged = stage(proto, staging / out.name)
+        actual = dict(zip(output_names, run_staged(staged, example.numpy(), target.numpy()), strict=True))
         figures = compare(actual, {name: value.numpy() for name, value in reference.items()})
         log(f"parity vs PyTorch (float64), relative error: {format_parity(figures)}"
             + (f"; float16, gradients scaled by 2^{round(math.log2(scale))}" if fp16 else ""))
@@ -267,10 +219,8 @@ def export_explain_graph(
         )
         for key, value in info.to_metadata().items():
             proto.metadata_props.add(key=key, value=value)
-        onnx.save(proto, str(staged))  # the weights stay where _stage put them
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        onnx.save(proto, str(staged))  # the weights stay where stage put them
+        publish(staging, out)
     seconds = time.perf_counter() - started
     size = sum(path.stat().st_size for path in (out, external_data_path(out)) if path.exists())
     log(f"wrote {out} ({size / 1e6:.1f} MB) in {seconds:.1f} s")

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.specs import BUNDLED, SPEC_HELP
 from onnxcam.runner.size import Size
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BUNDLED = "efficientnet-lite0"
-SPEC_HELP = f"use torchvision:NAME, timm:NAME, package.module:factory or {BUNDLED}"
 
 
 @dataclass
@@ -43,19 +41,6 @@ def imagenet_labels() -> list[str]:
     import torchvision
 
     return list(torchvision.models.get_model_weights("resnet50").DEFAULT.meta["categories"])
-
-
-def read_labels(path: Path) -> list[str]:
-    """One label per line, or a JSON list."""
-    if not path.is_file():
-        raise ExportError(f"--labels {path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        labels = json.loads(text)
-        if not isinstance(labels, list):
-            raise ExportError(f"--labels {path}: expected a JSON list of names")
-        return [str(label) for label in labels]
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _state_dict_from(path: Path) -> dict[str, torch.Tensor]:

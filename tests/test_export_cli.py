@@ -226,12 +226,12 @@ def test_parity_gate_allows_input_gradient_kinks_only():
 def test_a_graph_over_the_protobuf_limit_keeps_its_weights_beside_it(monkeypatch, tmp_path):
     """Weights over EXTERNAL_DATA_BYTES (vit_h_14: 2.5 GB, more than one protobuf holds) go to `<graph>.data`; the
     runner finds them from any working directory; a later, smaller export of the same path drops the side file."""
-    from onnxcam.exporter import export
+    from onnxcam.exporter import export, write
     from onnxcam.runner.model.backend import OnnxRuntimeBackend
 
     loaded = load_model("toy_models:relu_net")
     inline = export.export_explain_graph(loaded, "auto", tmp_path / "inline.onnx", log=lambda _: None)
-    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(write, "EXTERNAL_DATA_BYTES", 0)
     out = tmp_path / "graphs" / "m.onnx"
     result = export.export_explain_graph(loaded, "auto", out, log=lambda _: None)
     data = out.with_name("m.onnx.data")
@@ -251,7 +251,7 @@ def test_a_graph_over_the_protobuf_limit_keeps_its_weights_beside_it(monkeypatch
     for name in outputs:
         np.testing.assert_array_equal(side[name], whole[name])
 
-    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1 << 30)
+    monkeypatch.setattr(write, "EXTERNAL_DATA_BYTES", 1 << 30)
     export.export_explain_graph(loaded, "auto", out, log=lambda _: None)
     assert sorted(path.name for path in out.parent.iterdir()) == ["m.onnx"]
 

@@ -6,7 +6,8 @@ these. Runs in .venv-tf (`make tf`; TensorFlow, Keras 3, tf2onnx, onnx), never i
     python tools/keras_models.py reference MODEL.keras INPUTS.npy OUT.npz --layer NAME [--targets TARGETS.npy]
 
 Both models are Keras applications with seeded random weights (keras.utils.set_random_seed(0); nothing downloads),
-their batch normalisations' statistics calibrated on seeded noise images (see `calibrated`).
+their batch normalisations' statistics calibrated on seeded noise images and their classifier's bias seeded (see
+`lifelike`).
 `reference` follows keras.io's Grad-CAM example (make_gradcam_heatmap: tf.GradientTape on the model with its
 softmax removed) on a float64 copy of the model (same weights, cast), per image, without the example's division by
 the maximum; OUT.npz holds:
@@ -68,13 +69,15 @@ def describe(path: Path, layer: str) -> None:
     print(f"  tensors named after {layer}: {named}")
 
 
-def calibrated(model: keras.Model) -> keras.Model:
-    """Sets every BatchNormalization's moving statistics to those of a seeded batch of smooth noise images (one forward
-    in training mode, momentum 0). Freshly initialised (mean 0, variance 1), the layers pass the signal on unscaled and
-    it fades layer after layer: Xception's logits come out about 1e-4 and its top class is a matter of rounding.
-    Calibrated, every layer's output is of the order of 1, as in a trained network."""
+def lifelike(model: keras.Model) -> keras.Model:
+    """Gives the seeded network what training would have: every BatchNormalization's moving statistics those of a
+    seeded batch of smooth noise images (one forward in training mode, momentum 0), and the classifier a seeded bias.
+    Freshly initialised (mean 0, variance 1), the layers pass the signal on unscaled and it fades layer after layer:
+    Xception's logits come out about 1e-4 and its top class is a matter of rounding; calibrated, every layer's output
+    is of the order of 1. With its bias at zero, the converters leave the classifier's Add out of the ONNX graph."""
+    rng = np.random.default_rng(SEED)
     size = model.input_shape[1:3]
-    coarse = np.random.default_rng(SEED).uniform(-1, 1, (8, size[0] // 16, size[1] // 16, 3)).astype(np.float32)
+    coarse = rng.uniform(-1, 1, (8, size[0] // 16, size[1] // 16, 3)).astype(np.float32)
     images = tf.image.resize(coarse, size, method="bicubic")
     norms = {layer: layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
     for layer in norms:
@@ -82,13 +85,15 @@ def calibrated(model: keras.Model) -> keras.Model:
     model(images, training=True)
     for layer, momentum in norms.items():
         layer.momentum = momentum  # the saved configuration stays the application's own
+    classifier = model.layers[-1]
+    classifier.bias.assign(rng.normal(0, 0.1, classifier.bias.shape).astype(np.float32))
     return model
 
 
 def xception(out_dir: Path) -> None:
     """seed 002's model: Xception (299x299, softmax head), exported to ONNX by Keras itself."""
     seeded()
-    model = calibrated(keras.applications.Xception(weights=None))  # called once: Keras exports only such a model
+    model = lifelike(keras.applications.Xception(weights=None))  # called once: Keras exports only such a model
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "xception.keras")
     model.export(str(out_dir / "xception.onnx"), format="onnx", opset_version=OPSET, verbose=False)
@@ -99,7 +104,7 @@ def savedmodel(out_dir: Path) -> None:
     """MobileNetV2 (224x224; Conv, depthwise Conv, ReLU6, Add, global pooling, Dense, softmax) through the other route:
     a TensorFlow SavedModel, converted by tf2onnx's command line."""
     seeded()
-    model = calibrated(keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3)))
+    model = lifelike(keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3)))
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "mobilenetv2.keras")
     saved = out_dir / "mobilenetv2_savedmodel"

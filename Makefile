@@ -11,9 +11,10 @@ DIR ?= demo/out
 RUN_FLAGS ?=
 BENCH_FLAGS ?=
 OVXAI_VENV ?= .venv-ovxai
+TF_VENV ?= .venv-tf
 
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
-	bench-ray bench-report bench-stages bench-gpu bench-peer bench-smoke zoo wheel platforms docs clean help
+	bench-ray bench-report bench-stages bench-gpu bench-peer bench-smoke zoo wheel platforms docs tf clean help
 
 setup: $(VENV)/.installed  ## create .venv, install onnxcam (editable) with the export, test, ray, openvino, docs extras
 
@@ -35,8 +36,8 @@ lint: setup  ## ruff
 	$(BIN)/ruff check .
 
 # Both run every benchmark at its --smoke size (tests/test_benchmarks.py, about 2 minutes on 2 idle cores), so none
-# rots.
-test: lint browser docs  ## ruff, the docs site (--strict) and every test (37 min on 2 cores; what CI runs)
+# rots. test builds .venv-tf (make tf) for the Keras and TensorFlow models' tests; test-fast leaves them out (slow).
+test: lint browser docs tf  ## ruff, the docs site (--strict) and every test (37 min on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
 # The everyday loop: everything but the tests marked slow (exports of real models, long runs); 9 minutes on 2 cores, of
@@ -99,6 +100,17 @@ $(OVXAI_VENV)/.installed:
 	$(PYTHON) -m venv $(OVXAI_VENV)
 	$(OVXAI_VENV)/bin/pip install -q --upgrade pip
 	$(OVXAI_VENV)/bin/pip install -q openvino-xai==1.1.0
+	touch $@
+
+# TensorFlow and Keras get an environment of their own (their protobuf and numpy pins fight onnx's and torch's in .venv):
+# the Keras and TensorFlow models the ONNX-source tests explain, and their references (tools/keras_models.py).
+# Versions and why: tools/requirements-tf.txt. 1.8 GB; 2 minutes to install here (downloads included).
+tf: $(TF_VENV)/.installed  ## create .venv-tf: TensorFlow, Keras 3, tf2onnx (tools/requirements-tf.txt)
+
+$(TF_VENV)/.installed: tools/requirements-tf.txt
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/pip install -q --upgrade pip
+	$(TF_VENV)/bin/pip install -q -r tools/requirements-tf.txt
 	touch $@
 
 # onnxcam (ONNX Runtime f32, OpenVINO f32 and bf16) vs OpenVINO XAI ReciproCAM on the same JPEGs; not a test.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,8 +309,9 @@ def resolve_tensor(plain: PlainModel, name: str) -> Tensor:
     if name == "auto":
         return auto_tensor(plain)
     maps = candidates(plain)
+    layer = re.compile(rf"{re.escape(name)}(_\d+)?")  # Keras and TensorFlow number a scope met twice: name_1
     for matches in ([t for t in plain.tensors if t.name == name], [t for t in plain.tensors if t.node == name],
-                    [t for t in maps if name in t.scopes]):
+                    [t for t in maps if any(layer.fullmatch(scope) for scope in t.scopes)]):
         if matches:
             chosen = matches[-1]
             if not chosen.is_feature_map:

@@ -34,6 +34,9 @@ def run_info(args: argparse.Namespace) -> int:
     pre = info.preprocessing
     print(f"{path}: onnxcam explain graph (format {info.format_version})")
     print(f"  model            {info.model}")
+    if info.model.startswith("onnx:"):
+        print("  gradients        built on the ONNX file's graph; parity: logits and activations against the file's "
+              "own, gradients against finite differences")
     print(f"  target layer     {info.target_layer} -> activations {list(info.activation_shape)}")
     more = ", ..." if info.num_classes > 3 else ""
     print(f"  classes          {info.num_classes} ({', '.join(info.labels[:3])}{more})")

@@ -262,3 +262,16 @@ def test_a_batch_fixed_at_one_in_the_file_still_runs_batches(exported, tmp_path)
     target = np.full(5, -1, np.int64)
     assert_same_outputs(run(out, x, target), run(result.path, x, target), what="fixed batch")
     assert cosine(run(out, x, target)["gradients"], run(result.path, x, target)["gradients"]) > 0.99999
+
+
+def test_filters_and_the_serving_options_take_it(toy, tmp_path, capsys):
+    """`onnxcam filters` names the convolutions by layer; `onnxcam convert` adds maps in the graph and uint8 input to
+    it (convert checks every output against the original graph itself)."""
+    _, _, _, out, _ = toy
+    assert main(["filters", str(out), "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in listed] == ["inner.0", "inner.3"], listed
+    served = tmp_path / "served.onnx"
+    assert main(["convert", str(out), "--out", str(served), "--maps", "gradcam,layercam", "--uint8-input"]) == 0
+    info = read_graph_info(served)
+    assert info.graph_maps == ["gradcam", "layercam"] and info.input_format == "uint8"

@@ -363,12 +363,15 @@ def _pow(b, node, dys):
 
 
 def _add(b, node, dys):
-    return [b.unbroadcast(dys[0], x, node.output[0]) for x in node.input]
+    """Add, Sum: dY to every operand on the path."""
+    return [b.unbroadcast(dys[0], x, node.output[0]) if b.is_live(x) else None for x in node.input]
 
 
 def _sub(b, node, dys):
     a, c = node.input
-    return [b.unbroadcast(dys[0], a, node.output[0]), b.unbroadcast(b.op("Neg", dys[0]), c, node.output[0])]
+    y = node.output[0]
+    return [b.unbroadcast(dys[0], a, y) if b.is_live(a) else None,
+            b.unbroadcast(b.op("Neg", dys[0]), c, y) if b.is_live(c) else None]
 
 
 def _mul(b, node, dys):
@@ -403,7 +406,7 @@ def _max_min(b, node, dys):
 
 def _mean(b, node, dys):
     share = b.op("Div", dys[0], b.const(len(node.input), like=dys[0]))
-    return [b.unbroadcast(share, x, node.output[0]) for x in node.input]
+    return [b.unbroadcast(share, x, node.output[0]) if b.is_live(x) else None for x in node.input]
 
 
 def _where(b, node, dys):
@@ -412,10 +415,6 @@ def _where(b, node, dys):
     y = node.output[0]
     return [None, b.unbroadcast(b.op("Where", condition, dys[0], zero), a, y) if b.is_live(a) else None,
             b.unbroadcast(b.op("Where", condition, zero, dys[0]), c, y) if b.is_live(c) else None]
-
-
-def _sum(b, node, dys):
-    return [b.unbroadcast(dys[0], x, node.output[0]) for x in node.input]
 
 
 # ---- linear algebra -------------------------------------------------------------------------------------------------
@@ -798,7 +797,7 @@ RULES: dict[str, Callable[[Builder, onnx.NodeProto, list[str | None]], Sequence[
     "HardSwish": _hard_swish, "Erf": _erf, "Gelu": _gelu, "Sqrt": _sqrt, "Exp": _exp, "Log": _log, "Tanh": _tanh,
     "Neg": _neg, "Reciprocal": _reciprocal, "Pow": _pow, "PRelu": _prelu, "Elu": _elu, "Softplus": _softplus,
     "Abs": _abs,
-    "Add": _add, "Sub": _sub, "Mul": _mul, "Div": _div, "Sum": _sum, "Mean": _mean, "Max": _max_min, "Min": _max_min,
+    "Add": _add, "Sub": _sub, "Mul": _mul, "Div": _div, "Sum": _add, "Mean": _mean, "Max": _max_min, "Min": _max_min,
     "Where": _where,
     "Gemm": _gemm, "MatMul": _matmul,
     "Conv": _conv, "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,

@@ -45,6 +45,11 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def assert_every_node_is_used(result) -> None:
+    used = {x for n in result.nodes for x in n.input} | set(result.gradients.values())
+    assert all(set(n.output) & used for n in result.nodes), "a node whose outputs nothing uses"
+
+
 def onnx_gradients(model: onnx.ModelProto, feeds: dict[str, np.ndarray], wanted: list[str], guided: bool = False,
                    prefix: str = "grad") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Random seeds for the graph's outputs, then backward() run by ONNX Runtime: (seeds, gradients of `wanted`)."""
@@ -54,6 +59,7 @@ def onnx_gradients(model: onnx.ModelProto, feeds: dict[str, np.ndarray], wanted:
     result = backward(model, {name: f"seed_{name}" for name in outputs}, wanted, guided=guided, prefix=prefix)
     new_names = [n.name for n in result.nodes] + [y for n in result.nodes for y in n.output]
     assert all(name.startswith(prefix) for name in new_names + [i.name for i in result.initializers])
+    assert_every_node_is_used(result)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for output in list(model.graph.output):
         model.graph.input.append(helper.make_tensor_value_info(f"seed_{output.name}",
@@ -477,6 +483,8 @@ def test_whole_torchvision_model(name, tmp_path):
     seed = F.one_hot(classes, 1000).float().numpy()
     gradients = backward(plain, {"logits": "seed"}, ["input", feature])
     guided = backward(plain, {"logits": "seed"}, ["input"], guided=True, prefix="guided")
+    assert_every_node_is_used(gradients)
+    assert_every_node_is_used(guided)
     explain = onnx.ModelProto.FromString(plain.SerializeToString())
     explain.graph.input.append(helper.make_tensor_value_info("seed", TensorProto.FLOAT, ["batch", 1000]))
     outputs = [gradients.gradients["input"], gradients.gradients[feature], guided.gradients["input"]]

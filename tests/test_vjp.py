@@ -61,14 +61,13 @@ def onnx_gradients(model: onnx.ModelProto, feeds: dict[str, np.ndarray], wanted:
     assert all(name.startswith(prefix) for name in new_names + [i.name for i in result.initializers])
     assert_every_node_is_used(result)
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    for output in list(model.graph.output):
-        model.graph.input.append(helper.make_tensor_value_info(f"seed_{output.name}",
-                                                               output.type.tensor_type.elem_type, None))
+    types = {info.name: info.type for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    model.graph.input.extend(onnx.ValueInfoProto(name=f"seed_{name}", type=types[name]) for name in outputs)
     model.graph.node.extend(result.nodes)
     model.graph.initializer.extend(result.initializers)
     names = [result.gradients[name] for name in wanted]
-    model.graph.output.extend(helper.make_tensor_value_info(name, model.graph.input[0].type.tensor_type.elem_type,
-                                                            None) for name in dict.fromkeys(names))
+    model.graph.output.extend(onnx.ValueInfoProto(name=result.gradients[name], type=types[name]) for name in wanted)
+    onnx.checker.check_model(model, full_check=True)
     gradients = session(model).run(names, {**feeds, **seeds})
     return seeds, dict(zip(wanted, gradients, strict=True))
 
@@ -491,7 +490,10 @@ def test_whole_torchvision_model(name, tmp_path):
     for part in (gradients, guided):
         explain.graph.node.extend(part.nodes)
         explain.graph.initializer.extend(part.initializers)
-    explain.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs)
+    types = {info.name: info.type for info in [*plain.graph.input, *plain.graph.value_info]}
+    explain.graph.output.extend(onnx.ValueInfoProto(name=gradient, type=types[tensor])
+                                for gradient, tensor in zip(outputs, ["input", feature, "input"], strict=True))
+    onnx.checker.check_model(explain, full_check=True)
     input_gradients, feature_gradients, guided_gradients = session(explain).run(
         outputs, {"input": x.numpy(), "seed": seed})
 

@@ -401,6 +401,37 @@ def test_intermediate_and_input_gradients_in_one_pass():
     assert relative_error(actual["r"], expected[1].numpy()) <= TOLERANCE
 
 
+def test_keras_like_classifier():
+    """The ops of Keras' Xception export in one small graph: NHWC input, strided conv with SAME's asymmetric pads,
+    separable conv (depthwise + pointwise), max pool with asymmetric pads, a strided 1x1 residual, global average
+    pool, Squeeze, MatMul + Add, Softmax; seeded at the probabilities."""
+    weights = {"w1": rand(4, 3, 3, 3), "wd": rand(4, 1, 3, 3), "wp": rand(4, 4, 1, 1), "wr": rand(4, 4, 1, 1),
+               "fc": 0.2 * rand(4, 5), "bias": rand(5), "axes": ints(2, 3)}  # softmax not saturated
+    nodes = [node("Transpose", ["input"], ("t",), perm=[0, 3, 1, 2]),
+             node("Conv", ["t", "w1"], ("c1",), strides=[2, 2], pads=[0, 0, 1, 1]), node("Relu", ["c1"], ("r1",)),
+             node("Conv", ["r1", "wd"], ("d",), group=4, pads=[1, 1, 1, 1]), node("Conv", ["d", "wp"], ("p",)),
+             node("MaxPool", ["p"], ("m",), kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
+             node("Conv", ["r1", "wr"], ("s",), strides=[2, 2]), node("Add", ["m", "s"], ("a",)),
+             node("Relu", ["a"], ("feature",)), node("GlobalAveragePool", ["feature"], ("g",)),
+             node("Squeeze", ["g", "axes"], ("q",)), node("MatMul", ["q", "fc"], ("mm",)),
+             node("Add", ["mm", "bias"], ("logits",)), node("Softmax", ["logits"], ("probs",))]
+    for index, each in enumerate(nodes):
+        each.name = f"node{index}"
+    x = rand(2, 12, 12, 3)
+    model = make_model(nodes, {"input": x}, weights, ["probs"])
+    seeds, actual = onnx_gradients(model, {"input": x}, ["input", "feature"])
+    w = {name: torch.tensor(value, dtype=torch.float64) for name, value in weights.items()}
+    x64 = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    r1 = F.relu(F.conv2d(F.pad(x64.permute(0, 3, 1, 2), (0, 1, 0, 1)), w["w1"], stride=2))
+    p = F.conv2d(F.conv2d(r1, w["wd"], padding=1, groups=4), w["wp"])
+    m = F.max_pool2d(F.pad(p, (0, 1, 0, 1), value=-math.inf), 3, 2)
+    feature = F.relu(m + F.conv2d(r1, w["wr"], stride=2))
+    probs = F.softmax(feature.mean((2, 3)) @ w["fc"] + w["bias"], -1)
+    expected = torch.autograd.grad(probs, [x64, feature], torch.tensor(seeds["seed_probs"], dtype=torch.float64))
+    assert relative_error(actual["input"], expected[0].numpy()) <= TOLERANCE
+    assert relative_error(actual["feature"], expected[1].numpy()) <= TOLERANCE
+
+
 def test_unsupported_op_on_the_path_is_one_line():
     model = make_model([node("Relu", ["x"], ("r",)), node("Sin", ["r"])], {"x": rand(2, 3)}, {}, ["y"])
     with pytest.raises(NotDifferentiable) as raised:

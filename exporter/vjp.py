@@ -174,7 +174,7 @@ class Builder:
         if not axes:
             return grad
         grad = self.reduce("ReduceSum", grad, axes)
-        return self.squeeze("Squeeze", grad, range(lead)) if lead else grad
+        return self.squeeze(grad, range(lead)) if lead else grad
 
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
         """A Reduce* node, its axes an input from the opset that made them one (ReduceSum 13, the others 18)."""
@@ -182,7 +182,13 @@ class Builder:
             return self.op(op_type, x, self.ints(axes), keepdims=keepdims)
         return self.op(op_type, x, axes=list(axes), keepdims=keepdims)
 
-    def squeeze(self, op_type: str, x: str, axes: Sequence[int]) -> str:
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        return self._axes_op("Squeeze", x, axes)
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        return self._axes_op("Unsqueeze", x, axes)
+
+    def _axes_op(self, op_type: str, x: str, axes: Sequence[int]) -> str:
         """Squeeze or Unsqueeze; axes an input from opset 13."""
         return self.op(op_type, x, self.ints(axes)) if self.opset >= 13 else self.op(op_type, x, axes=list(axes))
 
@@ -450,7 +456,7 @@ def _matmul(b, node, dys):
     if len(shape_a) == 1 or len(shape_c) == 1:
         if len(shape_a) == 1:
             raise _Unsupported("a 1-D first operand")
-        column = b.squeeze("Unsqueeze", dy, [-1])  # [..., M, 1]
+        column = b.unsqueeze(dy, [-1])  # [..., M, 1]
         da = b.op("Mul", column, c) if b.is_live(a) else None
         dc = None
         if b.is_live(c):  # the sum over every row of A weighted by dY: [1, rows] @ [rows, K]
@@ -542,8 +548,8 @@ def _max_pool(b, node, dys):
     cols = (np.arange(out_w) * sw - window.pads[1])[None, None, :] + (np.arange(kw) * dw)[:, None, None]
     rows, cols = np.repeat(rows, kw, axis=0), np.tile(cols, (kh, 1, 1))
     expected = np.where((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width), rows * width + cols, -1)
-    one_hot = b.op("Equal", b.squeeze("Unsqueeze", plane, [2]), b.ints(expected[None, None]))
-    values = b.op("Mul", b.op("Cast", one_hot, to=b.elem_type(dys[0])), b.squeeze("Unsqueeze", dys[0], [2]))
+    one_hot = b.op("Equal", b.unsqueeze(plane, [2]), b.ints(expected[None, None]))
+    values = b.op("Mul", b.op("Cast", one_hot, to=b.elem_type(dys[0])), b.unsqueeze(dys[0], [2]))
     values = b.op("Reshape", values, b.ints([0, channels * kh * kw, out_h, out_w]))
     kernels = np.tile(np.eye(kh * kw).reshape(kh * kw, 1, kh, kw), (channels, 1, 1, 1))
     return [_transposed(b, values, b.const(kernels, like=dys[0]), window, channels)]
@@ -591,7 +597,7 @@ def _reduce_max(b, node, dys):
     if axes is None:
         return [dys[0]]
     keep = attributes(node).get("keepdims", 1) or node.op_type == "GlobalMaxPool"
-    dy, y = (dys[0], y) if keep else (b.squeeze("Unsqueeze", dys[0], axes), b.squeeze("Unsqueeze", y, axes))
+    dy, y = (dys[0], y) if keep else (b.unsqueeze(dys[0], axes), b.unsqueeze(y, axes))
     chosen = b.op("Cast", b.op("Equal", x, y), to=b.elem_type(x))
     count = b.reduce("ReduceSum", chosen, axes)
     return [b.op("Mul", chosen, b.op("Div", dy, count))]
@@ -603,7 +609,7 @@ def _reduce(b, node, dys):
     axes = _reduce_axes(b, node)
     if axes is None:
         return [dys[0]]
-    dy = dys[0] if attrs.get("keepdims", 1) else b.squeeze("Unsqueeze", dys[0], axes)
+    dy = dys[0] if attrs.get("keepdims", 1) else b.unsqueeze(dys[0], axes)
     grad = b.op("Expand", dy, b.shape_of(x))
     if node.op_type == "ReduceMean":
         dims = [b.shape(x)[axis] for axis in axes]
@@ -772,7 +778,7 @@ def _gather(b, node, dys):
         size = b.shape(data)[axis]
         flat = np.ravel(value) % size
         if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
-            dy = b.squeeze("Unsqueeze", dys[0], [axis]) if value.ndim == 0 else dys[0]
+            dy = b.unsqueeze(dys[0], [axis]) if value.ndim == 0 else dys[0]
             before, after = [0] * rank, [0] * rank
             before[axis], after[axis] = int(flat[0]), size - int(flat[-1]) - 1
             return [_pad_or_crop(b, dy, before, after), None]
@@ -781,7 +787,7 @@ def _gather(b, node, dys):
     perm = [axis, *(i for i in range(rank) if i != axis)]
     moved = b.op("Transpose", data, perm=perm) if axis else data
     size = b.op("Gather", b.op("Shape", moved), b.ints([0]))
-    index = b.squeeze("Unsqueeze", b.op("Mod", indices, size), [-1])  # negative indices count from the end
+    index = b.unsqueeze(b.op("Mod", indices, size), [-1])  # negative indices count from the end
     index_rank = len(b.shape(indices))
     dy = dys[0]
     if axis:  # updates: index dims first, then the data's other axes in order

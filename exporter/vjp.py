@@ -174,7 +174,7 @@ class Builder:
         if not axes:
             return grad
         grad = self.reduce("ReduceSum", grad, axes)
-        return self.squeeze("Squeeze", grad, range(lead)) if lead else grad
+        return self.squeeze(grad, range(lead)) if lead else grad
 
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
         """A Reduce* node, its axes an input from the opset that made them one (ReduceSum 13, the others 18)."""
@@ -182,7 +182,13 @@ class Builder:
             return self.op(op_type, x, self.ints(axes), keepdims=keepdims)
         return self.op(op_type, x, axes=list(axes), keepdims=keepdims)
 
-    def squeeze(self, op_type: str, x: str, axes: Sequence[int]) -> str:
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        return self._axes_op("Squeeze", x, axes)
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        return self._axes_op("Unsqueeze", x, axes)
+
+    def _axes_op(self, op_type: str, x: str, axes: Sequence[int]) -> str:
         """Squeeze or Unsqueeze; axes an input from opset 13."""
         return self.op(op_type, x, self.ints(axes)) if self.opset >= 13 else self.op(op_type, x, axes=list(axes))
 
@@ -363,12 +369,15 @@ def _pow(b, node, dys):
 
 
 def _add(b, node, dys):
-    return [b.unbroadcast(dys[0], x, node.output[0]) for x in node.input]
+    """Add, Sum: dY to every operand on the path."""
+    return [b.unbroadcast(dys[0], x, node.output[0]) if b.is_live(x) else None for x in node.input]
 
 
 def _sub(b, node, dys):
     a, c = node.input
-    return [b.unbroadcast(dys[0], a, node.output[0]), b.unbroadcast(b.op("Neg", dys[0]), c, node.output[0])]
+    y = node.output[0]
+    return [b.unbroadcast(dys[0], a, y) if b.is_live(a) else None,
+            b.unbroadcast(b.op("Neg", dys[0]), c, y) if b.is_live(c) else None]
 
 
 def _mul(b, node, dys):
@@ -403,7 +412,7 @@ def _max_min(b, node, dys):
 
 def _mean(b, node, dys):
     share = b.op("Div", dys[0], b.const(len(node.input), like=dys[0]))
-    return [b.unbroadcast(share, x, node.output[0]) for x in node.input]
+    return [b.unbroadcast(share, x, node.output[0]) if b.is_live(x) else None for x in node.input]
 
 
 def _where(b, node, dys):
@@ -412,10 +421,6 @@ def _where(b, node, dys):
     y = node.output[0]
     return [None, b.unbroadcast(b.op("Where", condition, dys[0], zero), a, y) if b.is_live(a) else None,
             b.unbroadcast(b.op("Where", condition, zero, dys[0]), c, y) if b.is_live(c) else None]
-
-
-def _sum(b, node, dys):
-    return [b.unbroadcast(dys[0], x, node.output[0]) for x in node.input]
 
 
 # ---- linear algebra -------------------------------------------------------------------------------------------------
@@ -451,7 +456,7 @@ def _matmul(b, node, dys):
     if len(shape_a) == 1 or len(shape_c) == 1:
         if len(shape_a) == 1:
             raise _Unsupported("a 1-D first operand")
-        column = b.squeeze("Unsqueeze", dy, [-1])  # [..., M, 1]
+        column = b.unsqueeze(dy, [-1])  # [..., M, 1]
         da = b.op("Mul", column, c) if b.is_live(a) else None
         dc = None
         if b.is_live(c):  # the sum over every row of A weighted by dY: [1, rows] @ [rows, K]
@@ -543,8 +548,8 @@ def _max_pool(b, node, dys):
     cols = (np.arange(out_w) * sw - window.pads[1])[None, None, :] + (np.arange(kw) * dw)[:, None, None]
     rows, cols = np.repeat(rows, kw, axis=0), np.tile(cols, (kh, 1, 1))
     expected = np.where((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width), rows * width + cols, -1)
-    one_hot = b.op("Equal", b.squeeze("Unsqueeze", plane, [2]), b.ints(expected[None, None]))
-    values = b.op("Mul", b.op("Cast", one_hot, to=b.elem_type(dys[0])), b.squeeze("Unsqueeze", dys[0], [2]))
+    one_hot = b.op("Equal", b.unsqueeze(plane, [2]), b.ints(expected[None, None]))
+    values = b.op("Mul", b.op("Cast", one_hot, to=b.elem_type(dys[0])), b.unsqueeze(dys[0], [2]))
     values = b.op("Reshape", values, b.ints([0, channels * kh * kw, out_h, out_w]))
     kernels = np.tile(np.eye(kh * kw).reshape(kh * kw, 1, kh, kw), (channels, 1, 1, 1))
     return [_transposed(b, values, b.const(kernels, like=dys[0]), window, channels)]
@@ -592,7 +597,7 @@ def _reduce_max(b, node, dys):
     if axes is None:
         return [dys[0]]
     keep = attributes(node).get("keepdims", 1) or node.op_type == "GlobalMaxPool"
-    dy, y = (dys[0], y) if keep else (b.squeeze("Unsqueeze", dys[0], axes), b.squeeze("Unsqueeze", y, axes))
+    dy, y = (dys[0], y) if keep else (b.unsqueeze(dys[0], axes), b.unsqueeze(y, axes))
     chosen = b.op("Cast", b.op("Equal", x, y), to=b.elem_type(x))
     count = b.reduce("ReduceSum", chosen, axes)
     return [b.op("Mul", chosen, b.op("Div", dy, count))]
@@ -604,7 +609,7 @@ def _reduce(b, node, dys):
     axes = _reduce_axes(b, node)
     if axes is None:
         return [dys[0]]
-    dy = dys[0] if attrs.get("keepdims", 1) else b.squeeze("Unsqueeze", dys[0], axes)
+    dy = dys[0] if attrs.get("keepdims", 1) else b.unsqueeze(dys[0], axes)
     grad = b.op("Expand", dy, b.shape_of(x))
     if node.op_type == "ReduceMean":
         dims = [b.shape(x)[axis] for axis in axes]
@@ -773,7 +778,7 @@ def _gather(b, node, dys):
         size = b.shape(data)[axis]
         flat = np.ravel(value) % size
         if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
-            dy = b.squeeze("Unsqueeze", dys[0], [axis]) if value.ndim == 0 else dys[0]
+            dy = b.unsqueeze(dys[0], [axis]) if value.ndim == 0 else dys[0]
             before, after = [0] * rank, [0] * rank
             before[axis], after[axis] = int(flat[0]), size - int(flat[-1]) - 1
             return [_pad_or_crop(b, dy, before, after), None]
@@ -782,7 +787,7 @@ def _gather(b, node, dys):
     perm = [axis, *(i for i in range(rank) if i != axis)]
     moved = b.op("Transpose", data, perm=perm) if axis else data
     size = b.op("Gather", b.op("Shape", moved), b.ints([0]))
-    index = b.squeeze("Unsqueeze", b.op("Mod", indices, size), [-1])  # negative indices count from the end
+    index = b.unsqueeze(b.op("Mod", indices, size), [-1])  # negative indices count from the end
     index_rank = len(b.shape(indices))
     dy = dys[0]
     if axis:  # updates: index dims first, then the data's other axes in order
@@ -798,7 +803,7 @@ RULES: dict[str, Callable[[Builder, onnx.NodeProto, list[str | None]], Sequence[
     "HardSwish": _hard_swish, "Erf": _erf, "Gelu": _gelu, "Sqrt": _sqrt, "Exp": _exp, "Log": _log, "Tanh": _tanh,
     "Neg": _neg, "Reciprocal": _reciprocal, "Pow": _pow, "PRelu": _prelu, "Elu": _elu, "Softplus": _softplus,
     "Abs": _abs,
-    "Add": _add, "Sub": _sub, "Mul": _mul, "Div": _div, "Sum": _sum, "Mean": _mean, "Max": _max_min, "Min": _max_min,
+    "Add": _add, "Sub": _sub, "Mul": _mul, "Div": _div, "Sum": _add, "Mean": _mean, "Max": _max_min, "Min": _max_min,
     "Where": _where,
     "Gemm": _gemm, "MatMul": _matmul,
     "Conv": _conv, "MaxPool": _max_pool, "AveragePool": _average_pool, "GlobalAveragePool": _global_average_pool,

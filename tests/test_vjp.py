@@ -45,24 +45,34 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def assert_every_node_is_used(result) -> None:
+    used = {x for n in result.nodes for x in n.input} | set(result.gradients.values())
+    assert all(set(n.output) & used for n in result.nodes), "a node whose outputs nothing uses"
+
+
 def onnx_gradients(model: onnx.ModelProto, feeds: dict[str, np.ndarray], wanted: list[str], guided: bool = False,
                    prefix: str = "grad") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Random seeds for the graph's outputs, then backward() run by ONNX Runtime: (seeds, gradients of `wanted`)."""
+    """Random seeds for the graph's float outputs, then backward() run by ONNX Runtime: (seeds, gradients of
+    `wanted`)."""
     outputs = [o.name for o in model.graph.output]
-    forward = dict(zip(outputs, session(model).run(None, feeds), strict=True))
-    seeds = {f"seed_{name}": RNG.standard_normal(value.shape).astype(value.dtype) for name, value in forward.items()}
+    forward = {name: value for name, value in zip(outputs, session(model).run(None, feeds), strict=True)
+               if value.dtype.kind == "f"}
+    outputs = list(forward)
+    generator = np.random.default_rng(1)  # the same seeds whichever tests run
+    seeds = {f"seed_{name}": generator.standard_normal(value.shape).astype(value.dtype)
+             for name, value in forward.items()}
     result = backward(model, {name: f"seed_{name}" for name in outputs}, wanted, guided=guided, prefix=prefix)
     new_names = [n.name for n in result.nodes] + [y for n in result.nodes for y in n.output]
     assert all(name.startswith(prefix) for name in new_names + [i.name for i in result.initializers])
+    assert_every_node_is_used(result)
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    for output in list(model.graph.output):
-        model.graph.input.append(helper.make_tensor_value_info(f"seed_{output.name}",
-                                                               output.type.tensor_type.elem_type, None))
+    types = {info.name: info.type for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    model.graph.input.extend(onnx.ValueInfoProto(name=f"seed_{name}", type=types[name]) for name in outputs)
     model.graph.node.extend(result.nodes)
     model.graph.initializer.extend(result.initializers)
     names = [result.gradients[name] for name in wanted]
-    model.graph.output.extend(helper.make_tensor_value_info(name, model.graph.input[0].type.tensor_type.elem_type,
-                                                            None) for name in dict.fromkeys(names))
+    model.graph.output.extend(onnx.ValueInfoProto(name=result.gradients[name], type=types[name]) for name in wanted)
+    onnx.checker.check_model(model, full_check=True)
     gradients = session(model).run(names, {**feeds, **seeds})
     return seeds, dict(zip(wanted, gradients, strict=True))
 
@@ -209,6 +219,8 @@ CASES = {
                         {"x": rand(2, 3, 10, 10)}, {}, lambda t: F.max_pool2d(t["x"], 3, 2, 1)),
     "max_pool_opset11": ([node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
                          {"x": rand(2, 3, 10, 10)}, {}, lambda t: F.max_pool2d(t["x"], 3, 2, 1), {"opset": 11}),
+    "max_pool_own_indices": ([node("MaxPool", ["x"], ("y", "indices"), kernel_shape=[3, 3], strides=[2, 2])],
+                             {"x": rand(2, 3, 9, 9)}, {}, lambda t: F.max_pool2d(t["x"], 3, 2)),
     "max_pool_2x2": ([node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])], {"x": rand(2, 3, 8, 8)}, {},
                      lambda t: F.max_pool2d(t["x"], 2, 2)),
     "max_pool_stride1_pads": ([node("MaxPool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
@@ -396,6 +408,41 @@ def test_intermediate_and_input_gradients_in_one_pass():
     assert relative_error(actual["r"], expected[1].numpy()) <= TOLERANCE
 
 
+def test_keras_like_classifier():
+    """The ops of Keras' Xception export in one small graph: NHWC input, strided conv with SAME's asymmetric pads,
+    separable conv (depthwise + pointwise), max pool with asymmetric pads, a strided 1x1 residual, global average
+    pool, Squeeze, MatMul + Add, Softmax; seeded at the probabilities."""
+    generator = np.random.default_rng(5)
+    weights = {name: (scale * generator.standard_normal(shape)).astype(np.float32) for name, shape, scale in [
+        ("w1", (4, 3, 3, 3), 0.3), ("wd", (4, 1, 3, 3), 0.3), ("wp", (4, 4, 1, 1), 0.5), ("wr", (4, 4, 1, 1), 0.5),
+        ("fc", (4, 5), 0.5), ("bias", (5,), 0.1)]}
+    weights["axes"] = ints(2, 3)
+    nodes = [node("Transpose", ["input"], ("t",), perm=[0, 3, 1, 2]),
+             node("Conv", ["t", "w1"], ("c1",), strides=[2, 2], pads=[0, 0, 1, 1]), node("Relu", ["c1"], ("r1",)),
+             node("Conv", ["r1", "wd"], ("d",), group=4, pads=[1, 1, 1, 1]), node("Conv", ["d", "wp"], ("p",)),
+             node("MaxPool", ["p"], ("m",), kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
+             node("Conv", ["r1", "wr"], ("s",), strides=[2, 2]), node("Add", ["m", "s"], ("a",)),
+             node("Relu", ["a"], ("feature",)), node("GlobalAveragePool", ["feature"], ("g",)),
+             node("Squeeze", ["g", "axes"], ("q",)), node("MatMul", ["q", "fc"], ("mm",)),
+             node("Add", ["mm", "bias"], ("logits",)), node("Softmax", ["logits"], ("probs",))]
+    for index, each in enumerate(nodes):
+        each.name = f"node{index}"
+    x = generator.standard_normal((2, 12, 12, 3)).astype(np.float32)
+    model = make_model(nodes, {"input": x}, weights, ["probs"])
+    seeds, actual = onnx_gradients(model, {"input": x}, ["input", "feature"])
+    w = {name: torch.tensor(value, dtype=torch.float64) for name, value in weights.items()}
+    x64 = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    r1 = F.relu(F.conv2d(F.pad(x64.permute(0, 3, 1, 2), (0, 1, 0, 1)), w["w1"], stride=2))
+    p = F.conv2d(F.conv2d(r1, w["wd"], padding=1, groups=4), w["wp"])
+    m = F.max_pool2d(F.pad(p, (0, 1, 0, 1), value=-math.inf), 3, 2)
+    feature = F.relu(m + F.conv2d(r1, w["wr"], stride=2))
+    probs = F.softmax(feature.mean((2, 3)) @ w["fc"] + w["bias"], -1)
+    assert probs.max() < 0.9, "a saturated softmax would leave only rounding noise to compare"
+    expected = torch.autograd.grad(probs, [x64, feature], torch.tensor(seeds["seed_probs"], dtype=torch.float64))
+    assert relative_error(actual["input"], expected[0].numpy()) <= TOLERANCE
+    assert relative_error(actual["feature"], expected[1].numpy()) <= TOLERANCE
+
+
 def test_unsupported_op_on_the_path_is_one_line():
     model = make_model([node("Relu", ["x"], ("r",)), node("Sin", ["r"])], {"x": rand(2, 3)}, {}, ["y"])
     with pytest.raises(NotDifferentiable) as raised:
@@ -407,12 +454,17 @@ def test_unsupported_op_on_the_path_is_one_line():
         backward(model, {"y": "seed"}, ["x"])
 
 
-def test_unsupported_variant_is_one_line():
-    model = make_model([node("MaxPool", ["x"], kernel_shape=[2, 2], storage_order=1)], {"x": rand(1, 2, 4, 4)}, {},
-                       ["y"])
-    with pytest.raises(NotDifferentiable, match=r"^no gradient for MaxPool: storage_order=1 \(node the_MaxPool, "
-                                                r"output y\)$"):
+@pytest.mark.parametrize("op,inputs,constants,attributes,reason", [
+    ("MaxPool", ["x"], {}, {"kernel_shape": [2, 2], "storage_order": 1}, "storage_order=1"),
+    ("Pad", ["x", "pads"], {"pads": ints(0, 0, 1, 1, 0, 0, 1, 1)}, {"mode": "reflect"}, "mode reflect"),
+    ("Slice", ["x", "starts", "ends", "axes", "steps"], {"starts": ints(0), "ends": ints(4), "axes": ints(3),
+                                                         "steps": ints(2)}, {}, "steps other than 1"),
+])
+def test_unsupported_variant_is_one_line(op, inputs, constants, attributes, reason):
+    model = make_model([node(op, inputs, **attributes)], {"x": rand(1, 2, 4, 4)}, constants, ["y"])
+    with pytest.raises(NotDifferentiable) as raised:
         backward(model, {"y": "seed"}, ["x"])
+    assert str(raised.value) == f"no gradient for {op}: {reason} (node the_{op}, output y)"
 
 
 def test_unsupported_op_off_the_path_does_not_raise():
@@ -477,13 +529,18 @@ def test_whole_torchvision_model(name, tmp_path):
     seed = F.one_hot(classes, 1000).float().numpy()
     gradients = backward(plain, {"logits": "seed"}, ["input", feature])
     guided = backward(plain, {"logits": "seed"}, ["input"], guided=True, prefix="guided")
+    assert_every_node_is_used(gradients)
+    assert_every_node_is_used(guided)
     explain = onnx.ModelProto.FromString(plain.SerializeToString())
     explain.graph.input.append(helper.make_tensor_value_info("seed", TensorProto.FLOAT, ["batch", 1000]))
     outputs = [gradients.gradients["input"], gradients.gradients[feature], guided.gradients["input"]]
     for part in (gradients, guided):
         explain.graph.node.extend(part.nodes)
         explain.graph.initializer.extend(part.initializers)
-    explain.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs)
+    types = {info.name: info.type for info in [*plain.graph.input, *plain.graph.value_info]}
+    explain.graph.output.extend(onnx.ValueInfoProto(name=gradient, type=types[tensor])
+                                for gradient, tensor in zip(outputs, ["input", feature, "input"], strict=True))
+    onnx.checker.check_model(explain, full_check=True)
     input_gradients, feature_gradients, guided_gradients = session(explain).run(
         outputs, {"input": x.numpy(), "seed": seed})
 

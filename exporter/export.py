@@ -16,7 +16,7 @@ import torch
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.explain_fn import FeatureLayout, LayerTap, trace_explain_graph
 from onnxcam.exporter.layers import LayerInfo, probe_layers, resolve_layer
-from onnxcam.exporter.parity import compare, format_parity
+from onnxcam.exporter.parity import INPUT_GRADIENT_COSINE, INPUT_GRADIENT_FACTOR, compare, format_parity
 from onnxcam.exporter.reference import reference_outputs
 from onnxcam.exporter.sources import LoadedModel
 from onnxcam.exporter.write import publish, run_staged, stage, staging_folder
@@ -27,7 +27,6 @@ from torch import nn
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-3
-INPUT_GRADIENT_FACTOR, INPUT_GRADIENT_COSINE = 10, 0.9999
 # fp16: the gradients of the export example, scaled, peak at FP16_HEADROOM (float16 holds up to 65504: 64x room for
 # images with larger gradients); the scale stays within 2^-14..2^14 (the scaled score's own gradient is the scale).
 FP16_HEADROOM, FP16_MAX_EXPONENT = 2.0 ** 10, 14

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from onnxcam.exporter.onnx_source import export_plain_model, load_plain_model
-from onnxcam.exporter.parity import relative_error
+from onnxcam.exporter.parity import INPUT_GRADIENT_COSINE, INPUT_GRADIENT_FACTOR, cosine, relative_error
 from onnxcam.runner.cli import main
 from onnxcam.runner.inputs.preprocess import to_input
 from onnxcam.runner.model.graph import Preprocessing, probabilities
@@ -89,8 +89,11 @@ def test_the_graph_gives_keras_numbers(explained, name):
     for output in ("activations", "gradients"):
         expected = reference[output].transpose(0, 3, 1, 2)
         assert largest_relative(actual[output], expected) <= TOLERANCE, output
+    # Back to the input, float32 and float64 settle a few ReLU and max-pool near-ties differently, each moving one
+    # receptive-field patch (Xception: 4.3e-3 norm-wise): the export gate's input-gradient bounds
     expected_input = reference["input_gradients"].transpose(0, 3, 1, 2)
-    assert relative_error(actual["plain_input_gradients"], expected_input) <= TOLERANCE
+    assert relative_error(actual["plain_input_gradients"], expected_input) <= INPUT_GRADIENT_FACTOR * 1e-3
+    assert cosine(actual["plain_input_gradients"], expected_input) >= INPUT_GRADIENT_COSINE
 
 
 def test_onnxcam_runs_keras_gradcam_recipe(keras_models, explained, tmp_path):

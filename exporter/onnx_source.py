@@ -367,8 +367,6 @@ def _batch_value(name: str, dims: tuple[int, ...], elem_type=TensorProto.FLOAT) 
 class _Built:
     proto: onnx.ModelProto
     outputs: list[str]
-    logits: str  # the model's own score tensor, as renamed in the graph
-    target: str  # the target tensor, as renamed
 
 
 def build_explain_graph(plain: PlainModel, target: Tensor, guided: bool, saliency: bool) -> _Built:
@@ -428,7 +426,7 @@ def build_explain_graph(plain: PlainModel, target: Tensor, guided: bool, salienc
               "input_gradients": (3, height, width), "plain_input_gradients": (3, height, width)}
     graph.output.extend(_batch_value(name, shapes[name]) for name in outputs)
     del graph.value_info[:]
-    return _Built(proto, outputs, logits, tensor)
+    return _Built(proto, outputs)
 
 
 def _not_differentiable(plain: PlainModel, error: NotDifferentiable) -> str:

@@ -173,6 +173,36 @@ def _infer(proto: onnx.ModelProto, spec: str) -> onnx.ModelProto:
         raise ExportError(f"--model {spec}: ONNX shape inference fails ({str(error).splitlines()[0][:160]})") from None
 
 
+def _run_shapes(proto: onnx.ModelProto, input_name: str, layout: str, size: Size) -> onnx.ModelProto:
+    """Where shape inference leaves a float tensor's size unknown (padding computed from Shape ops at run time, as
+    efficientnet-lite's TorchScript export does), one run at batch 2 tells it: axis 0 stays the batch where it is 2,
+    every other extent becomes static (the gradient builder needs them)."""
+    graph = proto.graph
+    known = {value.name: value for value in [*graph.input, *graph.value_info, *graph.output]}
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
+    unsure = [name for node in graph.node for name in node.output if name and (
+        name not in known or (known[name].type.tensor_type.elem_type in floats
+                              and None in _dims(known[name])[1:]))]
+    if not unsure:
+        return proto
+    probe = copy.deepcopy(proto)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in unsure)
+    shape = (2, *size, 3) if layout == "NHWC" else (2, 3, *size)
+    values = check_session(probe.SerializeToString()).run(unsure, {input_name: np.zeros(shape, np.float32)})
+    for name, value in zip(unsure, values, strict=True):
+        if value.dtype.kind != "f":
+            continue
+        info = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
+                                             ["batch" if axis == 0 and extent == 2 else extent
+                                              for axis, extent in enumerate(value.shape)])
+        if name in known and known[name] in graph.value_info:
+            known[name].CopyFrom(info)
+        elif name not in known:
+            graph.value_info.append(info)
+    return proto
+
+
 def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     values = [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
     return {value.name: _dims(value) for value in values if value.type.HasField("tensor_type")}
@@ -274,7 +304,7 @@ def load_plain_model(spec: str, layout: str | None = None, input_size: Size | No
         if dims and dims[0].HasField("dim_value") and fixed is not None and dims[0].dim_value == fixed:
             dims[0].dim_param = "batch"
     del proto.graph.value_info[:]
-    proto = _infer(proto, spec)
+    proto = _run_shapes(_infer(proto, spec), value.name, chosen, size)
     shapes = _shapes(proto)
     logits, cut = _logits(proto, shapes, spec)
     graph = proto.graph

@@ -3,7 +3,7 @@ recipe's input size, and write the coverage table into docs/models.md. A script,
 cores); run it with nothing else running.
 
     python tools/zoo.py [--only NAME ...] [--timeout 1800] [--print-only] [--results exports/zoo.jsonl]
-                        [--onnx-source-only]
+                        [--onnx-source-only] [--table-only]
 
 Each model is exported in its own process (a crash or running out of memory costs one row), with random
 weights; parameters that torchvision initialises to zero and that would leave every logit or gradient zero
@@ -187,8 +187,9 @@ def table(rows: dict[str, dict]) -> str:
                f"input size (random weights, `--layer auto`, {os.cpu_count()} cores of {platform.machine()}; "
                f"`make zoo`)" + (f"; the slowest, {slowest}, in {rows[slowest]['seconds']:.0f} s" if slowest else "")
                + (f"; {len(failed)} do not: {', '.join(failed)}." if failed else ".")
-               + (f" The plain ONNX export (`torch.onnx.export`, TorchScript, opset 18) of {through} of {len(tried)} "
-                  f"goes through the ONNX source (`--model onnx:FILE --layer auto`)." if tried else ""))
+               + (f" As plain ONNX files (`torch.onnx.export`: TorchScript, opset 18, dynamic batch), {through} of the "
+                  f"{len(tried)} tried go through the ONNX source (`--model onnx:FILE --layer auto`)"
+                  + (f"; {len(rows) - len(tried)} not tried yet." if len(tried) < len(rows) else ".") if tried else ""))
     lines = [summary, "",
              "| model | input | auto layer | map [C, h, w] | export s | parity | ms/image (batch 8) | ONNX source |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -240,6 +241,9 @@ def main() -> None:
     parser.add_argument("--onnx-source-only", action="store_true",
                         help="fill only the ONNX source column: models not in --results keep the figures of "
                              "docs/models.md's table instead of being exported again")
+    parser.add_argument("--table-only", action="store_true",
+                        help="write the table from what --results (and, with --onnx-source-only, docs/models.md) "
+                             "hold, running nothing: a model not yet tried gets empty cells")
     args = parser.parse_args()
     names = args.only or torchvision.models.list_models(module=torchvision.models)
     done = {}
@@ -253,6 +257,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, open(args.results, "a") as results:
         for name in names:
             row = done.get(name)
+            if args.table_only:
+                rows[name] = row or {"error": "not tried yet"}
+                continue
             if row is None:
                 row = export_one(name, Path(tmp), args.timeout)
             elif "onnx_source" in row:

@@ -138,7 +138,8 @@ bench-gpu: setup  ## GPU throughput of GPU_MODEL and GPU_FP16_MODEL (ResNet-50, 
 	$(BIN)/python benchmarks/gpu_benchmark.py --model $(GPU_MODEL) --fp16-model $(GPU_FP16_MODEL) $(BENCH_FLAGS)
 
 # Export every torchvision classification model (random weights) and write the coverage table into docs/models.md;
-# about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).
+# about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes). Its last column,
+# whether each plain ONNX export goes through `--model onnx:`, alone: make zoo BENCH_FLAGS=--onnx-source-only
 zoo: setup  ## export every torchvision classifier, the coverage table into docs/models.md (~70 min)
 	$(BIN)/python tools/zoo.py $(BENCH_FLAGS)
 

@@ -14,7 +14,7 @@ OVXAI_VENV ?= .venv-ovxai
 TF_VENV ?= .venv-tf
 
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
-	bench-ray bench-report bench-stages bench-gpu bench-peer bench-smoke zoo wheel platforms docs tf clean help
+	bench-ray bench-report bench-stages bench-gpu bench-peer bench-onnx bench-smoke zoo wheel platforms docs tf clean help
 
 setup: $(VENV)/.installed  ## create .venv, install onnxcam (editable) with the export, test, ray, openvino, docs extras
 
@@ -79,9 +79,15 @@ demo: export demo-images  ## export, then every demo manifest, the filters and t
 	@echo "faithfulness: demo/evaluate/summary.csv   curves: demo/evaluate/curves/"
 	@echo "channels, fixations, patches: demo/inside/   filters: demo/filters.png   impressions: demo/impressions/"
 
-# onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test.
+# onnxcam vs pytorch-grad-cam, side by side (prints images/s, ratios, peak RSS); not a test. The ONNX source's graph vs
+# the torch-traced one is `make bench-onnx`.
 bench: setup  ## onnxcam vs pytorch-grad-cam and Captum, side by side (BENCH_FLAGS)
 	$(BIN)/python benchmarks/benchmark.py $(BENCH_FLAGS)
+
+# The explain graph made from a plain ONNX file (--model onnx:FILE) vs `onnxcam export`'s of the same weights (ResNet-50,
+# EfficientNet-Lite0): both exports' seconds, images/s of the same run, ms/image of the main pass; not a test.
+bench-onnx: setup  ## the ONNX source's graph vs the torch-traced one: export seconds, images/s, ms/image (BENCH_FLAGS)
+	$(BIN)/python benchmarks/onnx_source_benchmark.py $(BENCH_FLAGS)
 
 # 8 camera-sized (48 MP) JPEGs and 64 ordinary photographs: peak RSS, seconds, bytes written; not a test.
 bench-big: export  ## 48 MP photographs: peak RSS, seconds, bytes written
@@ -144,7 +150,8 @@ bench-gpu: setup  ## GPU throughput of GPU_MODEL and GPU_FP16_MODEL (ResNet-50, 
 	$(BIN)/python benchmarks/gpu_benchmark.py --model $(GPU_MODEL) --fp16-model $(GPU_FP16_MODEL) $(BENCH_FLAGS)
 
 # Export every torchvision classification model (random weights) and write the coverage table into docs/models.md;
-# about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes).
+# about 70 minutes on two cores, not part of `make test`; results kept in exports/zoo.jsonl (resumes). Its last column,
+# whether each plain ONNX export goes through `--model onnx:`, alone: make zoo BENCH_FLAGS=--onnx-source-only
 zoo: setup  ## export every torchvision classifier, the coverage table into docs/models.md (~70 min)
 	$(BIN)/python tools/zoo.py $(BENCH_FLAGS)
 

@@ -25,6 +25,7 @@ FIGURES = {
     "ray_benchmark": r"ray/local [\d.]+; rows and files identical: True",
     "big_photos_benchmark": r"ordinary: +peak RSS +\d+ MiB, +[\d.]+ s, +[\d.]+ images/s",
     "stage_profile": r"end to end is \d+% of compute only",
+    "onnx_source_benchmark": r"ONNX source / torch-traced: [\d.]+ \(target >= 0.9\)",
     "resume_benchmark": r"first new image's rows after [\d.]+ s",
     "peer_benchmark": r"\| onnxcam, OpenVINO [\d.]+ \| f32 \| [\d.]+ images/s \|",
     "report_benchmark": r"scrolling 60 px a frame for 4 s: \d+ frames/s.*page errors 0",

@@ -38,13 +38,14 @@ NCHW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool
                       "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool"})
 SAME_LAYOUT_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish",
                              "Tanh", "Gelu", "Erf", "Softplus", "Mish", "Identity", "Dropout", "Cast", "Add", "Sub",
-                             "Mul", "Div", "Sqrt", "Pow", "Neg", "Exp", "Abs", "Max", "Min", "Sum"})
+                             "Mul", "Div", "Sqrt", "Pow", "Neg", "Exp", "Abs", "Max", "Min", "Sum", "Concat", "Pad",
+                             "Slice"})
 SCORE_ACTIVATIONS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}  # a final op that is cut, and what it was
 CONTRACT_NAMES = frozenset({"input", "target", *OUTPUTS})
 # The gate: finite differences of the class score along random directions against the graph's gradients.
 CHANGES, MAX_STEP = (1e-3, 1e-4, 1e-5), 0.1  # see _directional
 DIRECTIONS = 3
-GRADIENT_TOLERANCE, GRADIENT_COSINE = 0.25, 0.99  # a coarse net: a wrong rule is off by far more
+GRADIENT_TOLERANCE, GRADIENT_COSINE = 1e-2, 0.999  # ResNet-18 from layer1..layer4: 2.4e-4 to 5.2e-4
 EXACT_TOLERANCE = 1e-5  # logits and activations: the same ops as the source model
 
 
@@ -328,8 +329,8 @@ def auto_tensor(plain: PlainModel) -> Tensor:
     """The last feature map (h*w > 1) before the head."""
     maps = candidates(plain)
     if not maps:
-        raise ExportError(f"--layer auto: {plain.spec} has no 4-D feature map with spatial size > 1 on its path to "
-                          "the logits; name a tensor (see `onnxcam layers`)")
+        raise ExportError(f"--layer auto: {plain.spec} has no 4-D feature map of known layout with spatial size > 1 "
+                          "on its path to the logits; onnxcam explains models with one")
     return maps[-1]
 
 
@@ -518,8 +519,13 @@ def _directional(source: _Source, x: np.ndarray, chosen: np.ndarray, tensor: str
     flat = lambda array: array.astype(np.float64).reshape(batch, -1)  # noqa: E731
     score = np.abs(source(x)[source.plain.logits].reshape(batch, -1)[rows, chosen].astype(np.float64))
     largest = MAX_STEP * np.sqrt(np.mean(flat(base) ** 2, axis=1))
+    along = flat(gradient) / np.maximum(np.linalg.norm(flat(gradient), axis=1, keepdims=True), 1e-30)
     for _ in range(DIRECTIONS):
-        direction = rng.standard_normal(base.shape).astype(np.float32)
+        # half random, half the graph's own gradient: a random direction's slope alone cancels over a pooling head
+        # (Inception-v3: cosine 0.75 with exact gradients), and a wrong gradient still shows in either half
+        noise = rng.standard_normal(flat(base).shape)
+        mixed = noise + along * np.linalg.norm(noise, axis=1, keepdims=True)
+        direction = mixed.reshape(base.shape).astype(np.float32)
         slope = np.sum(flat(gradient) * flat(direction), axis=1)
         differences = []
         for change in CHANGES:
@@ -567,9 +573,8 @@ def gate(plain: PlainModel, built: _Built, staged: Path, target: Tensor
 
 
 def _gate_problem(name: str, figure: dict[str, float]) -> str:
-    """Logits and activations are the source model's own ops (EXACT_TOLERANCE). Finite differences of a float32
-    model through ReLU and max-pool kinks are coarse (ResNet-18 from layer2: relative 0.11, cosine 0.9935, where
-    the graph's gradients equal float64 torch autograd's to 4e-7), so gradients must only agree in direction."""
+    """Logits and activations are the source model's own ops (EXACT_TOLERANCE); gradients are held to the finite
+    differences of `_directional`."""
     error = figure["relative_error"]
     if name != "gradients":
         return f"relative error {error:.2e} > {EXACT_TOLERANCE:.0e}" if not error <= EXACT_TOLERANCE else ""

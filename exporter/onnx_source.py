@@ -43,7 +43,7 @@ SAME_LAYOUT_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu"
 SCORE_ACTIVATIONS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}  # a final op that is cut, and what it was
 CONTRACT_NAMES = frozenset({"input", "target", *OUTPUTS})
 # The gate: finite differences of the class score along random directions against the graph's gradients.
-CHANGES, MAX_STEP = (1e-3, 1e-4, 1e-5), 0.1  # see _directional
+CHANGES, MAX_STEP, FRACTIONS = (1e-3, 1e-4, 1e-5), 0.1, (1.0, 0.1)  # see _directional
 DIRECTIONS = 3
 GRADIENT_TOLERANCE, GRADIENT_COSINE = 1e-2, 0.999  # ResNet-18 from layer1..layer4: 2.4e-4 to 5.2e-4
 EXACT_TOLERANCE = 1e-5  # logits and activations: the same ops as the source model
@@ -510,10 +510,11 @@ def _directional(source: _Source, x: np.ndarray, chosen: np.ndarray, tensor: str
     """The class score's slope along random directions in `tensor`: from the graph's gradient, and from central
     differences of the source model with the step added to that tensor.
 
-    Each image's step is set for the graph's slope to move its score by a fraction of its size (CHANGES; at most
-    MAX_STEP of the tensor's root mean square): float32 rounding spoils the smallest, ReLU and max-pool kinks between
-    the tensor and the logits the largest, so each direction keeps the difference nearest the slope. A wrong slope is
-    far from all three."""
+    Three of each image's steps are set for the graph's slope to move its score by a fraction of its size (CHANGES;
+    at most MAX_STEP of the tensor's root mean square), two are fractions of MAX_STEP of it (FRACTIONS: a score that
+    is a small sum of large terms, as a random-weight RegNetX head's, rounds off more than its size says): float32
+    rounding spoils the smallest, ReLU and max-pool kinks between the tensor and the logits the largest, so each
+    direction keeps the difference nearest the slope. A wrong slope is far from all of them."""
     analytic, numeric = [], []
     rows, batch = np.arange(len(x)), len(x)
     flat = lambda array: array.astype(np.float64).reshape(batch, -1)  # noqa: E731
@@ -528,8 +529,8 @@ def _directional(source: _Source, x: np.ndarray, chosen: np.ndarray, tensor: str
         direction = mixed.reshape(base.shape).astype(np.float32)
         slope = np.sum(flat(gradient) * flat(direction), axis=1)
         differences = []
-        for change in CHANGES:
-            step = np.minimum(change * (score + 1e-6) / np.maximum(np.abs(slope), 1e-30), largest)
+        steps = [np.minimum(change * (score + 1e-6) / np.maximum(np.abs(slope), 1e-30), largest) for change in CHANGES]
+        for step in steps + [fraction * largest for fraction in FRACTIONS]:
             scores = []
             for sign in (1, -1):
                 moved = (sign * step.reshape(batch, *[1] * (base.ndim - 1)) * direction).astype(np.float32)

@@ -204,6 +204,29 @@ def _run_shapes(proto: onnx.ModelProto, input_name: str, layout: str, size: Size
     return proto
 
 
+def _fold_slice_bounds(proto: onnx.ModelProto, input_name: str, layout: str, size: Size) -> None:
+    """Slice bounds computed from shapes at run time (ShuffleNet's channel split, Swin's windows) become constants
+    where they are the same at batch 2 and 3: the gradient builder needs them constant."""
+    graph = proto.graph
+    constants = {tensor.name for tensor in graph.initializer}
+    computed = sorted({name for node in graph.node if node.op_type == "Slice" for name in node.input[1:]
+                       if name and name not in constants})
+    if not computed:
+        return
+    probe = copy.deepcopy(proto)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in computed)
+    session = check_session(probe.SerializeToString())
+    runs = [session.run(computed, {input_name: np.zeros((batch, *size, 3) if layout == "NHWC" else (batch, 3, *size),
+                                                        np.float32)}) for batch in (2, 3)]
+    fixed = {name: numpy_helper.from_array(first, f"{name}/onnxcam_folded")
+             for name, first, second in zip(computed, *runs, strict=True) if np.array_equal(first, second)}
+    graph.initializer.extend(fixed.values())
+    for node in graph.node:
+        if node.op_type == "Slice":
+            node.input[1:] = [fixed[name].name if name in fixed else name for name in node.input[1:]]
+
+
 def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     values = [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
     return {value.name: _dims(value) for value in values if value.type.HasField("tensor_type")}
@@ -306,6 +329,7 @@ def load_plain_model(spec: str, layout: str | None = None, input_size: Size | No
             dims[0].dim_param = "batch"
     del proto.graph.value_info[:]
     proto = _run_shapes(_infer(proto, spec), value.name, chosen, size)
+    _fold_slice_bounds(proto, value.name, chosen, size)
     shapes = _shapes(proto)
     logits, cut = _logits(proto, shapes, spec)
     graph = proto.graph

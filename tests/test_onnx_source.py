@@ -283,3 +283,33 @@ def test_filters_and_the_serving_options_take_it(toy, tmp_path, capsys):
     assert main(["convert", str(out), "--out", str(served), "--maps", "gradcam,layercam", "--uint8-input"]) == 0
     info = read_graph_info(served)
     assert info.graph_maps == ["gradcam", "layercam"] and info.input_format == "uint8"
+
+
+class SwappedHalves(torch.nn.Module):
+    """relu_net with ShuffleNet's channel split after its first ReLU: the TorchScript exporter computes the Slice
+    bounds from the tensor's shape at run time."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.stem, self.rest = inner[:2], inner[2:]
+
+    def forward(self, x):
+        first, second = self.stem(x).chunk(2, dim=1)
+        return self.rest(torch.cat((second, first), dim=1))
+
+
+def test_slice_bounds_computed_from_shapes_are_folded(exported, tmp_path):
+    loaded, _ = exported("toy_models:relu_net")
+    model = SwappedHalves(loaded.model.eval())
+    path = plain_export(model, loaded.input_size, tmp_path / "halves.onnx")
+    assert any(node.op_type == "Slice" and not set(node.input[1:3]) & {i.name for i in onnx.load(str(path)).graph.
+                                                                        initializer}
+               for node in onnx.load(str(path)).graph.node), "the file's Slice bounds are computed"
+    out = tmp_path / "explain.onnx"
+    pre = Preprocessing(size=loaded.input_size, mean=loaded.mean, std=loaded.std)
+    export_plain_model(load_plain_model(f"onnx:{path}"), "auto", out, pre, [], saliency=True, log=lambda _: None)
+    x = np.random.default_rng(5).standard_normal((2, 3, *loaded.input_size)).astype(np.float32)
+    actual = run(out, x, np.array([-1, 2], np.int64))
+    chosen = torch.as_tensor(np.where([True, False], actual["logits"].argmax(axis=1), 2))
+    expected = torch.func.grad(lambda t: model(t)[torch.arange(2), chosen].sum())(torch.as_tensor(x))
+    assert relative_error(actual["plain_input_gradients"], expected.numpy()) <= 1e-5

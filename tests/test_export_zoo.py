@@ -8,22 +8,12 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.slow  # exports and runs real models: `make test` only
 
+from ci_models import ZOO  # noqa: E402
 from kink_reference import KinkFollowingReference  # noqa: E402
 from onnxcam.exporter.parity import cosine, relative_error  # noqa: E402
 from onnxcam.exporter.reference import reference_outputs  # noqa: E402
 from onnxcam.runner.model.graph import OUTPUTS, read_graph_info  # noqa: E402
 
-ZOO = {
-    "torchvision:resnet18": "layer4",
-    "torchvision:resnet50": "layer4",
-    "torchvision:vgg11": "features",
-    "torchvision:densenet121": "features",
-    "torchvision:mobilenet_v3_small": "features",
-    "torchvision:efficientnet_b0": "features",
-    "torchvision:convnext_tiny": "features",
-    "torchvision:regnet_y_400mf": "trunk_output",
-    "efficientnet-lite0": "_swish",
-}
 TOLERANCE = 1e-4
 # Guided input gradients jump at ReLU/ReLU6/max-pool kinks. float32 ONNX Runtime and float64 PyTorch settle a
 # near-kink value differently now and then, which moves one receptive-field patch (seen: norm-wise 1e-4 to

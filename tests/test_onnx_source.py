@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ci_models import ZOO  # noqa: E402
 from onnxcam.exporter.onnx_source import export_plain_model, load_plain_model  # noqa: E402
 from onnxcam.exporter.parity import (  # noqa: E402
     INPUT_GRADIENT_COSINE,
@@ -24,19 +25,6 @@ from onnxcam.runner.cli import main  # noqa: E402
 from onnxcam.runner.model.graph import OUTPUTS, Preprocessing, read_graph_info  # noqa: E402
 from runner_helpers import read_index, write_images, write_manifest  # noqa: E402
 
-# The CI set (tests/test_export_zoo.py) and, per model, the layer both sources are asked for: a module name, which
-# the ONNX source finds through the exporter's node names (its last output inside that module).
-ZOO = {
-    "torchvision:resnet18": "layer4",
-    "torchvision:resnet50": "layer4",
-    "torchvision:vgg11": "features",
-    "torchvision:densenet121": "features",
-    "torchvision:mobilenet_v3_small": "features",
-    "torchvision:efficientnet_b0": "features",
-    "torchvision:convnext_tiny": "features",
-    "torchvision:regnet_y_400mf": "trunk_output",
-    "efficientnet-lite0": "_swish",
-}
 TOLERANCE, GUIDED_TOLERANCE = 1e-4, 1e-3  # norm-wise relative error, the export's parity gate's measure
 IMAGENET = Preprocessing(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -72,6 +60,8 @@ def assert_same_outputs(actual: dict, expected: dict, names=OUTPUTS[:4], what: s
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", list(ZOO))
 def test_a_plain_export_explains_as_the_torch_export(spec, exported, tmp_path):
+    """Both sources asked for the same module: the ONNX source finds it through the exporter's node names (its last
+    output inside that module)."""
     loaded, result = exported(spec)
     model = loaded.model.eval()
     plain = load_plain_model(f"onnx:{plain_export(model, loaded.input_size, tmp_path / 'plain.onnx')}")

@@ -158,9 +158,10 @@ def _export_onnx(args: argparse.Namespace) -> None:
     plain = _plain(args)
     print(f"exporting {plain.spec} ({plain.layout} input {plain.size.height}x{plain.size.width}, "
           f"{plain.num_classes} classes; gradients built on the ONNX graph)")
+    given = {"resize": args.resize, "crop_fraction": args.crop_fraction,
+             "channel_order": args.channel_order and args.channel_order.upper()}
     preprocessing = Preprocessing(size=plain.size, mean=tuple(args.mean), std=tuple(args.std),
-                                  resize=args.resize or "stretch", crop_fraction=args.crop_fraction or 0.875,
-                                  channel_order=(args.channel_order or "rgb").upper())
+                                  **{key: value for key, value in given.items() if value is not None})
     labels = read_labels(args.labels) if args.labels else []
     export_plain_model(plain, args.layer, args.out, preprocessing, labels, guided=not args.no_guided,
                        multilabel=args.multilabel, saliency=args.saliency)

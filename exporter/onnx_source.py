@@ -174,6 +174,17 @@ def _infer(proto: onnx.ModelProto, spec: str) -> onnx.ModelProto:
         raise ExportError(f"--model {spec}: ONNX shape inference fails ({str(error).splitlines()[0][:160]})") from None
 
 
+def _probe(proto: onnx.ModelProto, names: list[str], input_name: str, layout: str, size: Size,
+           batches: tuple[int, ...]) -> list[list[np.ndarray]]:
+    """The values of `names` in runs of the model on zero images, one run per batch size."""
+    probe = copy.deepcopy(proto)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    session = check_session(probe.SerializeToString())
+    return [session.run(names, {input_name: np.zeros((batch, *size, 3) if layout == "NHWC" else (batch, 3, *size),
+                                                     np.float32)}) for batch in batches]
+
+
 def _run_shapes(proto: onnx.ModelProto, input_name: str, layout: str, size: Size) -> onnx.ModelProto:
     """Where shape inference leaves a float tensor's size unknown (padding computed from Shape ops at run time, as
     efficientnet-lite's TorchScript export does), one run at batch 2 tells it: axis 0 stays the batch where it is 2,
@@ -186,11 +197,7 @@ def _run_shapes(proto: onnx.ModelProto, input_name: str, layout: str, size: Size
                               and None in _dims(known[name])[1:]))]
     if not unsure:
         return proto
-    probe = copy.deepcopy(proto)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in unsure)
-    shape = (2, *size, 3) if layout == "NHWC" else (2, 3, *size)
-    values = check_session(probe.SerializeToString()).run(unsure, {input_name: np.zeros(shape, np.float32)})
+    [values] = _probe(proto, unsure, input_name, layout, size, (2,))
     for name, value in zip(unsure, values, strict=True):
         if value.dtype.kind != "f":
             continue
@@ -213,12 +220,7 @@ def _fold_slice_bounds(proto: onnx.ModelProto, input_name: str, layout: str, siz
                        if name and name not in constants})
     if not computed:
         return
-    probe = copy.deepcopy(proto)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in computed)
-    session = check_session(probe.SerializeToString())
-    runs = [session.run(computed, {input_name: np.zeros((batch, *size, 3) if layout == "NHWC" else (batch, 3, *size),
-                                                        np.float32)}) for batch in (2, 3)]
+    runs = _probe(proto, computed, input_name, layout, size, (2, 3))
     fixed = {name: numpy_helper.from_array(first, f"{name}/onnxcam_folded")
              for name, first, second in zip(computed, *runs, strict=True) if np.array_equal(first, second)}
     graph.initializer.extend(fixed.values())

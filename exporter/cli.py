@@ -107,9 +107,11 @@ def run_layers(args: argparse.Namespace) -> int:
     from onnxcam.exporter.layers import auto_layer, candidates, probe_layers
 
     loaded = _load(args)
-    layers = probe_layers(loaded.model, loaded.input_size, args.grid).layers
-    chosen = auto_layer(layers)
-    print(f"{loaded.spec}: candidate target layers (maps with h*w > 1), input {list(loaded.input_size)}")
+    probe = probe_layers(loaded.model, loaded.input_size, args.grid)
+    layers = probe.layers
+    chosen = auto_layer(layers, probe.task)
+    segmenter = " (a segmenter)" if probe.task == "segmentation" else ""
+    print(f"{loaded.spec}{segmenter}: candidate target layers (maps with h*w > 1), input {list(loaded.input_size)}")
     print(f"  {'name':<40} {'type':<24} {'map [C, h, w]':<18} {'layout':<7} calls")
     for info in candidates(layers):
         mark = "*" if info is chosen else " "

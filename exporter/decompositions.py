@@ -109,6 +109,34 @@ def _adaptive_avg_pool2d_backward(grad_output, self):
     return rows @ grad_output @ cols
 
 
+def _bilinear_matrix(size_in: int, size_out: int, align_corners: bool, scale: float | None) -> np.ndarray:
+    """[size_out, size_in]: the weights PyTorch's bilinear upsampling gives each input row (its CPU kernel's source
+    index: (i + 0.5) / scale - 0.5 clamped at 0, or i (in - 1) / (out - 1) with align_corners)."""
+    if align_corners:
+        ratio = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    else:
+        ratio = 1.0 / scale if scale else size_in / size_out
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        source = ratio * i if align_corners else max(ratio * (i + 0.5) - 0.5, 0.0)
+        low = min(int(source), size_in - 1)
+        high, weight = min(low + 1, size_in - 1), source - low
+        matrix[i, low] += 1 - weight
+        matrix[i, high] += weight
+    return matrix
+
+
+def bilinear_upsample(input: torch.Tensor, size: tuple[int, int], align_corners: bool,
+                      scales: tuple[float | None, float | None] = (None, None)) -> torch.Tensor:
+    """F.interpolate(mode="bilinear") as out = Ry @ x @ Rx^T with constant matrices (static sizes); its backward is
+    the transposed products. ATen's op would do, but its Python binding fixes a symbolic batch to the example's
+    size (a guard on every size of the input), and its backward op has no ONNX translation."""
+    (height, width), (out_h, out_w) = input.shape[-2:], size
+    rows = _constant(_bilinear_matrix(int(height), int(out_h), align_corners, scales[0]), input)
+    cols = _constant(_bilinear_matrix(int(width), int(out_w), align_corners, scales[1]).T, input)
+    return rows @ input @ cols
+
+
 def _scatter_windows(values, kernels, channels, kernel, stride, padding, dilation, size_in):
     """Sum per-window values back onto the input grid with a grouped transposed conv.
 

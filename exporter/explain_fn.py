@@ -7,11 +7,12 @@ lets the gradients reach ONNX (docs/explain-graph.md, "How the gradients get int
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from onnxcam.exporter.decompositions import decomposition_table, guided_rule
+from onnxcam.exporter.decompositions import bilinear_upsample, decomposition_table, guided_rule
 from onnxcam.exporter.layers import LayerInfo, logits_of
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -75,9 +76,44 @@ def class_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return (logits * mask).sum(), chosen
 
 
+def mask_score(output: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A segmenter's score: S = sum_n sum_yx output[n, t_n, y, x] * M[n, y, x], pytorch-grad-cam's
+    SemanticSegmentationTarget, for `output` [N, K, H, W].
+
+    M is `target_mask` where it is >= 0 (pixel weights, usually 0/1 from a ground-truth mask) and, where it is
+    negative, the pixels the model predicts as t_n. `target_mask` broadcasts: [1, 1, 1] holding -1 (four bytes) asks
+    for the prediction for the whole batch, [N, H, W] gives a mask per image. t_n < 0 picks the class predicted on
+    the most pixels. Reported beside the score: `logits` [N, K], each class's raw score averaged over M (so the
+    target's entry is S_n / |M_n|); `class_share` [N, K], the share of the pixels predicted as each class;
+    `label_map` [N, H, W] uint8, the predicted class per pixel.
+    """
+    classes = torch.arange(output.shape[1], device=output.device)
+    predicted = output.argmax(dim=1)
+    class_share = (predicted[:, None] == classes[None, :, None, None]).to(output.dtype).mean(dim=(2, 3))
+    chosen = torch.where(target < 0, class_share.argmax(dim=1), target)
+    mask = torch.where(target_mask < 0, (predicted == chosen[:, None, None]).to(output.dtype), target_mask)
+    picked = (classes == chosen[:, None]).to(output.dtype)
+    score = (output * (picked[:, :, None, None] * mask[:, None])).sum()
+    area = mask.sum(dim=(1, 2)).clamp_min(torch.finfo(output.dtype).tiny)
+    logits = (output * mask[:, None]).sum(dim=(2, 3)) / area[:, None]
+    return score, {"logits": logits, "class_share": class_share, "label_map": predicted.to(torch.uint8)}
+
+
+def objective(output: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The score to back-propagate and what the graph reports beside it: a classifier's class score, or a
+    segmenter's score over its target mask (`output` [N, K, H, W])."""
+    if output.dim() == 4:
+        return mask_score(output, target, target_mask)
+    score, _ = class_score(output, target)
+    return score, {"logits": output}
+
+
 def make_explain_fn(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guided: bool, saliency: bool = False,
                     half: bool = False, gradient_scale: float = 1.0):
-    """Outputs in contract order: logits, activations, gradients[, input_gradients][, plain_input_gradients].
+    """Outputs in contract order: logits, activations, gradients[, input_gradients][, plain_input_gradients], and a
+    segmenter's class_share and label_map (see `mask_score`; a segmenter's explain function takes `target_mask` too).
 
     `half`: `model` holds float16 weights; the float32 input is cast to float16 on the way in and every output back
     to float32. The class score is multiplied by `gradient_scale`, a power of two, before the backward and the
@@ -90,16 +126,16 @@ def make_explain_fn(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guid
         gradients = gradients.float()
         return gradients if gradient_scale == 1 else gradients * (1 / gradient_scale)
 
-    def explain(input: torch.Tensor, target: torch.Tensor):
+    def explain(input: torch.Tensor, target: torch.Tensor, *target_mask: torch.Tensor):
         tap.reset()
         x = input.detach().requires_grad_(True)
-        logits = logits_of(model(x.half() if half else x)).float()
+        output = logits_of(model(x.half() if half else x)).float()
         activations = tap.output
-        score, _ = class_score(logits, target)
+        score, reported = objective(output, target, *target_mask)
         if gradient_scale != 1:
             score = score * gradient_scale
         (gradients,) = torch.autograd.grad(score, activations, retain_graph=guided or saliency)
-        outputs = [logits.detach(), layout(activations.detach()).float(), unscaled(layout(gradients))]
+        outputs = [reported.pop("logits").detach(), layout(activations.detach()).float(), unscaled(layout(gradients))]
         if guided:
             with guided_rule():
                 (input_gradients,) = torch.autograd.grad(score, x, retain_graph=saliency)
@@ -107,23 +143,27 @@ def make_explain_fn(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guid
         if saliency:
             (plain_input_gradients,) = torch.autograd.grad(score, x)
             outputs.append(unscaled(plain_input_gradients))
-        return tuple(outputs)
+        return (*outputs, *(value.detach() for value in reported.values()))
 
     return explain
 
 
 @contextlib.contextmanager
-def contiguous_inputs() -> Iterator[None]:
-    """While tracing, F.linear and F.adaptive_avg_pool2d get their input contiguous; a copy costs little, and:
+def traceable_functionals() -> Iterator[None]:
+    """While tracing, F.linear and F.adaptive_avg_pool2d get their input contiguous (a copy costs little), and
+    F.interpolate computes bilinear upsampling with matrix products:
 
     - ATen folds a [..., K] @ [K, M] product into one matrix product only for a contiguous input; otherwise
       (nn.MultiheadAttention's sequence-first views) it broadcasts a batched product, expanding the weight over
       the leading dimensions: a view in PyTorch, in ONNX an Expand that materialises it (ViT-B/16: 1.4 GB per
       attention layer and image);
     - ATen's global average pool re-strides the mean of a channels-last input (Swin's permuted head) with
-      as_strided_, whose backward has no ONNX translation.
+      as_strided_, whose backward has no ONNX translation;
+    - bilinear upsampling (segmenters scale their class scores to the input's size) becomes two products with
+      constant matrices (`bilinear_upsample`): ATen's op fixes the symbolic batch, and its backward has no ONNX
+      translation.
     """
-    linear, pool = F.linear, F.adaptive_avg_pool2d
+    linear, pool, interpolate = F.linear, F.adaptive_avg_pool2d, F.interpolate
 
     def folded_linear(input, weight, bias=None):
         return linear(input.contiguous() if input.dim() > 2 else input, weight, bias)
@@ -131,11 +171,25 @@ def contiguous_inputs() -> Iterator[None]:
     def contiguous_pool(input, output_size):
         return pool(input.contiguous(), output_size)
 
-    F.linear, F.adaptive_avg_pool2d = folded_linear, contiguous_pool
+    def matmul_interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                           recompute_scale_factor=None, antialias=False):
+        if mode != "bilinear" or input.dim() != 4 or antialias:
+            return interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+        scales = (scale_factor if isinstance(scale_factor, tuple | list) else (scale_factor,) * 2) if scale_factor \
+            else (None, None)
+        if size is None:
+            size = tuple(math.floor(int(side) * scale) for side, scale in zip(input.shape[-2:], scales, strict=True))
+        elif isinstance(size, int):
+            size = (size, size)
+        if recompute_scale_factor:
+            scales = (None, None)
+        return bilinear_upsample(input, tuple(size), bool(align_corners), scales)
+
+    F.linear, F.adaptive_avg_pool2d, F.interpolate = folded_linear, contiguous_pool, matmul_interpolate
     try:
         yield
     finally:
-        F.linear, F.adaptive_avg_pool2d = linear, pool
+        F.linear, F.adaptive_avg_pool2d, F.interpolate = linear, pool, interpolate
 
 
 def _batch_dynamic(fake_mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
@@ -148,14 +202,14 @@ def _batch_dynamic(fake_mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Ten
     return fake_mode.from_tensor(tensor, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
 
 
-def trace_explain_graph(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guided: bool, example: torch.Tensor,
-                        saliency: bool = False, half: bool = False, gradient_scale: float = 1.0
-                        ) -> torch.fx.GraphModule:
-    """Trace with a symbolic batch so that its size is not baked into view/expand. Attention runs as its math
-    (matmul, softmax): the fused kernels' backward ops have no decomposition to trace through."""
+def trace_explain_graph(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guided: bool,
+                        example: tuple[torch.Tensor, ...], saliency: bool = False, half: bool = False,
+                        gradient_scale: float = 1.0) -> torch.fx.GraphModule:
+    """Trace on `example` (input, target[, target_mask]) with a symbolic batch so that its size is not baked into
+    view/expand. Attention runs as its math (matmul, softmax): the fused kernels' backward ops have no decomposition
+    to trace through."""
     fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    target = torch.full((example.shape[0],), -1, dtype=torch.int64)
-    fake_input, fake_target = _batch_dynamic(fake_mode, example), _batch_dynamic(fake_mode, target)
+    fakes = [_batch_dynamic(fake_mode, tensor) for tensor in example]
     fn = make_explain_fn(model, tap, layout, guided, saliency, half, gradient_scale)
-    with fake_mode, sdpa_kernel(SDPBackend.MATH), contiguous_inputs():
-        return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="real")(fake_input, fake_target)
+    with fake_mode, sdpa_kernel(SDPBackend.MATH), traceable_functionals():
+        return make_fx(fn, decomposition_table=decomposition_table(), tracing_mode="real")(*fakes)

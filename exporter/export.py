@@ -21,7 +21,15 @@ from onnxcam.exporter.reference import reference_outputs
 from onnxcam.exporter.sources import LoadedModel
 from onnxcam.exporter.write import publish, run_staged, stage, staging_folder
 from onnxcam.runner import __version__
-from onnxcam.runner.model.graph import INPUTS, REQUIRED_OUTPUTS, GraphInfo, Preprocessing, external_data_path
+from onnxcam.runner.model.graph import (
+    INPUTS,
+    REQUIRED_OUTPUTS,
+    SEGMENTATION_OUTPUTS,
+    TARGET_MASK,
+    GraphInfo,
+    Preprocessing,
+    external_data_path,
+)
 from onnxcam.runner.size import Size
 from torch import nn
 
@@ -62,17 +70,18 @@ def _unsupported_ops(message: str) -> list[str]:
     return sorted(ops)[:5]
 
 
-def _to_onnx(graph: torch.fx.GraphModule, example: torch.Tensor, output_names: list[str]) -> onnx.ModelProto:
+def _to_onnx(graph: torch.fx.GraphModule, example: tuple[torch.Tensor, ...], output_names: list[str]
+             ) -> onnx.ModelProto:
     graph.eval()  # a traced GraphModule starts in training mode; nothing in it depends on that
     batch = torch.export.Dim("batch", min=1, max=4096)
-    target = torch.full((example.shape[0],), -1, dtype=torch.int64)
     try:
         with warnings.catch_warnings():
-            # Both inputs share the batch dimension; torch warns that the second name for it goes unused.
+            # The inputs share the batch dimension; torch warns that the other names for it go unused.
             warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
             program = torch.onnx.export(
-                graph, (example, target), dynamo=True, input_names=list(INPUTS), output_names=output_names,
-                dynamic_shapes=({0: batch}, {0: batch}), opset_version=OPSET, verbose=False,
+                graph, example, dynamo=True, input_names=[*INPUTS, TARGET_MASK][:len(example)],
+                output_names=output_names, dynamic_shapes=tuple({0: batch} for _ in example), opset_version=OPSET,
+                verbose=False,
                 # onnxscript's optimizer nearly doubles the export time (DenseNet-121: 177 s vs 94 s) and the
                 # graph runs no faster for it: ONNX Runtime applies its own graph optimizations at load.
                 optimize=False,
@@ -84,7 +93,27 @@ def _to_onnx(graph: torch.fx.GraphModule, example: torch.Tensor, output_names: l
         detail = f"unsupported op(s): {', '.join(ops)}" if ops else first[:200]
         raise ExportError(f"cannot export to ONNX: {detail}; add a decomposition in exporter/decompositions.py "
                           "or pick an earlier --layer") from None
-    return program.model_proto
+    proto = program.model_proto
+    if len(example) > 2:
+        _broadcast_target_mask(proto)
+    return proto
+
+
+def _broadcast_target_mask(proto: onnx.ModelProto) -> None:
+    """Let `target_mask` take any broadcastable shape: traced as [N, H, W], it only meets the prediction in a Where,
+    which broadcasts, so [1, 1, 1] (-1: the prediction for every image) serves a whole batch in four bytes. The
+    shapes the tracer recorded for the values computed from it are dropped with it."""
+    mask = next(value for value in proto.graph.input if value.name == TARGET_MASK)
+    for dim, name in zip(mask.type.tensor_type.shape.dim, ("mask_batch", "mask_height", "mask_width"), strict=True):
+        dim.Clear()
+        dim.dim_param = name
+    derived, nodes = {TARGET_MASK}, list(proto.graph.node)
+    for node in nodes:
+        if derived.intersection(node.input):
+            derived.update(node.output)
+    kept = [value for value in proto.graph.value_info if value.name not in derived]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
 
 
 def fp16_gradient_scale(reference: dict[str, torch.Tensor]) -> float:
@@ -151,6 +180,19 @@ def _convolution_names(model: nn.Module, graph: torch.fx.GraphModule) -> dict[st
     return names
 
 
+def _example(logits_shape: tuple[int, ...], input_size: Size) -> tuple[torch.Tensor, ...]:
+    """The batch the graph is traced on and checked with: two random images, the first explained for its top-1 class
+    and the second for the last class; a segmenter's first over the pixels it predicts, its second over a random
+    half of the pixels (a given mask)."""
+    generator = torch.Generator().manual_seed(0)
+    example = (torch.randn(2, 3, *input_size, generator=generator),
+               torch.tensor([-1, logits_shape[1] - 1], dtype=torch.int64))
+    if len(logits_shape) == 4:
+        given = (torch.rand(1, *logits_shape[2:], generator=generator) < 0.5).float()
+        example += (torch.cat([torch.full_like(given, -1), given]),)
+    return example
+
+
 def describe_layer(layer: LayerInfo) -> str:
     """`name (Kind, output [C, h, w])`, with what the graph does to tokens or a channels-last map."""
     shape = list(layer.map_shape)
@@ -172,19 +214,18 @@ def export_explain_graph(
     `fp16`: the graph computes in float16 (weights and tensors; inputs and outputs stay float32), with the class
     score scaled by a power of two so that its gradients keep their precision (`fp16_gradient_scale`)."""
     started = time.perf_counter()
-    model, (height, width) = loaded.model, loaded.input_size
+    model = loaded.model
     probe = probe_layers(model, loaded.input_size, grid)
-    chosen = resolve_layer(probe.layers, layer)
+    chosen = resolve_layer(probe.layers, layer, probe.task)
     log(f"target layer: {describe_layer(chosen)}" + (" [auto]" if layer == "auto" else ""))
     num_classes = probe.logits_shape[1]
     labels = loaded.labels or [str(i) for i in range(num_classes)]
     if len(labels) != num_classes:
         raise ExportError(f"--labels: {len(labels)} names for a model with {num_classes} classes")
 
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, height, width, generator=generator)
-    target = torch.tensor([-1, num_classes - 1], dtype=torch.int64)
-    reference = reference_outputs(model, chosen, example, target, guided, saliency=saliency)
+    example = _example(probe.logits_shape, loaded.input_size)
+    reference = reference_outputs(model, chosen, *example[:2], guided, saliency=saliency,
+                                  target_mask=example[2] if len(example) > 2 else None)
     scale = fp16_gradient_scale(reference) if fp16 else 1.0
     traced = copy.deepcopy(model).half() if fp16 else model
     tap = LayerTap(traced.get_submodule(chosen.name), chosen.calls)
@@ -193,11 +234,12 @@ def export_explain_graph(
     finally:
         tap.remove()
     output_names = [*REQUIRED_OUTPUTS, *(["input_gradients"] if guided else []),
-                    *(["plain_input_gradients"] if saliency else [])]
+                    *(["plain_input_gradients"] if saliency else []),
+                    *(SEGMENTATION_OUTPUTS if probe.task == "segmentation" else [])]
     proto = _to_onnx(graph, example, output_names)
     with staging_folder(out) as staging:
         staged = stage(proto, staging / out.name)
-        actual = dict(zip(output_names, run_staged(staged, example.numpy(), target.numpy()), strict=True))
+        actual = dict(zip(output_names, run_staged(staged, *(tensor.numpy() for tensor in example)), strict=True))
         figures = compare(actual, {name: value.numpy() for name, value in reference.items()})
         log(f"parity vs PyTorch (float64), relative error: {format_parity(figures)}"
             + (f"; float16, gradients scaled by 2^{round(math.log2(scale))}" if fp16 else ""))
@@ -212,9 +254,9 @@ def export_explain_graph(
                                         interpolation=loaded.interpolation),
             labels=labels, target_layer=chosen.name, activation_shape=tuple(chosen.map_shape),
             output_activation="sigmoid" if multilabel else "softmax", outputs=output_names,
-            gap_linear_head=_gap_linear_head(model, reference), model=loaded.spec, versions=_versions(),
-            parity=figures, convolutions=_convolution_names(traced, graph), precision="f16" if fp16 else "f32",
-            gradient_scale=scale,
+            gap_linear_head=probe.task == "classification" and _gap_linear_head(model, reference), model=loaded.spec,
+            versions=_versions(), parity=figures, convolutions=_convolution_names(traced, graph),
+            precision="f16" if fp16 else "f32", gradient_scale=scale, task=probe.task,
         )
         for key, value in info.to_metadata().items():
             proto.metadata_props.add(key=key, value=value)

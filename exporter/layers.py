@@ -65,14 +65,21 @@ class Probe:
     layers: list[LayerInfo]  # every named module, in completion order
     logits_shape: tuple[int, ...]  # the model's own output, batch 1
 
+    @property
+    def task(self) -> str:
+        """classification (logits [N, K]) or segmentation (logits per pixel, [N, K, H, W])."""
+        return "segmentation" if len(self.logits_shape) == 4 else "classification"
+
 
 def logits_of(output: object) -> torch.Tensor:
-    """The logits in what a model's forward returned: the tensor itself, the `logits` entry of a dict or the
-    `logits` field of a named tuple (torchvision's Inception/GoogLeNet outputs, Hugging Face outputs), or the only
-    tensor of a tuple or dict; anything else is ambiguous and an ExportError."""
+    """The logits ([N, K], or a segmenter's [N, K, H, W]) in what a model's forward returned: the tensor itself, the
+    `logits` entry of a dict or the `logits` field of a named tuple (torchvision's Inception/GoogLeNet outputs,
+    Hugging Face outputs), the `out` entry of torchvision's segmentation dict (not `aux`), or the only tensor of a
+    tuple or dict; anything else is ambiguous and an ExportError."""
     if isinstance(output, torch.Tensor):
         return output
-    named = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    named = (output.get("logits", output.get("out")) if isinstance(output, Mapping)
+             else getattr(output, "logits", None))
     if isinstance(named, torch.Tensor):
         return named
     values = list(output.values()) if isinstance(output, Mapping) else list(output) if isinstance(
@@ -134,9 +141,9 @@ def probe_layers(model: nn.Module, input_size: Size, grid: Size | None = None) -
         for handle in handles:
             handle.remove()
     logits = logits_of(output)
-    if logits.dim() != 2:
-        raise ExportError(f"the model's output has shape {list(logits.shape)}; onnxcam needs logits [N, classes]: "
-                          "flatten them in forward")
+    if logits.dim() not in (2, 4):
+        raise ExportError(f"the model's output has shape {list(logits.shape)}; onnxcam needs logits [N, classes] (a "
+                          "classifier) or [N, classes, H, W] (a segmenter): reshape them in forward")
     patch = patch_size(model)
     # A LayerNorm normalises the last dimension, so its 4-D output is channels-last, and so is every 4-D output
     # of that same shape (Swin's blocks and stages, ConvNeXt's permuted MLPs).
@@ -167,15 +174,23 @@ def _last_block_first_norm(layers: list[LayerInfo]) -> LayerInfo | None:
     return min(last, key=lambda info: info.order)
 
 
-def auto_layer(layers: list[LayerInfo]) -> LayerInfo:
+ENCODERS = ("backbone", "encoder")  # what torchvision's and segmentation-models-pytorch's segmenters call theirs
+
+
+def auto_layer(layers: list[LayerInfo], task: str = "classification") -> LayerInfo:
     """A transformer's last block's first norm when its blocks come after the last convolution (ViT, Swin: only
     the patch embedding is one); otherwise the last 4-D feature map with spatial size > 1 before the head,
-    skipping pooling layers.
+    skipping pooling layers. For a segmenter, the last map of its encoder (`backbone`, `encoder`), as
+    pytorch-grad-cam's segmentation tutorial picks `backbone.layer4`: after it come the head and the upsampling,
+    whose maps are the class scores themselves.
 
     Completion order puts a container after its children, so the block (`layer4`) wins
     over its last ReLU when they output the same tensor.
     """
     maps = [info for info in candidates(layers) if info.layout == "nchw" and "Pool" not in info.kind]
+    encoder = [info for info in maps if info.name.split(".")[0] in ENCODERS]
+    if task == "segmentation" and encoder:
+        return encoder[-1]
     convolutions = [info.order for info in layers if "Conv" in info.kind and info.layout == "nchw"]
     norm = _last_block_first_norm(layers)
     if norm and norm.is_feature_map and norm.order > max(convolutions, default=-1):
@@ -186,10 +201,10 @@ def auto_layer(layers: list[LayerInfo]) -> LayerInfo:
     return maps[-1]
 
 
-def resolve_layer(layers: list[LayerInfo], name: str) -> LayerInfo:
+def resolve_layer(layers: list[LayerInfo], name: str, task: str = "classification") -> LayerInfo:
     """Find `name` (or `auto`); fail with one line listing the closest names."""
     if name == "auto":
-        return auto_layer(layers)
+        return auto_layer(layers, task)
     by_name = {info.name: info for info in layers}
     info = by_name.get(name)
     if info is None:

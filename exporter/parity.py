@@ -35,7 +35,11 @@ def cosine(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def compare(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per output: relative (norm-wise) error, element-wise max error and cosine similarity."""
+    """Per output: relative (norm-wise) error, element-wise max error and cosine similarity (a segmenter's label map
+    compared as numbers, so a pixel predicted as another class shows)."""
+    actual = {name: value.astype(np.float64) if value.dtype.kind in "iu" else value for name, value in actual.items()}
+    expected = {name: value.astype(np.float64) if value.dtype.kind in "iu" else value
+                for name, value in expected.items()}
     return {name: {"relative_error": relative_error(actual[name], expected[name]),
                    "max_error": max_error(actual[name], expected[name]),
                    "cosine": cosine(actual[name], expected[name])} for name in expected}

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from onnxcam.exporter.explain_fn import FeatureLayout, LayerTap, class_score
+from onnxcam.exporter.explain_fn import FeatureLayout, LayerTap, objective
 from onnxcam.exporter.layers import LayerInfo, logits_of
 from torch import nn
 
@@ -61,9 +61,10 @@ def guided_functionals() -> Iterator[None]:
 
 def reference_outputs(
     model: nn.Module, layer: LayerInfo, input: torch.Tensor, target: torch.Tensor,
-    guided: bool, dtype: torch.dtype = torch.float64, saliency: bool = False,
+    guided: bool, dtype: torch.dtype = torch.float64, saliency: bool = False, target_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Eager outputs of the explain contract, computed in `dtype` (float64 by default), one sample at a time.
+    """Eager outputs of the explain contract, computed in `dtype` (float64 by default), one sample at a time
+    (`target_mask` [N, H, W]: a segmenter's, see explain_fn.mask_score).
 
     float64 keeps float32 tie-breaking at ReLU/max-pool kinks out of the parity figure. One sample at a time
     halves the peak: efficientnet_b7's float64 forward and backward at 600x600 hold about 8 GB per sample.
@@ -71,7 +72,8 @@ def reference_outputs(
     model = copy.deepcopy(model).to(dtype)
     tap, layout = LayerTap(model.get_submodule(layer.name), layer.calls), FeatureLayout(layer)
     try:
-        samples = [_sample_outputs(model, tap, layout, input[i:i + 1].to(dtype), target[i:i + 1], guided, saliency)
+        samples = [_sample_outputs(model, tap, layout, input[i:i + 1].to(dtype), target[i:i + 1], guided, saliency,
+                                   () if target_mask is None else (target_mask[i:i + 1].to(dtype),))
                    for i in range(len(input))]
     finally:
         tap.remove()
@@ -79,20 +81,22 @@ def reference_outputs(
 
 
 def _sample_outputs(model: nn.Module, tap: LayerTap, layout: FeatureLayout, input: torch.Tensor,
-                    target: torch.Tensor, guided: bool, saliency: bool) -> dict[str, torch.Tensor]:
+                    target: torch.Tensor, guided: bool, saliency: bool, target_mask: tuple[torch.Tensor, ...]
+                    ) -> dict[str, torch.Tensor]:
     tap.reset()
     x = input.clone().requires_grad_(True)
-    logits = logits_of(model(x))
+    output = logits_of(model(x))
     activations = tap.output
-    score, _ = class_score(logits, target)
+    score, reported = objective(output, target, *target_mask)
     (gradients,) = torch.autograd.grad(score, activations, retain_graph=saliency)
-    result = {"logits": logits, "activations": layout(activations), "gradients": layout(gradients)}
+    result = {"logits": reported.pop("logits"), "activations": layout(activations), "gradients": layout(gradients),
+              **reported}
     if saliency:
         (result["plain_input_gradients"],) = torch.autograd.grad(score, x)
     if guided:
         tap.reset()
         with guided_functionals():
             x = input.clone().requires_grad_(True)
-            score, _ = class_score(logits_of(model(x)), target)
+            score, _ = objective(logits_of(model(x)), target, *target_mask)
             (result["input_gradients"],) = torch.autograd.grad(score, x)
     return {name: value.detach() for name, value in result.items()}

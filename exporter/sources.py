@@ -1,4 +1,5 @@
-"""Model sources: `torchvision:NAME`, `timm:NAME`, `package.module:factory`, and the bundled `efficientnet-lite0`.
+"""Model sources: `torchvision:NAME` (classifiers and segmenters), `timm:NAME`, `smp:ARCH:ENCODER`
+(segmentation-models-pytorch), `package.module:factory`, and the bundled `efficientnet-lite0`.
 
 Each source yields the frozen model plus its preprocessing (torchvision's and timm's own recipe for the model:
 input size, mean, std, resize then centre crop, interpolation) and class-label defaults.
@@ -86,14 +87,17 @@ def load_weights(model: nn.Module, path: Path, spec: str) -> None:
     model.load_state_dict(state)
 
 
-def _torchvision(name: str, num_classes: int | None) -> LoadedModel:
+def _torchvision(name: str, num_classes: int | None, weights: Path | None) -> LoadedModel:
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
+    segmenters = torchvision.models.list_models(module=torchvision.models.segmentation)
+    known = torchvision.models.list_models(module=torchvision.models) + segmenters
     if name not in known:
         close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
-        raise ExportError(f"unknown torchvision classification model '{name}'; {hint}")
+        raise ExportError(f"unknown torchvision classification or segmentation model '{name}'; {hint}")
+    if name in segmenters:
+        return _torchvision_segmenter(name, num_classes, weights)
     # The weights enum carries the model's preprocessing and categories; reading it downloads nothing.
     recipe = torchvision.models.get_model_weights(name).DEFAULT
     transforms = recipe.transforms()
@@ -112,6 +116,53 @@ def _torchvision(name: str, num_classes: int | None) -> LoadedModel:
         resize="center_crop", crop_fraction=size / int(transforms.resize_size[0]),
         interpolation=transforms.interpolation.value,
     )
+
+
+def _torchvision_segmenter(name: str, num_classes: int | None, weights: Path | None) -> LoadedModel:
+    """torchvision's segmenters, whose forward returns {"out": ..., "aux": ...}: the graph explains `out`. The
+    recipe resizes the shorter side to 520 and keeps the aspect; an explain graph has one input size, so the photo
+    is stretched to 520x520 (--input-size for another). A checkpoint with the auxiliary head (torchvision's own) is
+    built with it, so that it loads; its output is left out."""
+    import torchvision
+
+    recipe = torchvision.models.get_model_weights(name).DEFAULT
+    transforms = recipe.transforms()
+    size = int(transforms.resize_size[0])
+    aux = weights is not None and any(key.startswith("aux_classifier.") for key in _state_dict_from(weights))
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, aux_loss=aux, **kwargs)
+    categories = list(recipe.meta.get("categories") or [])
+    return LoadedModel(
+        model=model, spec=f"torchvision:{name}", input_size=Size(size, size),
+        mean=tuple(transforms.mean), std=tuple(transforms.std),
+        labels=categories if len(categories) == (num_classes or len(categories)) else [],
+        interpolation=transforms.interpolation.value,
+    )
+
+
+def _smp(spec: str, num_classes: int | None) -> LoadedModel:
+    """`smp:ARCH:ENCODER` (Unet, FPN, DeepLabV3Plus... with any of its encoders), built without pretrained weights
+    (--weights loads the user's), normalised as ImageNet (what smp's pretrained encoders take; --mean/--std for a
+    model trained otherwise). Its sides must be multiples of 32: 512x512 unless --input-size says otherwise."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise ExportError("--model smp:...: segmentation-models-pytorch is not installed; pip install "
+                          "'onnxcam[smp]'") from None
+    arch, _, encoder = spec.removeprefix("smp:").partition(":")
+    architectures = {name.lower(): name for name, value in vars(smp).items()
+                     if isinstance(value, type) and issubclass(value, nn.Module)}
+    if arch.lower() not in architectures or not encoder:
+        raise ExportError(f"--model {spec}: expected smp:ARCH:ENCODER with ARCH one of "
+                          f"{', '.join(sorted(architectures.values()))}, e.g. smp:Unet:resnet34")
+    encoders = smp.encoders.get_encoder_names()
+    if encoder not in encoders:
+        close = difflib.get_close_matches(encoder, encoders, n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see smp.encoders.get_encoder_names()"
+        raise ExportError(f"--model {spec}: unknown encoder '{encoder}'; {hint}")
+    name = architectures[arch.lower()]
+    model = smp.create_model(name, encoder_name=encoder, encoder_weights=None, classes=num_classes or 1)
+    return LoadedModel(model=model, spec=f"smp:{name}:{encoder}", input_size=Size(512, 512))
 
 
 def _timm(name: str, num_classes: int | None) -> LoadedModel:
@@ -174,7 +225,9 @@ def load_model(spec: str, weights: Path | None = None, num_classes: int | None =
             raise ExportError(f"--weights: {BUNDLED} ships its own pretrained weights; drop --weights")
         loaded = _bundled_lite0()
     elif spec.startswith("torchvision:"):
-        loaded = _torchvision(spec.removeprefix("torchvision:"), num_classes)
+        loaded = _torchvision(spec.removeprefix("torchvision:"), num_classes, weights)
+    elif spec.startswith("smp:"):
+        loaded = _smp(spec, num_classes)
     elif spec.startswith("timm:"):
         loaded = _timm(spec.removeprefix("timm:"), num_classes)
     elif ":" in spec and all(part.isidentifier() for part in spec.replace(":", ".").split(".")):

@@ -3,7 +3,8 @@
 
 BUNDLED = "efficientnet-lite0"
 ONNX_PREFIX = "onnx:"
-SPEC_HELP = f"use torchvision:NAME, timm:NAME, package.module:factory, {BUNDLED}, or {ONNX_PREFIX}MODEL.onnx"
+SPEC_HELP = (f"use torchvision:NAME, timm:NAME, smp:ARCH:ENCODER, package.module:factory, {BUNDLED}, or "
+             f"{ONNX_PREFIX}MODEL.onnx")
 
 
 def is_onnx(spec: str) -> bool:

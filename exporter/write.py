@@ -60,8 +60,10 @@ def check_session(model: Path | bytes) -> ort.InferenceSession:
                           "the model to onnxcam") from None
 
 
-def run_staged(path: Path, example: np.ndarray, target: np.ndarray) -> list[np.ndarray]:
-    return check_session(path).run(None, {"input": example, "target": target})
+def run_staged(path: Path, *inputs: np.ndarray) -> list[np.ndarray]:
+    """Every output of the staged graph on `inputs`, in its inputs' order (input, target[, target_mask])."""
+    session = check_session(path)
+    return session.run(None, {value.name: array for value, array in zip(session.get_inputs(), inputs, strict=True)})
 
 
 def publish(staging: Path, out: Path) -> None:

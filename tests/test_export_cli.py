@@ -156,7 +156,7 @@ def test_cli_process_exit_code_and_single_line(tmp_path):
                              "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stdout.strip().count("\n") == 0 and result.stderr == ""
-    assert "unknown torchvision classification model 'nope'" in result.stdout
+    assert "unknown torchvision classification or segmentation model 'nope'" in result.stdout
 
 
 @pytest.mark.parametrize("spec", ["toy_models:returns_dict", "toy_models:returns_named_tuple"])

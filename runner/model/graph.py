@@ -16,6 +16,13 @@ from onnxcam.runner.size import Size
 
 INPUTS = ("input", "target")
 OUTPUTS = ("logits", "activations", "gradients", "input_gradients", "plain_input_gradients")
+# A segmenter's graph (task "segmentation") takes a third input, the pixels whose class scores make the target score
+# (pixel weights [1|N, 1|H, 1|W], broadcast; negative: the pixels predicted as the target class), and adds two outputs:
+# class_share [N, K], the share of the pixels predicted as each class, and label_map [N, H, W] uint8, the prediction.
+TARGET_MASK = "target_mask"
+PREDICTED_MASK = np.full((1, 1, 1), -1, np.float32)  # the target_mask that asks for the model's own prediction
+SEGMENTATION_OUTPUTS = ("class_share", "label_map")
+TASKS = ("classification", "segmentation")
 REQUIRED_OUTPUTS = OUTPUTS[:3]
 FLOAT_INPUT = "input_float"  # in a uint8-input graph, the normalised float input its first nodes compute
 GRAPH_MAP_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # maps a graph may compute itself
@@ -65,6 +72,7 @@ class GraphInfo:
     input_format: str = "float"  # float: [N,3,H,W] normalised; uint8: [N,H,W,3] BGR pixels, normalised in the graph
     precision: str = "f32"  # f32 | f16: what the model computes in; its inputs and outputs are float32 either way
     gradient_scale: float = 1.0  # f16: the power of two the class score is scaled by before the backward (undone)
+    task: str = "classification"  # or segmentation: logits per pixel, explained over a target mask (TARGET_MASK)
     format_version: int = FORMAT_VERSION
 
     @property

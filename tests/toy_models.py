@@ -130,3 +130,24 @@ def upsampling_net() -> nn.Module:
         nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="bilinear"),
         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
     )
+
+
+class _ToySegmenter(nn.Module):
+    """An encoder at stride 4 and a 1x1 head whose class scores are upsampled bilinearly to the input's size, as
+    torchvision's segmenters do; returns {"out": [N, 4, H, W]}."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                     nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        scores = nn.functional.interpolate(self.head(self.encoder(x)), size=x.shape[2:], mode="bilinear",
+                                           align_corners=False)
+        return {"out": scores}
+
+
+def segmenter() -> nn.Module:
+    torch.manual_seed(0)
+    return _ToySegmenter()

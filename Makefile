@@ -16,12 +16,12 @@ TF_VENV ?= .venv-tf
 .PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
 	bench-ray bench-report bench-stages bench-gpu bench-peer bench-onnx bench-smoke zoo wheel platforms docs tf clean help
 
-setup: $(VENV)/.installed  ## create .venv, install onnxcam (editable) with the export, test, ray, openvino, docs extras
+setup: $(VENV)/.installed  ## create .venv, install onnxcam (editable) with the export, test, ray, openvino, docs, smp extras
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,test,ray,openvino,docs]'
+	$(BIN)/pip install -q -e '.[export,test,ray,openvino,docs,smp]'
 	touch $@
 
 # report.html's browser tests drive Debian's chromium through Playwright; installed here where it is missing and apt-get

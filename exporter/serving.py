@@ -19,7 +19,15 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxcam.runner.inputs.preprocess import normalised
 from onnxcam.runner.methods import METHODS
-from onnxcam.runner.model.graph import FLOAT_INPUT, GRAPH_MAP_METHODS, GraphInfo, external_data_path, map_output
+from onnxcam.runner.model.graph import (
+    FLOAT_INPUT,
+    GRAPH_MAP_METHODS,
+    PREDICTED_MASK,
+    TARGET_MASK,
+    GraphInfo,
+    external_data_path,
+    map_output,
+)
 
 EPS = 1e-7  # xgradcam's, as runner/methods/gradients.py
 TOLERANCE = 1e-5  # relative (max |difference| / max |value|) between the converted graph and the original + NumPy
@@ -179,14 +187,17 @@ def check(original: Path, converted: onnx.ModelProto, info: GraphInfo, batch: in
     folder = original.resolve().parent
     before = _session(original, folder)
     names = [o.name for o in before.get_outputs()]
+    mask = {TARGET_MASK: PREDICTED_MASK} if info.task == "segmentation" else {}
     reference = dict(zip(names, before.run(names, {"input": normalised(pixels, info.preprocessing),
-                                                   "target": targets}), strict=True))
+                                                   "target": targets, **mask}), strict=True))
     for method in info.graph_maps:
         reference[map_output(method)] = METHODS[method](reference, METHODS[method].defaults)
     after = _session(converted, folder)
     fed = pixels if info.input_format == "uint8" else normalised(pixels, info.preprocessing)
     outputs = [o.name for o in after.get_outputs()]
-    actual = dict(zip(outputs, after.run(outputs, {"input": fed, "target": targets}), strict=True))
+    actual = dict(zip(outputs, after.run(outputs, {"input": fed, "target": targets, **mask}), strict=True))
+    actual, reference = ({name: value.astype(np.float64) if value.dtype.kind in "iu" else value  # label_map
+                          for name, value in values.items()} for values in (actual, reference))
     return {name: float(np.abs(actual[name] - reference[name]).max() / (np.abs(reference[name]).max() or 1))
             for name in outputs}
 

@@ -41,6 +41,9 @@ def run_info(args: argparse.Namespace) -> int:
     more = ", ..." if info.num_classes > 3 else ""
     print(f"  classes          {info.num_classes} ({', '.join(info.labels[:3])}{more})")
     print(f"  output           {info.output_activation}; GAP->linear head (exact CAM): {info.gap_linear_head}")
+    if info.task == "segmentation":
+        print("  task             segmentation: class scores per pixel, each class explained over a target mask "
+              "(its predicted pixels, or a given mask)")
     if info.precision != "f32":
         print(f"  precision        {info.precision} inside (float32 in and out); gradients scaled by "
               f"2^{round(math.log2(info.gradient_scale))} before the backward, exactly undone")

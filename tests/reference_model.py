@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 
 
@@ -29,3 +30,11 @@ def reference_model(loaded, layer: str, channels: int) -> tuple[torch.nn.Module,
         model._swish = HeadCallOnly(model._swish, channels)
         return model, model._swish.head
     return model, model.get_submodule(layer)
+
+
+def gradcam_plus_plus_with_epsilon(gradients: np.ndarray, activations: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's Grad-CAM++ from an explain graph's tensors: alpha = G^2 / (2 G^2 + sum(A) G^3 + 1e-6), its
+    epsilon included (onnxcam follows the paper's eq. 19 without it), ReLU'd, not normalised."""
+    g, a = gradients.astype(np.float64), activations.astype(np.float64)
+    alpha = np.where(g != 0, g**2 / (2 * g**2 + a.sum(axis=(2, 3))[:, :, None, None] * g**3 + 1e-6), 0)
+    return np.maximum(np.einsum("nc,nchw->nhw", (np.maximum(g, 0) * alpha).sum(axis=(2, 3)), a), 0)

@@ -24,7 +24,7 @@ from onnxcam.runner.model.backend import OnnxRuntimeBackend  # noqa: E402
 from onnxcam.runner.model.graph import read_graph_info  # noqa: E402
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from reference_model import reference_model  # noqa: E402
+from reference_model import gradcam_plus_plus_with_epsilon, reference_model  # noqa: E402
 from sample_photos import write_photos  # noqa: E402
 
 TOLERANCE = 1e-3
@@ -93,8 +93,7 @@ def test_gradcam_plus_plus_is_eq19_and_pytorch_grad_cam_adds_an_epsilon(case):
     loaded, _, batch, _, out = case
     theirs = _pytorch_grad_cam("gradcam++", case)
     g, a = out["gradients"].astype(np.float64), out["activations"].astype(np.float64)
-    alpha = np.where(g != 0, g**2 / (2 * g**2 + a.sum(axis=(2, 3))[:, :, None, None] * g**3 + 1e-6), 0)
-    with_epsilon = np.maximum(np.einsum("nc,nchw->nhw", (np.maximum(g, 0) * alpha).sum(axis=(2, 3)), a), 0)
+    with_epsilon = gradcam_plus_plus_with_epsilon(g, a)
     error = np.abs(_at_input_size(with_epsilon.astype(np.float32), batch) - theirs).max()
     assert error <= TOLERANCE, f"{loaded.spec}: eq. 19 + 1e-6 vs pytorch-grad-cam {error:.2e}"
     ours = _at_input_size(METHODS["gradcam++"](out, {}), batch)

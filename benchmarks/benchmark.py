@@ -1,8 +1,10 @@
 """Benchmark (`make bench`): onnxcam vs pytorch-grad-cam, side by side, same model, images and batch size.
 
-    python benchmarks/benchmark.py [--part all|gradcam|perturbation] [--model torchvision:resnet50] [--images 128]
-                                   [--batch-size 16] [--perturbation-model efficientnet-lite0] [--perturbation-images 4]
-                                   [--smoke]
+    python benchmarks/benchmark.py [--part all|gradcam|perturbation|segmentation] [--model torchvision:resnet50]
+                                   [--images 128] [--batch-size 16] [--perturbation-model efficientnet-lite0]
+                                   [--perturbation-images 4]
+                                   [--segmentation-model torchvision:lraspp_mobilenet_v3_large]
+                                   [--segmentation-images 32] [--smoke]
 
 End to end = read JPEG -> overlay JPEG written. onnxcam runs its CLI pipeline in a subprocess (so its peak
 RSS is its own); pytorch-grad-cam runs the usual loop: decode, preprocess, GradCAM, show_cam_on_image,
@@ -14,6 +16,10 @@ The perturbation part prints what each perturbation method and each faithfulness
 onnxcam run (from run.json), then times onnxcam's Score-CAM, average drop + increase in confidence and occlusion
 against pytorch-grad-cam's ScoreCAM, DropInConfidence + IncreaseInConfidence and Captum's Occlusion on the same
 preprocessed photographs, with the largest difference between the maps.
+
+The segmentation part runs a segmenter end to end, each photograph explained for the class it predicts on most pixels
+over those pixels: onnxcam (`targets: top1`, one pass: the mask is built in the graph) against pytorch-grad-cam's
+segmentation tutorial loop (a forward pass for the mask, then GradCAM with SemanticSegmentationTarget).
 """
 
 from __future__ import annotations
@@ -55,9 +61,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, 
 from reference_model import reference_model
 
 
-def onnxcam_end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, providers, method: str):
+def onnxcam_end_to_end(graph: Path, images: Path, out: Path, batch: int, workers: int, providers, method: str,
+                       **sections):
     manifest = out.parent / f"{out.name}.yaml"
-    manifest.write_text(yaml.safe_dump({
+    manifest.write_text(yaml.safe_dump(sections | {
         "model": str(graph), "images": {"root": str(images)}, "methods": [method],
         "output": {"dir": str(out), "heatmaps": "none", "overlays": {"format": "jpg", "quality": 90}},
         "runtime": {"providers": providers, "batch_size": batch, "workers": workers}}))
@@ -155,7 +162,7 @@ def perturbation_part(args, exports: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", default="all", choices=["all", "gradcam", "perturbation"])
+    parser.add_argument("--part", default="all", choices=["all", "gradcam", "perturbation", "segmentation"])
     parser.add_argument("--model", default="torchvision:resnet50")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -163,14 +170,18 @@ def main() -> None:
     parser.add_argument("--method", default="gradcam", choices=["gradcam"])
     parser.add_argument("--perturbation-model", default="efficientnet-lite0")
     parser.add_argument("--perturbation-images", type=int, default=4)
+    parser.add_argument("--segmentation-model", default="torchvision:lraspp_mobilenet_v3_large")
+    parser.add_argument("--segmentation-images", type=int, default=32)
     args = parse(parser, model=SMOKE_MODEL, images=4, batch_size=2, workers=1, perturbation_model=SMOKE_MODEL,
-                 perturbation_images=2)
+                 perturbation_images=2, segmentation_model="toy_models:segmenter", segmentation_images=2)
     with tempfile.TemporaryDirectory() as tmp:
         exports = Path(tmp) if args.smoke else ROOT / "exports"  # the full size's graphs are kept for the next run
         if args.part in ("all", "gradcam"):
             gradcam_part(args, exports)
         if args.part in ("all", "perturbation"):
             perturbation_part(args, exports)
+        if args.part in ("all", "segmentation"):
+            segmentation_part(args, exports)
 
 
 def gradcam_part(args, exports: Path) -> None:
@@ -210,3 +221,22 @@ def gradcam_part(args, exports: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def segmentation_part(args, exports: Path) -> None:
+    loaded, graph = exported(args.segmentation_model, exports, SMOKE_INPUT_SIZE if args.smoke else None)
+    info = read_graph_info(graph)
+    print(f"\nsegmenter {args.segmentation_model}, layer {info.target_layer}, input {list(info.preprocessing.size)}, "
+          f"{args.segmentation_images} JPEG photos, batch {args.batch_size}, Grad-CAM of the class on most pixels")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = dataset(tmp, args.segmentation_images)
+        ours, peak, provider = onnxcam_end_to_end(graph, tmp / "images", tmp / "out", args.batch_size, args.workers,
+                                                  ["cpu"], "gradcam", targets="top1")
+        model = load_model(args.segmentation_model).model
+        model.load_state_dict(loaded.model.state_dict())
+        model.requires_grad_(False)
+        theirs = grad_cam_end_to_end(model, model.get_submodule(info.target_layer), paths, info.preprocessing,
+                                     args.batch_size, "cpu", tmp / "ref", segmenter=True)
+    print(f"  onnxcam on {provider} {ours:9.2f}/s (peak RSS {peak:.0f} MiB)")
+    print(f"  pytorch-grad-cam (frozen) {theirs:6.2f}/s   onnxcam is {ours / theirs:.1f}x")

@@ -109,31 +109,39 @@ def _adaptive_avg_pool2d_backward(grad_output, self):
     return rows @ grad_output @ cols
 
 
-def _bilinear_matrix(size_in: int, size_out: int, align_corners: bool, scale: float | None) -> np.ndarray:
-    """[size_out, size_in]: the weights PyTorch's bilinear upsampling gives each input row (its CPU kernel's source
-    index: (i + 0.5) / scale - 0.5 clamped at 0, or i (in - 1) / (out - 1) with align_corners)."""
-    if align_corners:
+def _interpolation_matrix(size_in: int, size_out: int, mode: str, align_corners: bool, scale: float | None
+                          ) -> np.ndarray:
+    """[size_out, size_in]: the weights PyTorch's upsampling gives each input row, its CPU kernels' source index with
+    ratio = 1 / scale or in / out: bilinear (i + 0.5) ratio - 0.5 clamped at 0, or i (in - 1) / (out - 1) with
+    align_corners; nearest floor(i ratio); nearest-exact floor((i + 0.5) ratio)."""
+    ratio = 1.0 / scale if scale else size_in / size_out
+    if mode == "bilinear" and align_corners:
         ratio = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
-    else:
-        ratio = 1.0 / scale if scale else size_in / size_out
     matrix = np.zeros((size_out, size_in))
     for i in range(size_out):
-        source = ratio * i if align_corners else max(ratio * (i + 0.5) - 0.5, 0.0)
-        low = min(int(source), size_in - 1)
-        high, weight = min(low + 1, size_in - 1), source - low
-        matrix[i, low] += 1 - weight
-        matrix[i, high] += weight
+        if mode == "bilinear":
+            source = ratio * i if align_corners else max(ratio * (i + 0.5) - 0.5, 0.0)
+            low = min(int(source), size_in - 1)
+            high, weight = min(low + 1, size_in - 1), source - low
+            matrix[i, low] += 1 - weight
+            matrix[i, high] += weight
+        else:
+            offset = 0.5 if mode == "nearest-exact" else 0.0
+            matrix[i, min(math.floor((i + offset) * ratio), size_in - 1)] = 1.0
     return matrix
 
 
-def bilinear_upsample(input: torch.Tensor, size: tuple[int, int], align_corners: bool,
-                      scales: tuple[float | None, float | None] = (None, None)) -> torch.Tensor:
-    """F.interpolate(mode="bilinear") as out = Ry @ x @ Rx^T with constant matrices (static sizes); its backward is
-    the transposed products. ATen's op would do, but its Python binding fixes a symbolic batch to the example's
-    size (a guard on every size of the input), and its backward op has no ONNX translation."""
+UPSAMPLING_MODES = ("bilinear", "nearest", "nearest-exact")
+
+
+def upsample(input: torch.Tensor, size: tuple[int, int], mode: str, align_corners: bool,
+             scales: tuple[float | None, float | None] = (None, None)) -> torch.Tensor:
+    """F.interpolate (one of UPSAMPLING_MODES) as out = Ry @ x @ Rx^T with constant matrices (static sizes); its
+    backward is the transposed products. ATen's ops would do, but their Python binding fixes a symbolic batch to the
+    example's size (a guard on every size of the input), and their backward ops have no ONNX translation."""
     (height, width), (out_h, out_w) = input.shape[-2:], size
-    rows = _constant(_bilinear_matrix(int(height), int(out_h), align_corners, scales[0]), input)
-    cols = _constant(_bilinear_matrix(int(width), int(out_w), align_corners, scales[1]).T, input)
+    rows = _constant(_interpolation_matrix(int(height), int(out_h), mode, align_corners, scales[0]), input)
+    cols = _constant(_interpolation_matrix(int(width), int(out_w), mode, align_corners, scales[1]).T, input)
     return rows @ input @ cols
 
 

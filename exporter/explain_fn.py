@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from onnxcam.exporter.decompositions import bilinear_upsample, decomposition_table, guided_rule
+from onnxcam.exporter.decompositions import UPSAMPLING_MODES, decomposition_table, guided_rule, upsample
 from onnxcam.exporter.layers import LayerInfo, logits_of
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -151,7 +151,7 @@ def make_explain_fn(model: nn.Module, tap: LayerTap, layout: FeatureLayout, guid
 @contextlib.contextmanager
 def traceable_functionals() -> Iterator[None]:
     """While tracing, F.linear and F.adaptive_avg_pool2d get their input contiguous (a copy costs little), and
-    F.interpolate computes bilinear upsampling with matrix products:
+    F.interpolate computes bilinear and nearest upsampling with matrix products:
 
     - ATen folds a [..., K] @ [K, M] product into one matrix product only for a contiguous input; otherwise
       (nn.MultiheadAttention's sequence-first views) it broadcasts a batched product, expanding the weight over
@@ -159,9 +159,9 @@ def traceable_functionals() -> Iterator[None]:
       attention layer and image);
     - ATen's global average pool re-strides the mean of a channels-last input (Swin's permuted head) with
       as_strided_, whose backward has no ONNX translation;
-    - bilinear upsampling (segmenters scale their class scores to the input's size) becomes two products with
-      constant matrices (`bilinear_upsample`): ATen's op fixes the symbolic batch, and its backward has no ONNX
-      translation.
+    - bilinear and nearest upsampling (segmenters' decoders, and the class scores scaled to the input's size) become
+      two products with constant matrices (`upsample`): ATen's ops fix the symbolic batch, and their backward has no
+      ONNX translation.
     """
     linear, pool, interpolate = F.linear, F.adaptive_avg_pool2d, F.interpolate
 
@@ -173,7 +173,7 @@ def traceable_functionals() -> Iterator[None]:
 
     def matmul_interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
                            recompute_scale_factor=None, antialias=False):
-        if mode != "bilinear" or input.dim() != 4 or antialias:
+        if mode not in UPSAMPLING_MODES or input.dim() != 4 or antialias:
             return interpolate(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
         scales = (scale_factor if isinstance(scale_factor, tuple | list) else (scale_factor,) * 2) if scale_factor \
             else (None, None)
@@ -183,7 +183,7 @@ def traceable_functionals() -> Iterator[None]:
             size = (size, size)
         if recompute_scale_factor:
             scales = (None, None)
-        return bilinear_upsample(input, tuple(size), bool(align_corners), scales)
+        return upsample(input, tuple(size), mode, bool(align_corners), scales)
 
     F.linear, F.adaptive_avg_pool2d, F.interpolate = folded_linear, contiguous_pool, matmul_interpolate
     try:

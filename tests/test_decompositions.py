@@ -88,3 +88,19 @@ def test_relu_backward_is_plain_unless_guided():
 def test_constant_pad(pad):
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
     torch.testing.assert_close(d._constant_pad_nd(x, list(pad), 0.5), F.pad(x, pad, value=0.5))
+
+
+@pytest.mark.parametrize("mode, align_corners", [("bilinear", False), ("bilinear", True), ("nearest", None),
+                                                 ("nearest-exact", None)])
+@pytest.mark.parametrize("size", [{"size": (13, 9)}, {"scale_factor": 2}, {"scale_factor": (1.5, 2.5)},
+                                  {"size": (5, 7)}, {"size": (2, 3)}])
+def test_upsampling_as_matrix_products_equals_interpolate_and_its_backward(mode, align_corners, size):
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    y, g, expected = grad_of(lambda t: F.interpolate(t, mode=mode, align_corners=align_corners, **size), x)
+    factor = size.get("scale_factor")
+    scales = (factor if isinstance(factor, tuple) else (factor, factor)) if factor else (None, None)
+    leaf = x.clone().requires_grad_(True)
+    actual_y = d.upsample(leaf, tuple(y.shape[2:]), mode, bool(align_corners), scales)
+    (actual,) = torch.autograd.grad(actual_y, leaf, g)
+    torch.testing.assert_close(actual_y, y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)

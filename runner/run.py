@@ -42,6 +42,9 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
     """Every method of the manifest can run on this explain graph (ModelError naming the fix if not)."""
     for name, options in manifest.methods.items():
         method = METHODS[name]
+        if info.task == "segmentation" and method.not_for_segmenters:
+            raise ModelError(f"{manifest.path}: methods: '{name}' cannot explain a segmenter "
+                             f"({manifest.model.name}): {method.not_for_segmenters}")
         if method.needs_gap_head and not info.gap_linear_head:
             raise ModelError(f"{manifest.path}: methods: 'cam' needs a model whose head is global-average-pool -> "
                              f"linear, and {manifest.model.name} ({info.model}) is not; use gradcam")

@@ -70,11 +70,16 @@ def ignored_classes(targets: Targets, labels: list[str]) -> set[int]:
     return {class_index(c, labels, key) for c in targets.ignore_classes}
 
 
+def chosen_targets(targets: Targets, task: str) -> Targets:
+    """The manifest's targets, or where it names none the task's default: top1 for a classifier, present for a
+    segmenter."""
+    return Targets("present") if task == "segmentation" and targets.default else targets
+
+
 class TargetPlan:
     def __init__(self, targets: Targets, labels: list[str], output_activation: str, task: str = "classification"):
         self.segmenter = task == "segmentation"
-        if self.segmenter and targets.default:
-            targets = Targets("present")
+        targets = chosen_targets(targets, task)
         if self.segmenter and targets.kind in CLASSIFICATION_TARGETS:
             raise ManifestError(f"targets.{targets.kind}: ranks a classifier's scores, and this model is a segmenter; "
                                 "use present (every class predicted), classes or masks")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 from onnxcam.runner.methods.maps import normalise
+from PIL import Image
 
 
 def _encoded(extension: str, image: np.ndarray, params: list[int] | None = None) -> bytes:
@@ -40,6 +41,37 @@ def overlay_jpg(image_bgr: np.ndarray, quality: int) -> bytes:
 
 def overlay_png(image_bgr: np.ndarray, quality: int) -> bytes:
     return _encoded(".png", image_bgr)
+
+
+def _voc_palette() -> list[int]:
+    """PASCAL VOC's colour map (class k's colour from the bits of k), so a VOC label map shows as VOC's own."""
+    palette = []
+    for k in range(256):
+        red = green = blue = 0
+        for shift in range(8):
+            red |= ((k >> 0) & 1) << (7 - shift)
+            green |= ((k >> 1) & 1) << (7 - shift)
+            blue |= ((k >> 2) & 1) << (7 - shift)
+            k >>= 3
+        palette += [red, green, blue]
+    return palette
+
+
+VOC_PALETTE = _voc_palette()
+
+
+def label_map_png(label_map: np.ndarray) -> bytes:
+    """A label map [H,W] uint8 as an indexed PNG: each pixel's value its class, shown in VOC's colours."""
+    image = Image.fromarray(label_map)
+    image.putpalette(VOC_PALETTE)  # (a grey image given a palette becomes indexed, its values kept)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A row's region at the drawn size as 8-bit grey: 255 inside, 0 outside."""
+    return _encoded(".png", mask)
 
 
 HEATMAP_FORMATS: dict[str, Callable[[np.ndarray, bool], bytes]] = {"npy": heatmap_npy, "png": heatmap_png}

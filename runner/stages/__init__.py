@@ -63,4 +63,4 @@ def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend | None) -
     return Stages(read=read,
                   explain=ExplainStage(backend, info, plan, manifest.methods, manifest.evaluate, manifest.batch_size,
                                        reported_outputs(manifest, info)),
-                  write=WriteStage(manifest, info.labels))
+                  write=WriteStage(manifest, info.labels, segmenter=info.task == "segmentation"))

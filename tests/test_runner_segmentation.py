@@ -16,6 +16,7 @@ import pytest
 from onnxcam.runner.cli import main
 from onnxcam.runner.config import Targets
 from onnxcam.runner.inputs.listing import ImageRef
+from onnxcam.runner.inputs.masks import MaskError, read_label_image
 from onnxcam.runner.manifest import ManifestError, load_manifest
 from onnxcam.runner.model.backend import OnnxRuntimeBackend
 from onnxcam.runner.model.graph import PREDICTED_MASK, read_graph_info
@@ -384,3 +385,17 @@ def test_overlays_outline_the_region_and_label_maps_are_the_graphs(segmenter, im
         x = model_input(image).numpy().astype(np.float32)
         (label_map,) = session.run(["label_map"], {"input": x, "target": np.array([-1]), "target_mask": PREDICTED_MASK})
         np.testing.assert_array_equal(np.asarray(written), label_map[0])
+
+
+def test_an_ambiguous_palette_is_refused(tmp_path):
+    label = np.zeros((4, 5), np.uint8)
+    label[1:3, 1:4] = 2
+    image = Image.fromarray(label)
+    image.putpalette([0, 0, 0, 9, 9, 9, 9, 9, 9])  # classes 1 and 2 share a colour
+    image.save(tmp_path / "a.png")
+    with pytest.raises(MaskError, match=r"^targets\.masks: .*a\.png: its palette gives 2 indices the colour #090909; "
+                                        r"save the classes as grey levels instead$"):
+        read_label_image(tmp_path / "a.png")
+    image.putpalette([0, 0, 0, 9, 9, 9, 7, 7, 7])
+    image.save(tmp_path / "b.png")
+    np.testing.assert_array_equal(read_label_image(tmp_path / "b.png"), label)

@@ -9,6 +9,7 @@ size is refused (one line naming both sizes), not stretched, as it most likely b
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import numpy as np
 from onnxcam.runner.inputs.preprocess import model_region
 from onnxcam.runner.model.graph import Preprocessing
 from onnxcam.runner.size import Size
-from PIL import Image
 
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")  # lossless formats, tried in this order
 
@@ -38,20 +38,50 @@ def mask_path(folder: Path, key: str) -> Path:
                     "image out")
 
 
+def png_palette(data: bytes) -> np.ndarray | None:
+    """An indexed PNG's palette [P, 3] (RGB), or None for a file that is not one (another format or colour type)."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 33 or data[25] != 3:  # IHDR's colour type: 3
+        return None
+    position = 8
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        if kind == b"PLTE":
+            return np.frombuffer(data[position + 8:position + 8 + length], np.uint8).reshape(-1, 3)
+        position += 12 + length
+    return None
+
+
 def read_label_image(path: Path) -> np.ndarray:
-    """The class index of every pixel [h, w] (uint16)."""
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            values = np.asarray(image)
-    except (OSError, ValueError) as error:
-        raise MaskError(f"targets.masks: {path}: cannot read it ({error})") from None
+    """The class index of every pixel [h, w] (uint16). OpenCV expands an indexed PNG to its colours, so each colour
+    is mapped back to its palette index (a palette that gives two indices one colour is refused as ambiguous)."""
+    data = path.read_bytes()
+    palette = png_palette(data)
+    values = cv2.imdecode(np.frombuffer(data, np.uint8),
+                          cv2.IMREAD_COLOR if palette is not None else cv2.IMREAD_UNCHANGED)
+    if values is None:
+        raise MaskError(f"targets.masks: {path}: cannot read it as an image; give a PNG of class indices")
+    if palette is not None:
+        return _palette_indices(values[..., ::-1], palette, path)
     if values.ndim == 3:
         if not (values[..., :3] == values[..., :1]).all():
-            raise MaskError(f"targets.masks: {path}: a colour image ({mode}); give an indexed PNG (palette) or grey "
-                            "levels whose values are the classes")
+            raise MaskError(f"targets.masks: {path}: a colour image; give an indexed PNG (palette) or grey levels "
+                            "whose values are the classes")
         values = values[..., 0]
     return values.astype(np.uint16)
+
+
+def _palette_indices(rgb: np.ndarray, palette: np.ndarray, path: Path) -> np.ndarray:
+    codes = (rgb.astype(np.int64) << np.array([16, 8, 0])).sum(axis=2)
+    table = (palette.astype(np.int64) << np.array([16, 8, 0])).sum(axis=1)
+    used, inverse = np.unique(codes, return_inverse=True)
+    indices = np.zeros(len(used), np.uint16)
+    for k, code in enumerate(used):
+        matches = np.flatnonzero(table == code)
+        if len(matches) != 1:
+            raise MaskError(f"targets.masks: {path}: its palette gives {len(matches) or 'no'} indices the colour "
+                            f"#{int(code):06x}; save the classes as grey levels instead")
+        indices[k] = matches[0]
+    return indices[inverse.reshape(codes.shape)]
 
 
 def label_in_model_frame(label: np.ndarray, size: Size, pre: Preprocessing, path: Path) -> np.ndarray:

@@ -7,12 +7,13 @@ extension); the manifest accepts exactly the keys of these tables.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 from onnxcam.runner.methods.maps import normalise
-from PIL import Image
 
 
 def _encoded(extension: str, image: np.ndarray, params: list[int] | None = None) -> bytes:
@@ -60,13 +61,18 @@ def _voc_palette() -> list[int]:
 VOC_PALETTE = _voc_palette()
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def label_map_png(label_map: np.ndarray) -> bytes:
-    """A label map [H,W] uint8 as an indexed PNG: each pixel's value its class, shown in VOC's colours."""
-    image = Image.fromarray(label_map)
-    image.putpalette(VOC_PALETTE)  # (a grey image given a palette becomes indexed, its values kept)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
+    """A label map [H,W] uint8 as an indexed PNG (colour type 3): each pixel's value its class, shown in VOC's
+    colours. Written here, as OpenCV writes no palette."""
+    height, width = label_map.shape
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), label_map.astype(np.uint8)], axis=1)  # filter 0: none
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+            + _png_chunk(b"PLTE", bytes(VOC_PALETTE)) + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
+            + _png_chunk(b"IEND", b""))
 
 
 def mask_png(mask: np.ndarray) -> bytes:

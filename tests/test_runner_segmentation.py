@@ -7,6 +7,7 @@ not the runner's own code path. The test images have the model input's size, so 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -70,11 +71,16 @@ def run_cli(capsys, manifest: Path) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def stage_results(model_path: Path, manifest: Path, paths: list[Path]):
+def stage_results(model_path: Path, manifest: Path, paths: list[Path], openvino: bool = False):
     """The batch stage's results for these images (raw maps, before any rendering)."""
     m = load_manifest(manifest)
     info = read_graph_info(model_path)
-    backend = OnnxRuntimeBackend(model_path, ["cpu"], output_sets(m, info))
+    if openvino:
+        from onnxcam.runner.model.openvino_backend import OpenVinoBackend
+
+        backend = OpenVinoBackend(model_path, output_sets(m, info), precision="f32")
+    else:
+        backend = OnnxRuntimeBackend(model_path, ["cpu"], output_sets(m, info))
     stages = build_stages(m, info, backend)
     decoded = [stages.read(ImageRef(path.name, str(path))) for path in paths]
     return {result.decoded.ref.key: result for result in stages.explain(decoded).images}
@@ -108,6 +114,8 @@ def test_present_classes_get_one_row_each_with_their_region(segmenter, images, t
             mask = cv2.imread(str(tmp_path / "out" / row["mask_file"]), cv2.IMREAD_GRAYSCALE)
             np.testing.assert_array_equal(mask, np.where(label_map == t, 255, 0))
     assert f"{len(rows)} rows ({regions} image-class regions x 2 methods)" in out.strip().splitlines()[-1]
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert (run["task"], run["targets"], run["regions"], run["rows"]) == ("segmentation", "present", regions, len(rows))
 
 
 def test_min_area_and_ignore_classes(segmenter, images, tmp_path, capsys):
@@ -399,3 +407,26 @@ def test_an_ambiguous_palette_is_refused(tmp_path):
     image.putpalette([0, 0, 0, 9, 9, 9, 7, 7, 7])
     image.save(tmp_path / "b.png")
     np.testing.assert_array_equal(read_label_image(tmp_path / "b.png"), label)
+
+
+def test_openvino_feeds_the_regions_as_onnx_runtime_does(segmenter, images, tmp_path):
+    pytest.importorskip("openvino")
+    _, path = segmenter
+    image = images / "img00002.png"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    box = np.zeros(SIZE, np.uint8)
+    box[5:30, 20:60] = 2
+    cv2.imwrite(str(masks / image.name), box)
+    for targets in ({"present": {"ignore_classes": []}}, {"masks": str(masks)}):
+        manifest = write_manifest(tmp_path, path, images, methods=["gradcam", "occlusion"], targets=targets,
+                                  occlusion={"patch": 16, "stride": 16})
+        (ours,) = stage_results(path, manifest, [image]).values()
+        (theirs,) = stage_results(path, manifest, [image], openvino=True).values()
+        assert [t.target_class for t in ours.targets] == [t.target_class for t in theirs.targets]
+        for a, b in zip(ours.targets, theirs.targets, strict=True):
+            assert a.mask_kind == b.mask_kind and a.score == pytest.approx(b.score, rel=1e-4)
+            np.testing.assert_array_equal(a.mask, b.mask)
+            for name in ("gradcam", "occlusion"):
+                largest = np.abs(a.maps[name]).max()
+                np.testing.assert_allclose(b.maps[name], a.maps[name], rtol=1e-3, atol=1e-4 * largest)

@@ -41,14 +41,16 @@ def output_sets(manifest: Manifest, info: GraphInfo) -> list[tuple[str, ...]]:
 
 
 def reported_outputs(manifest: Manifest, info: GraphInfo) -> tuple[str, ...]:
-    """A segmenter's outputs beside the maps': class_share always ([N, K]), label_map where the rows' regions are
-    drawn (overlays, thumbnails), written (output.label_maps) or scored on (extra passes, model-run metrics)."""
+    """A segmenter's outputs beside the maps': class_share always ([N, K]), label_map where it is written
+    (output.label_maps) or the predicted regions are drawn (overlays, thumbnails) or scored on (extra passes, model-run
+    metrics); given masks (targets.masks) are the regions themselves."""
     if info.task != "segmentation":
         return ()
-    regions = (manifest.overlays is not None or manifest.thumbnails is not None or manifest.label_maps
-               or any(METHODS[name].extra_pass_output for name in manifest.methods)
-               or bool(manifest.evaluate and wanted(manifest.evaluate, runs_model=True)))
-    return SEGMENTATION_OUTPUTS if regions else SEGMENTATION_OUTPUTS[:1]
+    regions = manifest.targets.kind != "masks" and (
+        manifest.overlays is not None or manifest.thumbnails is not None
+        or any(METHODS[name].extra_pass_output for name in manifest.methods)
+        or bool(manifest.evaluate and wanted(manifest.evaluate, runs_model=True)))
+    return SEGMENTATION_OUTPUTS if regions or manifest.label_maps else SEGMENTATION_OUTPUTS[:1]
 
 
 def build_stages(manifest: Manifest, info: GraphInfo, backend: Backend | None) -> Stages:

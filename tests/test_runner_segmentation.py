@@ -430,3 +430,31 @@ def test_openvino_feeds_the_regions_as_onnx_runtime_does(segmenter, images, tmp_
             for name in ("gradcam", "occlusion"):
                 largest = np.abs(a.maps[name]).max()
                 np.testing.assert_allclose(b.maps[name], a.maps[name], rtol=1e-3, atol=1e-4 * largest)
+
+
+def test_extra_passes_feed_a_batchs_shared_region_once():
+    """Edited copies of one row share its region: a batch whose inputs all have the same region feeds it as
+    [1,H,W]; a batch mixing regions feeds one per input. The scores are the same either way."""
+    from onnxcam.runner.model.passes import ExtraPasses
+
+    class Recorder:
+        def __init__(self):
+            self.fed: list[tuple[int, ...]] = []
+
+        def run(self, outputs, inputs, targets, masks):
+            self.fed.append(masks.shape)
+            area = np.broadcast_to(masks, (len(inputs), *masks.shape[1:])).sum(axis=(1, 2))
+            return {"logits": np.stack([area * (inputs.mean(axis=(1, 2, 3)) + k) for k in range(3)], axis=1)}
+
+    from onnxcam.runner.model.graph import GraphInfo, Preprocessing
+
+    graph = GraphInfo(Preprocessing((4, 5), (0.5,) * 3, (0.25,) * 3), ["a", "b", "c"], "layer", (1, 1, 1), "softmax",
+                      [], False, "toy", task="segmentation")
+    recorder = Recorder()
+    passes = ExtraPasses(recorder, graph)
+    first, second = np.zeros((4, 5), bool), np.zeros((4, 5), bool)
+    first[:2], second[:, :1] = True, True
+    stream = [(np.full((3, 4, 5), k, np.float32), 1, first if k < 5 else second) for k in range(8)]
+    logits = passes.scores(iter(stream), batch_size=4, kind="logit")
+    assert recorder.fed == [(1, 4, 5), (4, 4, 5)]
+    np.testing.assert_allclose(logits, [m.sum() * (k + 1) for k, (_, _, m) in enumerate(stream)])

@@ -36,10 +36,12 @@ class ExtraPasses:
 
     def _batches(self, stream: Iterable[tuple], batch_size: int
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """The stream in batches: inputs, classes and (a segmenter's) regions, [1,H,W] where every input of the batch
+        has the same region (the edited copies of one row: the region crosses once per batch, not once per input)."""
         buffer: np.ndarray | None = None
         masks: np.ndarray | None = None
         targets = np.zeros(batch_size, np.int64)
-        count = 0
+        count, shared = 0, True
         for x, target, *mask in stream:
             if buffer is None:
                 buffer = np.empty((batch_size, *x.shape), np.float32)
@@ -47,12 +49,13 @@ class ExtraPasses:
             buffer[count], targets[count] = x, target
             if masks is not None:
                 masks[count] = mask[0]
+                shared = shared and (count == 0 or np.array_equal(masks[count], masks[0]))
             count += 1
             if count == batch_size:
-                yield buffer, targets, masks
-                count = 0
+                yield buffer, targets, _regions(masks, count, shared)
+                count, shared = 0, True
         if count:
-            yield buffer[:count], targets[:count], None if masks is None else masks[:count]
+            yield buffer[:count], targets[:count], _regions(masks, count, shared)
 
     def _run(self, output: str, inputs: np.ndarray, targets: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
         start = time.perf_counter()
@@ -97,3 +100,7 @@ class ExtraPasses:
     def times_map(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The image multiplied by `weights` [H,W] before normalisation: ((x*std + mean) * E - mean) / std."""
         return ((x * self.std + self.mean) * weights - self.mean) / self.std
+
+
+def _regions(masks: np.ndarray | None, count: int, shared: bool) -> np.ndarray | None:
+    return None if masks is None else masks[:1] if shared else masks[:count]

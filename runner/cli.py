@@ -164,7 +164,9 @@ def run_manifest(args: argparse.Namespace) -> int:
     state = "interrupted after" if s.interrupted else "done:"
     resumed = f" ({s.already_done} already done)" if s.already_done else ""
     rate = s.images / s.seconds if s.seconds else 0.0
-    print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows in "
+    regions = (f" ({s.regions} image-class regions x {len(run.methods)} methods)"
+               if run.info.task == "segmentation" else "")
+    print(f"onnxcam run: {state} {s.images} images{resumed}, {s.ok} ok, {s.errors} errors, {s.rows} rows{regions} in "
           f"{s.seconds:.1f} s ({rate:.1f} images/s, {run.provider}); index {out / 'index.csv'}, run "
           f"{out / 'run.json'}, report {s.report_path}")
     if s.table:

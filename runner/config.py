@@ -61,8 +61,10 @@ METRIC_OPTIONS: dict[str, dict[str, Option]] = {  # the metrics that take option
 SECTIONS: dict[str, tuple[str, ...]] = {  # the keys of each mapping of the manifest ("": the top level)
     "": ("model", "images", "targets", "methods", "evaluate", "output", "runtime"),
     "images": ("root", "include", "list", "max_pixels"),
-    "targets": ("topk", "classes", "labels", "threshold"),
-    "output": ("dir", "overlays", "heatmaps", "thumbnails"),
+    "targets": ("topk", "classes", "labels", "threshold", "present", "masks"),
+    "targets.present": ("min_area", "ignore_classes"),
+    "targets.masks": ("dir", "ignore_index", "ignore_classes"),
+    "output": ("dir", "overlays", "heatmaps", "thumbnails", "label_maps"),
     "output.overlays": ("format", "quality", "colormap", "alpha", "max_side"),
     "output.heatmaps": ("format", "size"),
     "runtime": ("backend", "providers", "precision", "batch_size", "workers", "worker_processes", "memory_budget"),
@@ -81,13 +83,25 @@ def manifest_keys() -> tuple[str, ...]:
     return tuple(keys)
 
 
+SEGMENTATION_TARGETS = ("present", "masks")  # target kinds of segmenters only (CLASSIFICATION_TARGETS: classifiers')
+CLASSIFICATION_TARGETS = ("topk", "threshold")
+DEFAULT_MIN_AREA = 0.01  # targets.present: a class predicted on at least this share of the pixels is explained
+DEFAULT_IGNORE_INDEX = 255  # targets.masks: the label images' "not labelled" value (VOC's borders)
+BACKGROUND_LABELS = ("__background__", "background")  # a class so labelled is left out of present and masks
+
+
 @dataclass
 class Targets:
-    kind: str = "top1"  # top1 | topk | classes | labels | threshold
+    kind: str = "top1"  # top1 | topk | classes | labels | threshold; a segmenter's also present | masks
     k: int = 1
     classes: list[int | str] = field(default_factory=list)
     labels_file: Path | None = None
     threshold: float = 0.5
+    min_area: float = DEFAULT_MIN_AREA
+    ignore_classes: list[int | str] | None = None  # None: the class labelled background, if the model has one
+    masks_dir: Path | None = None
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+    default: bool = False  # the manifest has no targets: top1 for a classifier, present for a segmenter
 
 
 @dataclass
@@ -128,6 +142,7 @@ class Manifest:
     overlays: Overlays | None = field(default_factory=Overlays)
     heatmaps: Heatmaps = field(default_factory=Heatmaps)
     thumbnails: int | None = DEFAULT_THUMBNAIL_SIDE  # the longer side of the report's small pictures; None: none
+    label_maps: bool = False  # a segmenter's predicted label map, one indexed PNG per image
     backend: str = "onnxruntime"  # a key of model/registry.py's BACKENDS
     providers: str | list[str] = "auto"  # ONNX Runtime's: auto, or a list of cuda, cpu
     batch_size: int = 32

@@ -110,10 +110,42 @@ def _kind(value: Any) -> str:
                                                                                           type(value).__name__)
 
 
+def _ignore_classes(reader: _Reader, value: Any, key: str) -> list[int | str]:
+    reader.typed(value, key, list, "a list of class indices or names")
+    for item in value:
+        reader.typed(item, key, (int, str), "class indices or names")
+    return list(value)
+
+
+def _present(reader: _Reader, value: Any) -> Targets:
+    options = reader.mapping({} if value is None else value, "targets.present", SECTIONS["targets.present"])
+    ignored = options.get("ignore_classes")
+    return Targets("present", min_area=reader.number(options.get("min_area", Targets.min_area),
+                                                     "targets.present.min_area", 0.0, 1.0),
+                   ignore_classes=None if ignored is None else _ignore_classes(reader, ignored,
+                                                                               "targets.present.ignore_classes"))
+
+
+def _masks(reader: _Reader, value: Any) -> Targets:
+    options = reader.mapping({"dir": value} if isinstance(value, str) else value, "targets.masks",
+                             SECTIONS["targets.masks"], required=("dir",))
+    ignored = options.get("ignore_classes")
+    return Targets("masks", masks_dir=reader.file(options["dir"], "targets.masks.dir", directory=True),
+                   ignore_index=reader.integer(options.get("ignore_index", Targets.ignore_index),
+                                               "targets.masks.ignore_index", 0, 65_535),
+                   ignore_classes=None if ignored is None else _ignore_classes(reader, ignored,
+                                                                               "targets.masks.ignore_classes"))
+
+
 def _targets(reader: _Reader, value: Any) -> Targets:
-    forms = "top1, {topk: K}, {classes: [...]}, {labels: FILE.csv} or {threshold: P}"
+    forms = ("top1, {topk: K}, {classes: [...]}, {labels: FILE.csv}, {threshold: P}, or for a segmenter present, "
+             "{present: {min_area: A}} or {masks: FOLDER}")
+    if value is None:
+        return Targets("top1", default=True)
     if value == "top1":
         return Targets("top1")
+    if value == "present":
+        return Targets("present")
     if not isinstance(value, dict) or len(value) != 1:
         raise reader.fail("targets", f"expected one of {forms}, got {value!r}")
     reader.mapping(value, "targets", SECTIONS["targets"])
@@ -129,6 +161,10 @@ def _targets(reader: _Reader, value: Any) -> Targets:
         return Targets("classes", classes=list(option))
     if kind == "labels":
         return Targets("labels", labels_file=reader.file(option, "targets.labels"))
+    if kind == "present":
+        return _present(reader, option)
+    if kind == "masks":
+        return _masks(reader, option)
     return Targets("threshold", threshold=reader.number(option, "targets.threshold", 0.0, 1.0))
 
 
@@ -279,7 +315,9 @@ def _output(reader: _Reader, value: Any) -> dict[str, Any]:
     return {"output_dir": (reader.base / Path(output["dir"]).expanduser()).resolve(),
             "overlays": _overlays(reader, output.get("overlays", {})),
             "heatmaps": _heatmaps(reader, output.get("heatmaps", Heatmaps.format)),
-            "thumbnails": thumbnails or None}
+            "thumbnails": thumbnails or None,
+            "label_maps": reader.typed(output.get("label_maps", Manifest.label_maps), "output.label_maps", bool,
+                                       "true or false")}
 
 
 def _runtime(reader: _Reader, value: Any) -> dict[str, Any]:
@@ -324,6 +362,6 @@ def load_manifest(path: str | Path) -> Manifest:
                                                                                         "output"))
     sections = {name: top[name] for name in METHOD_OPTIONS if name in top}
     return Manifest(path=path, model=reader.file(top["model"], "model"), **_images(reader, top["images"]),
-                    targets=_targets(reader, top.get("targets", Targets.kind)),
+                    targets=_targets(reader, top.get("targets")),
                     methods=_methods(reader, top["methods"], sections), **_output(reader, top["output"]),
                     **_runtime(reader, top.get("runtime")), evaluate=_evaluate(reader, top.get("evaluate")))

@@ -25,7 +25,7 @@ from onnxcam.runner.model.graph import GraphInfo, read_graph_info
 from onnxcam.runner.model.registry import open_backend
 from onnxcam.runner.outputs import run_json
 from onnxcam.runner.outputs.files import OutputDirError, clear_partials
-from onnxcam.runner.outputs.index import IndexFile
+from onnxcam.runner.outputs.index import COLUMNS, SEGMENTATION_COLUMNS, IndexFile
 from onnxcam.runner.outputs.lock import RunLock
 from onnxcam.runner.outputs.run_json import Tally
 from onnxcam.runner.outputs.stamp import check_stamp, run_identity, write_stamp
@@ -42,6 +42,9 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
     """Every method of the manifest can run on this explain graph (ModelError naming the fix if not)."""
     for name, options in manifest.methods.items():
         method = METHODS[name]
+        if info.task == "segmentation" and method.not_for_segmenters:
+            raise ModelError(f"{manifest.path}: methods: '{name}' cannot explain a segmenter "
+                             f"({manifest.model.name}): {method.not_for_segmenters}")
         if method.needs_gap_head and not info.gap_linear_head:
             raise ModelError(f"{manifest.path}: methods: 'cam' needs a model whose head is global-average-pool -> "
                              f"linear, and {manifest.model.name} ({info.model}) is not; use gradcam")
@@ -151,7 +154,8 @@ class Run:
                 clear_partials(self.output_dir)  # a killed run's half-written files
                 check_stamp(self.output_dir, self.identity)
                 self.engine  # noqa: B018 - model sessions or Ray, now that the folder is this run's
-                self.index = IndexFile(self.output_dir / "index.csv", self.methods)
+                self.index = IndexFile(self.output_dir / "index.csv", self.methods,
+                                       SEGMENTATION_COLUMNS if self.info.task == "segmentation" else COLUMNS)
                 try:
                     write_stamp(self.output_dir, self.identity)
                     yield self
@@ -196,6 +200,8 @@ class Run:
         tally.errors += failed
         tally.ok += not failed
         tally.rows += len(rows)
+        if self.info.task == "segmentation":
+            tally.regions += len({row["target_class"] for row in rows if row["status"] == "ok"})
         if failed and len(tally.error_samples) < MAX_ERRORS_IN_REPORT:
             tally.error_samples.append({"image": rows[0]["image"], "error": rows[0]["error"]})
         self.progress.update(1, int(failed))

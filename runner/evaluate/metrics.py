@@ -41,6 +41,7 @@ class MetricRow:
     explanation: np.ndarray | None = None  # E, [H,W] in [0,1]
     image: str = ""  # the image's key in index.csv
     peak: tuple[int, int] | None = None  # the map's peak (x, y) in original pixels
+    mask: np.ndarray | None = None  # a segmenter's row: its target mask [h,w] bool, in the model input's frame
 
 
 @dataclass
@@ -62,6 +63,11 @@ def explanation(map_: np.ndarray, size: Size) -> np.ndarray:
     return normalise(map_[None])[0]
 
 
+def _target(row: MetricRow) -> tuple:
+    """What the extra passes score an edited input on: the row's class, and a segmenter's row its region."""
+    return (row.target,) if row.mask is None else (row.target, row.mask)
+
+
 def _order(values: np.ndarray) -> np.ndarray:
     """Pixel indices from the most to the least important (ties in raster order)."""
     return np.argsort(-values.ravel(), kind="stable")
@@ -70,7 +76,7 @@ def _order(values: np.ndarray) -> np.ndarray:
 def confidence_change(rows: list[MetricRow], scoring: Scoring) -> list[dict[str, float]]:
     """Average drop and increase in confidence (Chattopadhyay et al. 2018): O on the image times E."""
     passes = scoring.passes
-    stream = ((passes.times_map(row.input, row.explanation), row.target) for row in rows)
+    stream = ((passes.times_map(row.input, row.explanation), *_target(row)) for row in rows)
     scores = passes.scores(stream, scoring.batch_size)
     return [{"average_drop": 100 * max(0.0, row.score - o) / row.score,
              "increase_in_confidence": 100.0 * (o > row.score)} for row, o in zip(rows, scores, strict=True)]
@@ -86,7 +92,7 @@ def top_removal(rows: list[MetricRow], scoring: Scoring, fraction: float, fill: 
             top = _order(row.explanation)[:round(fraction * row.explanation.size)]
             image = row.input.reshape(channels, -1).copy()
             image[:, top] = passes.fill(row.input, fill).reshape(channels, -1)[:, top]
-            yield image.reshape(row.input.shape), row.target
+            yield image.reshape(row.input.shape), *_target(row)
 
     scores = passes.scores(removed(), scoring.batch_size)
     return [{"top_removal": 100 * (row.score - o) / row.score} for row, o in zip(rows, scores, strict=True)]
@@ -115,11 +121,11 @@ def _curve(rows: list[MetricRow], passes: ExtraPasses, batch_size: int, steps: i
             current = start.copy()
             order = _order(row.explanation)
             if insert:
-                yield current.reshape(row.input.shape), row.target
+                yield current.reshape(row.input.shape), *_target(row)
             for step in range(1, count + (not insert)):
                 chosen = order[(step - 1) * per_step:step * per_step]
                 current[:, chosen] = end[:, chosen]
-                yield current.reshape(row.input.shape), row.target
+                yield current.reshape(row.input.shape), *_target(row)
 
     scores = passes.scores(edited(), batch_size).reshape(len(rows), count)
     name = "insertion" if insert else "deletion"

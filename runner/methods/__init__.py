@@ -46,6 +46,7 @@ class Method:
     needs_when: Callable[[dict[str, Any]], tuple[str, ...]] | None = None  # outputs that only some options need
     model_check: Callable[[dict[str, Any], GraphInfo, Path], str] | None = None  # (options, the model's metadata,
     # its file) -> why the method cannot serve this model ("" if it can)
+    not_for_segmenters: str = ""  # why the method cannot explain a region of a segmenter's output ("" if it can)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -91,7 +92,9 @@ def method_of(index_name: str) -> Method:
 
 
 METHODS: dict[str, Method] = {  # options: config.py's METHOD_OPTIONS, where the manifest reader finds them too
-    "cam": Method(cam, needs_gap_head=True),
+    "cam": Method(cam, needs_gap_head=True,
+                  not_for_segmenters="CAM reads a classifier's global-average-pool -> linear head, which a segmenter "
+                                     "has not; use gradcam"),
     "gradcam": Method(gradcam, options=METHOD_OPTIONS["gradcam"]),
     "gradcam++": Method(gradcam_plus_plus),
     "xgradcam": Method(xgradcam),
@@ -110,9 +113,13 @@ METHODS: dict[str, Method] = {  # options: config.py's METHOD_OPTIONS, where the
     "occlusion": Method(perturbation.occlusion, needs=(), extra_pass_output="logits", check=_stride_within_patch,
                         options=METHOD_OPTIONS["occlusion"]),
     "patches": Method(perturbation.patches, needs=(), extra_pass_output="logits", check=_stride_within_patch,
-                      options=METHOD_OPTIONS["patches"]),
+                      options=METHOD_OPTIONS["patches"],
+                      not_for_segmenters="a patch classified alone has no region of the image's prediction to be "
+                                         "scored on; use occlusion"),
     "fixations": Method(fixations.fixations, needs=(), extra_pass_output="forward", model_check=fixations.check_model,
-                        options=METHOD_OPTIONS["fixations"]),
+                        options=METHOD_OPTIONS["fixations"],
+                        not_for_segmenters="CNN fixations backtrack from one class logit through a classifier's "
+                                           "forward graph, not from a region of a segmenter's output; use gradcam"),
     "scorecam": Method(perturbation.scorecam, needs=("activations",), extra_pass_output="logits",
                        options=METHOD_OPTIONS["scorecam"]),
 }

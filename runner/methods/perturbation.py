@@ -2,7 +2,8 @@
 
 Each takes the explain graph's outputs of a batch plus `input` [N,3,H,W] and `target` [N] (the class
 explained, top-1 resolved) and returns [N,h,w] maps: Score-CAM at the target layer's resolution,
-occlusion, patch scores and SmoothGrad at model input resolution.
+occlusion, patch scores and SmoothGrad at model input resolution. A segmenter's rows also bring `target_mask`
+[N,H,W] (each row's region), which every perturbed copy of the row is scored on (model/passes.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import cv2
 import numpy as np
 from onnxcam.runner.model.graph import probabilities
 from onnxcam.runner.model.passes import ExtraPasses
+
+
+def row_target(out: dict[str, np.ndarray], i: int) -> tuple:
+    """What the extra passes score row i's perturbed inputs on: its class, and a segmenter's row its region."""
+    if "target_mask" in out:
+        return int(out["target"][i]), out["target_mask"][i]
+    return (int(out["target"][i]),)
 
 
 def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -34,7 +42,7 @@ def scorecam(out: dict[str, np.ndarray], passes: ExtraPasses, *, batch_size: int
     """Wang et al. 2020, as pytorch-grad-cam's ScoreCAM: every channel A_c, upsampled (bilinear, corners
     aligned) and min-max scaled, masks the (normalised) input; the softmax over channels of the target's
     logits on those masked inputs weights the channels; map = ReLU(sum_c w_c A_c)."""
-    activations, inputs, targets = out["activations"], out["input"], out["target"]
+    activations, inputs = out["activations"], out["input"]
     n, channels, h, w = activations.shape
     rows, cols = (_interpolation_matrix(size, full) for size, full in zip((h, w), inputs.shape[2:], strict=True))
 
@@ -44,7 +52,7 @@ def scorecam(out: dict[str, np.ndarray], passes: ExtraPasses, *, batch_size: int
                 mask = rows @ channel @ cols.T
                 low = mask.min()
                 mask = (mask - low) / (mask.max() - low + 1e-8)
-                yield inputs[i] * mask.astype(np.float32), int(targets[i])
+                yield inputs[i] * mask.astype(np.float32), *row_target(out, i)
 
     logits = passes.scores(masked(), batch_size, kind="logit").reshape(n, channels).astype(np.float64)
     weights = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -79,7 +87,7 @@ def occlusion(out: dict[str, np.ndarray], passes: ExtraPasses, *, patch: int, st
             for y, x in windows:
                 image = inputs[i].copy()
                 image[:, y:y + patch, x:x + patch] = baseline[:, y:y + patch, x:x + patch]
-                yield image, int(targets[i])
+                yield image, *row_target(out, i)
 
     scores = passes.scores(occluded(), batch_size).reshape(n, len(windows))
     return _spread(original[:, None] - scores, windows, patch, (height, width))
@@ -136,12 +144,12 @@ def smoothgrad(out: dict[str, np.ndarray], passes: ExtraPasses, *, noise: float,
                batch_size: int) -> np.ndarray:
     """Smilkov et al. 2017, as Captum's NoiseTunnel(Saliency): the mean over noisy copies of |dS/dx|, then the
     maximum over colour channels."""
-    inputs, targets = out["input"], out["target"]
+    inputs = out["input"]
 
     def noisy() -> Iterator[tuple[np.ndarray, int]]:
         for i in range(len(inputs)):
             for sample in noisy_inputs(inputs[i], noise, samples):
-                yield sample, int(targets[i])
+                yield sample, *row_target(out, i)
 
     total = np.zeros(inputs.shape, np.float64)
     for k, gradient in enumerate(passes.input_gradients(noisy(), batch_size)):

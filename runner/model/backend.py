@@ -2,8 +2,10 @@
 `model/openvino_backend.py`; `model/registry.py` opens the one the manifest names).
 
 A backend runs batches of (`input` [N,3,H,W] float32, `target` [N] int64) through the explain graph and
-returns the outputs asked for, by name, as NumPy arrays. The stages call nothing else, so another runtime
-(or a NumPy model in the tests) is one class with a `run` method, a `provider` name, its `precision` and `notes`.
+returns the outputs asked for, by name, as NumPy arrays. A segmenter's graph also takes `target_mask` (`masks`: None
+feeds graph.PREDICTED_MASK, four bytes; else [N,H,W] float32, negative where a row takes its predicted region).
+The stages call nothing else, so another runtime (or a NumPy model in the tests) is one class with a `run` method,
+a `provider` name, its `precision` and `notes`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import onnx.utils
 import onnxruntime as ort
 from onnxcam.runner.model.cuda import cuda_unavailable
 from onnxcam.runner.model.forward import ForwardGraph, forward_graph
-from onnxcam.runner.model.graph import FLOAT_INPUT, INPUTS, read_graph_info
+from onnxcam.runner.model.graph import FLOAT_INPUT, INPUTS, PREDICTED_MASK, TARGET_MASK, read_graph_info
 
 ORT_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
@@ -32,12 +34,22 @@ class Backend(Protocol):
     precision: str  # what it computes in (one of config.PRECISIONS), reported beside the provider
     notes: list[str]  # why it runs there (e.g. why not CUDA), printed before the run
 
-    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """The named outputs of the explain graph for one batch."""
+    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray,
+            masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The named outputs of the explain graph for one batch (`masks`: a segmenter's target_mask, or None for
+        the predicted regions; a classifier's callers never pass it)."""
         ...
 
     # CNN fixations also call `forward_values(inputs) -> (ForwardGraph, {name: array})`, which the ONNX Runtime and
     # OpenVINO backends have; another backend's batches then become error rows naming the missing method.
+
+
+def feeds(inputs: np.ndarray, targets: np.ndarray, masks: np.ndarray | None, segmenter: bool) -> dict[str, np.ndarray]:
+    """The graph's inputs for one batch: a segmenter's get `target_mask` too (the predicted regions unless given)."""
+    values = dict(zip(INPUTS, (inputs, targets.astype(np.int64)), strict=True))
+    if segmenter:
+        values[TARGET_MASK] = PREDICTED_MASK if masks is None else masks.astype(np.float32, copy=False)
+    return values
 
 
 def pruned_graph(path: Path, outputs: tuple[str, ...], from_float: bool = False) -> bytes:
@@ -79,8 +91,9 @@ class OnnxRuntimeBackend:
         try:
             info = read_graph_info(path)
             self.uint8_input, half = info.input_format == "uint8", info.precision == "f16"
+            self.segmenter = info.task == "segmentation"
         except Exception:  # noqa: BLE001 - not an explain graph: its session below fails, saying why
-            self.uint8_input = half = False
+            self.uint8_input = half = self.segmenter = False
         self.notes: list[str] = []
         wanted = ["cuda", "cpu"] if providers == "auto" else list(providers)
         if "cuda" in wanted:
@@ -140,13 +153,16 @@ class OnnxRuntimeBackend:
             self._sessions[key] = session
         return self._sessions[key]
 
-    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray,
+            masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
         session = self._session(tuple(outputs), from_float=self.uint8_input and inputs.dtype != np.uint8)
-        feeds = dict(zip(INPUTS, (inputs, targets.astype(np.int64)), strict=True))
+        values = feeds(inputs, targets, masks, self.segmenter)
+        if self.segmenter:  # a cut graph whose outputs do not read the mask has no such input
+            values = {input.name: values[input.name] for input in session.get_inputs()}
         if session.get_providers()[0] != ORT_NAMES["cuda"]:
-            return dict(zip(outputs, session.run(list(outputs), feeds), strict=True))
+            return dict(zip(outputs, session.run(list(outputs), values), strict=True))
         binding = session.io_binding()
-        for name, value in feeds.items():
+        for name, value in values.items():
             binding.bind_cpu_input(name, value)
         for name in outputs:
             binding.bind_output(name, "cpu")

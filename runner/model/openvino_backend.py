@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
-from onnxcam.runner.model.backend import ModelError
+from onnxcam.runner.model.backend import ModelError, feeds
 from onnxcam.runner.model.forward import ForwardGraph, forward_graph
 from onnxcam.runner.model.graph import INPUTS, read_graph_info
 
@@ -68,7 +68,9 @@ class OpenVinoBackend:
             self._model = self.core.read_model(str(path))
         except RuntimeError as error:
             raise ModelError(f"{path}: OpenVINO cannot read it ({_first_line(error)})") from None
-        if read_graph_info(path).input_format == "uint8":
+        info = read_graph_info(path)
+        self.segmenter = info.task == "segmentation"
+        if info.input_format == "uint8":
             raise ModelError(f"{path} takes uint8 pixels (onnxcam convert --uint8-input, for GPUs); OpenVINO runs the "
                              "float-input graph: use the graph as exported")
         self._results = {name: output.node for output in self._model.outputs for name in output.get_names()}
@@ -96,9 +98,10 @@ class OpenVinoBackend:
             self._requests[outputs] = self._compile(cut)
         return self._requests[outputs]
 
-    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, outputs: tuple[str, ...], inputs: np.ndarray, targets: np.ndarray,
+            masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
         request = self._request(tuple(outputs))
-        values = request.infer(dict(zip(INPUTS, (inputs, targets.astype(np.int64)), strict=True))).to_tuple()
+        values = request.infer(feeds(inputs, targets, masks, self.segmenter)).to_tuple()
         return dict(zip(outputs, values, strict=True))
 
     def forward_values(self, inputs: np.ndarray) -> tuple[ForwardGraph, dict[str, np.ndarray]]:

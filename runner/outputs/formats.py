@@ -7,6 +7,8 @@ extension); the manifest accepts exactly the keys of these tables.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable
 
 import cv2
@@ -40,6 +42,42 @@ def overlay_jpg(image_bgr: np.ndarray, quality: int) -> bytes:
 
 def overlay_png(image_bgr: np.ndarray, quality: int) -> bytes:
     return _encoded(".png", image_bgr)
+
+
+def _voc_palette() -> list[int]:
+    """PASCAL VOC's colour map (class k's colour from the bits of k), so a VOC label map shows as VOC's own."""
+    palette = []
+    for k in range(256):
+        red = green = blue = 0
+        for shift in range(8):
+            red |= ((k >> 0) & 1) << (7 - shift)
+            green |= ((k >> 1) & 1) << (7 - shift)
+            blue |= ((k >> 2) & 1) << (7 - shift)
+            k >>= 3
+        palette += [red, green, blue]
+    return palette
+
+
+VOC_PALETTE = _voc_palette()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def label_map_png(label_map: np.ndarray) -> bytes:
+    """A label map [H,W] uint8 as an indexed PNG (colour type 3): each pixel's value its class, shown in VOC's
+    colours. Written here, as OpenCV writes no palette."""
+    height, width = label_map.shape
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), label_map.astype(np.uint8)], axis=1)  # filter 0: none
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+            + _png_chunk(b"PLTE", bytes(VOC_PALETTE)) + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
+            + _png_chunk(b"IEND", b""))
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A row's region at the drawn size as 8-bit grey: 255 inside, 0 outside."""
+    return _encoded(".png", mask)
 
 
 HEATMAP_FORMATS: dict[str, Callable[[np.ndarray, bool], bytes]] = {"npy": heatmap_npy, "png": heatmap_png}

@@ -26,6 +26,10 @@ COLUMNS = ("image", "status", "error", "width", "height", "pred_class", "pred_la
            "target_class", "target_label", "target_score", "method", "channel", "heatmap_path", "overlay_path",
            "peak_x", "peak_y", "region_x0", "region_y0", "region_x1", "region_y1", "overlay_width", "overlay_height",
            *METRIC_COLUMNS)
+# A segmenter's index has four columns more, appended (so every column above keeps its place): its region's kind
+# (predicted | given), its share of the model input's pixels, and the file of its mask; target_score is the softmax of
+# the class scores averaged over the region, at the target.
+SEGMENTATION_COLUMNS = (*COLUMNS, "target_mask", "target_share", "mask_file")
 COLUMN_SET = frozenset(COLUMNS)
 IMAGE, STATUS, TARGET, METHOD = (COLUMNS.index(name) for name in ("image", "status", "target_class", "method"))
 COPY_BLOCK = 1 << 20
@@ -71,8 +75,8 @@ class _Lines:
 class IndexFile:
     """The run's index: `done` holds the keys of images already complete; `append` adds one image's rows."""
 
-    def __init__(self, path: Path, methods: list[str]):
-        self.path, self.done = path, set()
+    def __init__(self, path: Path, methods: list[str], columns: tuple[str, ...] = COLUMNS):
+        self.path, self.done, self.columns, self.column_set = path, set(), columns, frozenset(columns)
         try:
             if path.exists() and path.stat().st_size:
                 self._resume(sorted(methods))
@@ -91,7 +95,7 @@ class IndexFile:
 
     def _write_header(self) -> None:
         buffer = io.StringIO(newline="")
-        csv.writer(buffer).writerow(COLUMNS)
+        csv.writer(buffer).writerow(self.columns)
         write_atomic(self.path, buffer.getvalue().encode("utf-8"))
 
     def _resume(self, methods: list[str]) -> None:
@@ -105,7 +109,7 @@ class IndexFile:
             header = next(reader, None)
             if header is None:  # a torn header line: nothing was written after it
                 cuts = None
-            elif tuple(header) != COLUMNS:
+            elif tuple(header) != self.columns:
                 raise OutputDirError(f"output.dir: {self.path} is not an onnxcam index of this version (columns "
                                      "differ); move it away or pick another output.dir")
             else:
@@ -121,9 +125,9 @@ class IndexFile:
         group: list[list[str]] = []
         start = position = lines.position
         for row in reader:
-            if len(row) != len(COLUMNS):
+            if len(row) != len(self.columns):
                 raise OutputDirError(f"output.dir: {self.path} is not an onnxcam index (a row has {len(row)} "
-                                     f"fields, not {len(COLUMNS)}); move it away or pick another output.dir")
+                                     f"fields, not {len(self.columns)}); move it away or pick another output.dir")
             if group and row[IMAGE] != group[0][IMAGE]:
                 self._close_group(group, methods, cuts, start, position)
                 group, start = [], position
@@ -162,10 +166,10 @@ class IndexFile:
         """One image's rows, written at once (missing columns empty; a key that is no column is a bug: ValueError).
         csv.writer over lists, not a DictWriter per call: the run's process appends thousands of rows a second."""
         for row in rows:
-            if not row.keys() <= COLUMN_SET:
-                raise ValueError(f"index rows have no column {sorted(row.keys() - COLUMN_SET)}")
+            if not row.keys() <= self.column_set:
+                raise ValueError(f"index rows have no column {sorted(row.keys() - self.column_set)}")
         buffer = io.StringIO(newline="")
-        csv.writer(buffer).writerows([row.get(column, "") for column in COLUMNS] for row in rows)
+        csv.writer(buffer).writerows([row.get(column, "") for column in self.columns] for row in rows)
         self.file.write(buffer.getvalue().encode("utf-8"))
 
     def flush(self) -> None:

@@ -83,6 +83,24 @@ def draw(map_: np.ndarray, region: Region, size: Size, guided: bool) -> tuple[np
     return cv2.convertScaleAbs(full, alpha=scale, beta=-low * scale), peak
 
 
+OUTLINE_BGR = (255, 255, 255)  # a segmenter's region, outlined on its overlays
+
+
+def region_mask(mask: np.ndarray, region: Region, size: Size) -> np.ndarray:
+    """A row's region [h,w] bool (model input frame) at the drawn size: 255 inside, 0 outside, nearest-neighbour
+    onto the region the model saw (0 beyond it)."""
+    (x0, y0, x1, y1), (height, width) = region, size
+    full = np.zeros((height, width), np.uint8)
+    full[y0:y1, x0:x1] = cv2.resize(mask.astype(np.uint8) * 255, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    return full
+
+
+def outline(picture: np.ndarray, drawn_mask: np.ndarray) -> np.ndarray:
+    """The picture with the region's outline drawn over it (a line one pixel wide)."""
+    contours, _ = cv2.findContours(drawn_mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return cv2.drawContours(picture.copy(), contours, -1, OUTLINE_BGR, 1)
+
+
 @cache
 def _colour_tables(colormap: str) -> tuple[np.ndarray, ...]:
     """OpenCV's colormap as three 256-entry tables (B, G, R): `cv2.applyColorMap` rebuilds its table on every

@@ -19,6 +19,7 @@ from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines import Engine
 from onnxcam.runner.model.graph import GraphInfo
 from onnxcam.runner.outputs.files import write_atomic
+from onnxcam.runner.targets import chosen_targets
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Tally:
     ok: int = 0
     errors: int = 0
     rows: int = 0
+    regions: int = 0  # a segmenter's (image, class) pairs explained
     already_done: int = 0
     interrupted: bool = False
     seconds: float = 0.0
@@ -62,8 +64,10 @@ def write_run_json(run: RunRecord) -> None:
         "manifest": str(m.path), "model": str(m.model), "model_spec": run.info.model,
         "started": _utc(s.started), "finished": _utc(time.time()),
         "images_base": str(m.images_root or m.images_list.parent), "thumbnails": m.thumbnails,
-        "target_layer": run.info.target_layer, "methods": m.methods, "targets": m.targets.kind,
+        "target_layer": run.info.target_layer, "methods": m.methods,
+        "targets": chosen_targets(m.targets, run.info.task).kind,
         "images": s.images, "ok": s.ok, "errors": s.errors, "rows": s.rows,
+        **({"task": run.info.task, "regions": s.regions} if run.info.task == "segmentation" else {}),
         "already_done": s.already_done, "interrupted": s.interrupted,
         "wall_s": round(s.seconds, 3), "model_s": round(costs.model_seconds, 3),
         "images_per_s": round(s.images / s.seconds, 2) if s.seconds else 0.0,

@@ -8,7 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from onnxcam.runner.config import Manifest
+from onnxcam.runner.config import SEGMENTATION_TARGETS, Manifest
 from onnxcam.runner.outputs.files import OutputDirError, write_atomic
 from onnxcam.runner.outputs.index import LAYOUT
 
@@ -24,9 +24,12 @@ def run_identity(manifest: Manifest) -> dict[str, str]:
         for block in iter(lambda: model.read(1 << 20), b""):
             digest.update(block)
     targets, evaluation = manifest.targets, manifest.evaluate
-    return {"layout": LAYOUT, "model_sha256": digest.hexdigest(), "targets": json.dumps(
-        {"kind": targets.kind, "k": targets.k, "classes": targets.classes, "threshold": targets.threshold,
-         "labels": str(targets.labels_file or "")}),
+    chosen = {"kind": targets.kind, "k": targets.k, "classes": targets.classes, "threshold": targets.threshold,
+              "labels": str(targets.labels_file or "")}
+    if targets.kind in SEGMENTATION_TARGETS:  # (a classifier's stamp stays as it was)
+        chosen |= {"min_area": targets.min_area, "ignore_classes": targets.ignore_classes,
+                   "masks": str(targets.masks_dir or ""), "ignore_index": targets.ignore_index}
+    return {"layout": LAYOUT, "model_sha256": digest.hexdigest(), "targets": json.dumps(chosen),
         "evaluate": json.dumps(evaluation and {"metrics": evaluation.metrics, "boxes": str(evaluation.boxes)}),
         "heatmaps": manifest.heatmaps.size, "methods": json.dumps(manifest.methods)}
 

@@ -32,7 +32,7 @@ import numpy as np
 from onnxcam.runner.evaluate.aggregate import Figure, FigureTable, MethodFigures
 from onnxcam.runner.evaluate.metrics import CURVES, METRICS
 from onnxcam.runner.outputs.files import OutputDirError, write_atomic
-from onnxcam.runner.outputs.index import COLUMNS, last_line_end
+from onnxcam.runner.outputs.index import COLUMNS, SEGMENTATION_COLUMNS, last_line_end
 from onnxcam.runner.outputs.stamp import STAMP_NAME
 from onnxcam.runner.outputs.thumbnails import PHOTO_SUFFIX, THUMBS, photo_thumbnail_path
 
@@ -320,7 +320,7 @@ class _Build:
         text = io.TextIOWrapper(io.BufferedReader(_Span(file, self.position, end), 1 << 20), encoding="utf-8",
                                 newline="")
         reader = csv.reader(text)
-        if self.position == 0 and tuple(next(reader, ())) != COLUMNS:
+        if self.position == 0 and tuple(next(reader, ())) not in (COLUMNS, SEGMENTATION_COLUMNS):
             raise OutputDirError(f"{index}: not an index of this onnxcam version (columns differ); run the manifest "
                                  "again into a new output.dir")
         self.position = end
@@ -328,8 +328,9 @@ class _Build:
         image, target = COLUMN["image"], COLUMN["target_class"]
         row: list[str] = list(COLUMNS)
         for row in reader:
-            if len(row) != len(COLUMNS):
+            if len(row) not in (len(COLUMNS), len(SEGMENTATION_COLUMNS)):
                 continue  # the torn last line of a run still writing
+            row = row[:len(COLUMNS)]  # a segmenter's region columns (appended) are not shown yet
             new_image = not group or row[image] != group[0][image]
             if group and (new_image or row[target] != group[0][target]):
                 chunks.add(group)

@@ -6,6 +6,11 @@ Each image first runs with its initial targets (top-1, named classes, or its lab
 image finishes within the call. Pairs (image, target) run through the model `batch_size` at a time. A failed
 model batch, method or metric turns the images of that batch into error rows; the others go on. Results come
 back in the order the images finished (those that could not run first).
+
+A segmenter's rows are regions (targets.py): the main pass feeds the given masks (targets.masks) or asks for the
+predicted regions (four bytes), and reads `class_share` (the `present` follow-ups, the image's top class) and, when
+the outputs or the extra passes need the regions, `label_map`; each row then carries its region, which the extra
+passes score every perturbed copy on.
 """
 
 from __future__ import annotations
@@ -45,10 +50,13 @@ def main_outputs(methods: dict[str, dict[str, Any]], graph_maps: list[str] = ())
 
 class ExplainStage:
     def __init__(self, backend: Backend, info: GraphInfo, plan: TargetPlan, methods: dict[str, dict[str, Any]],
-                 evaluation: Evaluation | None, batch_size: int):
+                 evaluation: Evaluation | None, batch_size: int, reported: tuple[str, ...] = ()):
+        """`reported`: a segmenter's outputs beside the maps' (class_share, and label_map when the regions are
+        drawn or scored; stages/__init__.py's `reported_outputs`)."""
         self.backend, self.info, self.plan, self.methods = backend, info, plan, methods
         self.evaluation, self.batch_size = evaluation, batch_size
-        self.outputs = main_outputs(methods, info.graph_maps)
+        self.segmenter = info.task == "segmentation"
+        self.outputs = main_outputs(methods, info.graph_maps) + reported
         self.served = served_by_graph(methods, info.graph_maps)
         # a uint8-input graph gets pixels; methods and metrics that edit the input get it normalised here
         self.host_input = info.input_format == "uint8" and (
@@ -75,10 +83,11 @@ class ExplainStage:
             result = ImageResult(image, error=image.error)
             if not result.error:
                 try:
-                    targets = self.plan.initial(image.ref.key)
-                    pending[id(result)] = len(targets)
-                    pairs.extend((result, target) for target in targets)
-                    continue
+                    targets = self.plan.initial(image.ref.key, image.label)
+                    if targets:  # (a label image may hold ignored pixels only: a no_target row)
+                        pending[id(result)] = len(targets)
+                        pairs.extend((result, target) for target in targets)
+                        continue
                 except KeyError:
                     result.error = f"no row for this image in {self.plan.targets.labels_file.name}"
             finished.append(result)
@@ -93,21 +102,27 @@ class ExplainStage:
                    ) -> list[ImageResult]:
         """Runs one model batch of (image, target) pairs; returns the images whose every target is now done."""
         start = time.perf_counter()
+        given = (np.stack([result.decoded.label == target for result, target in chunk]).astype(np.float32)
+                 if self.plan.given_masks else None)
         try:
             inputs = self._stacked([result.decoded.tensor for result, _ in chunk])
-            out = self.backend.run(self.outputs, inputs, np.array([target for _, target in chunk], np.int64))
+            out = self.backend.run(self.outputs, inputs, np.array([target for _, target in chunk], np.int64),
+                                   *(() if given is None else (given,)))
         except Exception as error:  # noqa: BLE001 - ORT raises its own types (e.g. out of memory)
             return _fail(chunk, pairs, f"the model failed on this batch ({self.backend.provider}: {one_line(error)})")
         costs.model_seconds += time.perf_counter() - start
         scores = probabilities(out["logits"], self.info.output_activation)
+        ranked = out["class_share"] if self.segmenter else scores  # a segmenter's top class: the most pixels'
         finished, kept, chosen = [], [], []
         for i, (result, target) in enumerate(chunk):
-            top = int(np.argmax(scores[i]))
+            top = int(np.argmax(ranked[i]))
             if result.pred is None:
-                result.pred = (top, float(scores[i, top]))
+                result.pred = (top, float(ranked[i, top]))
+                if "label_map" in out:
+                    result.label_map = out["label_map"][i].copy()
             keep = True
             if target == TOP1 and self.plan.needs_scores:
-                keep, more = self.plan.follow_up(scores[i])
+                keep, more = self.plan.follow_up(ranked[i])
                 pending[id(result)] += len(more)
                 pairs.extendleft((result, c) for c in reversed(more))
             if keep:
@@ -120,16 +135,37 @@ class ExplainStage:
             return finished
         if len(kept) < len(chunk):  # (a copy of a whole batch's input costs milliseconds: only when some are dropped)
             out, inputs = {name: value[kept] for name, value in out.items()}, inputs[kept]
+            given = None if given is None else given[kept]
         if self.host_input:
             inputs = normalised(inputs, self.info.preprocessing)
         out |= {"input": inputs, "target": np.array(chosen, np.int64)}
+        regions = self._regions(out, given) if self.segmenter else None
         try:
             targets = self._explain(out, scores[kept, chosen], costs)
         except Exception as error:  # noqa: BLE001 - an extra pass can fail too (out of memory on a big batch)
             return _fail(chunk, pairs, f"a method or metric failed on this batch ({one_line(error)})")
-        for k, target_result in zip(kept, targets, strict=True):
+        for j, (k, target_result) in enumerate(zip(kept, targets, strict=True)):
+            if regions is not None:
+                masks, shares = regions
+                target_result.mask = None if masks is None else masks[j]
+                target_result.mask_kind = "predicted" if given is None else "given"
+                target_result.share = float(shares[j])
             chunk[k][0].targets.append(target_result)
         return finished
+
+    def _regions(self, out: dict[str, np.ndarray], given: np.ndarray | None
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
+        """The kept rows' regions [N,H,W] bool (None when neither given nor the label map fetched) and their shares
+        of the pixels; with a region, `out["target_mask"]` holds it for the extra passes."""
+        targets = out["target"]
+        if given is not None:
+            masks = given > 0
+        elif "label_map" in out:
+            masks = out["label_map"] == targets[:, None, None]
+        else:
+            return None, out["class_share"][np.arange(len(targets)), targets]
+        out["target_mask"] = masks.astype(np.float32)
+        return masks, masks.mean(axis=(1, 2))
 
     def _explain(self, out: dict[str, np.ndarray], scores: np.ndarray, costs: Costs) -> list[TargetResult]:
         """Every method's maps (and, with evaluate, the model-run metrics) for the kept (image, class) pairs."""
@@ -152,7 +188,9 @@ class ExplainStage:
         if self.evaluation and wanted(self.evaluation, runs_model=True):
             size = out["input"].shape[2:]
             pairs = [(result, name) for result in results for name in maps]
-            rows = [MetricRow(result.target_class, result.score, out["input"][k], explanation(maps[name][k], size))
+            regions = out.get("target_mask")
+            rows = [MetricRow(result.target_class, result.score, out["input"][k], explanation(maps[name][k], size),
+                              mask=None if regions is None else regions[k] > 0)
                     for k, result in enumerate(results) for name in maps]
             values = score(self.evaluation, rows, self.scoring, runs_model=True, costs=costs.metrics)
             for (result, name), metrics in zip(pairs, values, strict=True):

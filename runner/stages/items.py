@@ -19,6 +19,7 @@ class DecodedImage:
     image: np.ndarray | None = None  # 8-bit BGR at render_size, kept only when overlays are written
     tensor: np.ndarray | None = None  # the model input: [3,H,W] float32, or [H,W,3] uint8 for a uint8-input graph
     region: Region = (0, 0, 0, 0)  # the part of the image the model saw, in its own pixels
+    label: np.ndarray | None = None  # targets.masks: its label image in the model input's frame [H,W] (classes)
     error: str = ""
 
 
@@ -29,13 +30,18 @@ class TargetResult:
     maps: dict[str, np.ndarray]  # method -> its map (model or target-layer resolution)
     metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # method -> metric column -> value
     channels: dict[str, int] = field(default_factory=dict)  # a multi-map method's map -> the channel it shows
+    mask: np.ndarray | None = None  # a segmenter's row: its region [H,W] bool, in the model input's frame
+    mask_kind: str = ""  # predicted | given (a segmenter's row)
+    share: float | None = None  # the region's share of the model input's pixels
 
 
 @dataclass
 class ImageResult:
     decoded: DecodedImage
     error: str = ""  # why the image has no results (decoding, the labels file, a failed batch)
-    pred: tuple[int, float] | None = None  # the model's top-1 class and score
+    pred: tuple[int, float] | None = None  # the model's top-1 class and score (a segmenter's: the class predicted
+    # on most pixels, and its share of the pixels)
+    label_map: np.ndarray | None = None  # a segmenter's prediction [H,W] uint8, when the outputs need it
     targets: list[TargetResult] = field(default_factory=list)  # none: a threshold selected no class
 
 

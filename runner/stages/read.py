@@ -16,6 +16,7 @@ import struct
 import cv2
 from onnxcam.runner.inputs.decode import ImageError, decode_image, peek
 from onnxcam.runner.inputs.listing import ImageRef
+from onnxcam.runner.inputs.masks import LabelImages, MaskError
 from onnxcam.runner.inputs.preprocess import model_region, to_input
 from onnxcam.runner.model.graph import Preprocessing
 from onnxcam.runner.size import Size
@@ -35,8 +36,8 @@ def render_size(size: Size, max_side: int | None) -> Size:
 
 class ReadStage:
     def __init__(self, preprocessing: Preprocessing, max_pixels: int, max_side: int | None, keep_pixels: bool,
-                 uint8_input: bool = False):
-        self.preprocessing, self.max_pixels = preprocessing, max_pixels
+                 uint8_input: bool = False, labels: LabelImages | None = None):
+        self.preprocessing, self.max_pixels, self.labels = preprocessing, max_pixels, labels
         self.max_side, self.keep_pixels, self.uint8_input = max_side, keep_pixels, uint8_input
 
     def reduction(self, size: Size) -> int:
@@ -56,6 +57,8 @@ class ReadStage:
             image, decoded.size = decode_image(ref.path, self.max_pixels, self.reduction)
             decoded.tensor, _ = to_input(image, self.preprocessing, self.uint8_input)
             decoded.region = model_region(decoded.size, self.preprocessing)
+            if self.labels:
+                decoded.label = self.labels.read(ref.key, decoded.size, self.preprocessing)
             decoded.render_size = drawn = render_size(decoded.size, self.max_side)
             if self.keep_pixels:
                 decoded_size = Size(*image.shape[:2])
@@ -64,13 +67,13 @@ class ReadStage:
                 same = decoded_size == drawn
                 decoded.image = (image if same
                                  else cv2.resize(image, (drawn.width, drawn.height), interpolation=cv2.INTER_AREA))
-        except ImageError as error:
+        except (ImageError, MaskError) as error:
             decoded.error = str(error)
         except Exception as error:  # noqa: BLE001 - whatever a decoder throws, this file becomes an error row
             decoded.error = f"cannot decode ({type(error).__name__}: {one_line(error)})"
         if decoded.error:
             decoded.size = decoded.render_size = Size(0, 0)
-            decoded.tensor = decoded.image = None
+            decoded.tensor = decoded.image = decoded.label = None
         return decoded
 
     def memory(self, ref: ImageRef) -> int:

@@ -123,6 +123,20 @@ def test_a_classifier_index_has_no_region_data(tmp_path):
     assert state["limits"]["columns"] == list(COLUMNS)
 
 
+def test_region_columns_left_empty_show_no_regions(tmp_path):
+    """A classifier's rows in an index with the region columns (empty): no region column on the page, and the class
+    filter counts the predicted class as a classifier's does."""
+    out = tmp_path / "out"
+    write_folder(out, range(6), SEGMENTER)
+    region = [SEGMENTER.index(name) for name in REGION]
+    rows = [[cell if k not in region else "" for k, cell in enumerate(row)]
+            for row in csv.reader(io.StringIO((out / "index.csv").read_text(encoding="utf-8")))]
+    (out / "index.csv").write_bytes(csv_bytes([list(SEGMENTER), *rows[1:]]))
+    write_report(out)
+    head = read_head(out)
+    assert "regions" not in head and "0" in head["classCounts"]
+
+
 def test_an_index_without_every_classifier_column_is_refused(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -76,7 +76,7 @@ class _Layout:
 
     @cached_property
     def regions(self) -> bool:
-        """A segmenter's index: its entries have a region (REGION_FIELDS)."""
+        """The index has a segmenter's columns (REGION_FIELDS): its entries may have a region."""
         return set(REGION_FIELDS) <= set(self.header)
 
 
@@ -101,6 +101,7 @@ class _Folder:
         self.figures = FigureTable([], list(layout.metrics))
         self.overlay_ext = ""
         self.first_picture = ""  # the key of the first image that was decoded (its thumbnail says if any exist)
+        self.region_entries = 0  # entries with a region (a segmenter's): the page shows regions when there are any
 
     def image(self, row: list[str]) -> None:
         column = self.column
@@ -126,7 +127,8 @@ class _Folder:
             if row[column[f"{which}_class"]]:
                 classes[row[column[f"{which}_class"]]] = row[column[f"{which}_label"]]
         self.labels |= classes
-        if self.layout.regions:  # a segmenter's entry explains one class of the image: the filter picks that one
+        if self.layout.regions and row[column["target_mask"]]:  # a segmenter's entry explains one class of the
+            self.region_entries += 1  # image, whose predicted class is every entry's: the filter picks the explained
             classes = {number: text for number, text in classes.items() if number == row[column["target_class"]]}
         for number in classes:  # an entry counts once for its class filter, also when predicted = explained
             self.class_counts[number] = self.class_counts.get(number, 0) + 1
@@ -143,9 +145,12 @@ class _Folder:
         figures = {method: {"figures": {name: asdict(figure) for name, figure in entry.figures.items()},
                             "curves": {name: curve.tolist() for name, curve in entry.curves.items()},
                             "curve_counts": entry.curve_counts} for method, entry in self.figures.methods.items()}
-        return {"counts": asdict(self.counts), "labels": self.labels, "class_counts": self.class_counts,
-                "errors": self.errors, "reasons": self.reasons, "figures": figures, "overlay_ext": self.overlay_ext,
-                "first_picture": self.first_picture}
+        state = {"counts": asdict(self.counts), "labels": self.labels, "class_counts": self.class_counts,
+                 "errors": self.errors, "reasons": self.reasons, "figures": figures, "overlay_ext": self.overlay_ext,
+                 "first_picture": self.first_picture}
+        if self.layout.regions:
+            state["region_entries"] = self.region_entries
+        return state
 
     @classmethod
     def restore(cls, layout: _Layout, state: dict) -> _Folder:
@@ -154,6 +159,7 @@ class _Folder:
         folder.labels, folder.class_counts = dict(state["labels"]), dict(state["class_counts"])
         folder.errors, folder.reasons = list(state["errors"]), dict(state["reasons"])
         folder.overlay_ext, folder.first_picture = str(state["overlay_ext"]), str(state["first_picture"])
+        folder.region_entries = int(state["region_entries"]) if layout.regions else 0
         for method, entry in state["figures"].items():
             if list(entry["figures"]) != list(layout.metrics):
                 raise ValueError("the state's metrics differ")
@@ -483,7 +489,7 @@ def _head(output_dir: Path, folder: _Folder, chunks: _ChunkWriter) -> dict:
         "meanCurves": {name: {method: [round(float(v), 5) for v in curve] for method, entry in methods.items()
                               if (curve := entry.mean_curve(name)) is not None} for name in CURVES if name in metrics},
         "errors": folder.errors, "reasons": sorted(folder.reasons.items(), key=lambda item: -item[1])[:50],
-    } | ({"regions": True} if folder.layout.regions else {})
+    } | ({"regions": True} if folder.region_entries else {})
 
 
 def _page(head: dict) -> str:

@@ -167,3 +167,47 @@ def test_the_region_score_is_read_as_a_classifier_score(segmenter):
     o = sigmoid(((model.region.weights * dimmed).sum(axis=0) * mask).sum() / mask.sum())
     assert result["average_drop"] == pytest.approx(100 * max(0.0, y - o) / y, rel=1e-4)
     assert result["average_drop"] > 1, "the case is not degenerate"
+
+
+# -- a segmenter run end to end (needs runner-seg's runner: targets present, the region columns) --------------------
+
+def test_a_segmenter_run_scores_energy_inside_and_deletion_on_each_region(exported, tmp_path, capsys):
+    """The toy segmenter on images of its input size: energy_inside is the share of each row's map (its stored heatmap,
+    at the map's own size) on the pixels the PyTorch model predicts as the class, and the deletion curve runs from the
+    region's score on the image to the same region's score on the baseline (not the baseline's own prediction)."""
+    torch = pytest.importorskip("torch")
+    import cv2
+    from onnxcam.runner.cli import main
+    from runner_helpers import read_index, write_images, write_manifest
+
+    size = (48, 64)
+    loaded, result = exported("toy_models:segmenter", input_size=size, saliency=True)
+    model = loaded.model.double().eval()
+    write_images(tmp_path / "images", 2, size=size)
+    manifest = write_manifest(tmp_path, result.path, tmp_path / "images", methods=["gradcam", "saliency"],
+                              evaluate={"metrics": ["energy_inside", "deletion"], "deletion": {"steps": 4}})
+    assert main(["run", str(manifest), "--quiet"]) == 0, capsys.readouterr().out
+    mean, std = np.array(MEAN)[:, None, None], np.array(STD)[:, None, None]
+
+    def region_score(x: np.ndarray, region: np.ndarray, target: int) -> float:
+        with torch.no_grad():
+            out = model(torch.from_numpy(x[None]))["out"][0].numpy()
+        logits = (out * region).sum(axis=(1, 2)) / region.sum()
+        return float(np.exp(logits[target] - logits.max()) / np.exp(logits - logits.max()).sum())
+
+    rows = read_index(tmp_path / "out")
+    assert rows and all(row["status"] == "ok" for row in rows)
+    for row in rows:
+        rgb = cv2.imread(str(tmp_path / "images" / row["image"]))[:, :, ::-1] / 255.0
+        x = ((rgb.transpose(2, 0, 1) - mean) / std).astype(np.float64)
+        with torch.no_grad():
+            label_map = model(torch.from_numpy(x[None]))["out"][0].numpy().argmax(0)
+        t = int(row["target_class"])
+        region = label_map == t
+        stored = np.load(tmp_path / "out" / row["heatmap_path"]).astype(np.float32)
+        m = cv2.resize(stored, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) if stored.shape != size else stored
+        positive = np.maximum(m, 0)
+        assert float(row["energy_inside"]) == pytest.approx(positive[region].sum() / positive.sum(), abs=1e-4)
+        curve = np.array(row["deletion_curve"].split(), float)
+        assert curve[0] == pytest.approx(region_score(x, region, t), rel=1e-3)
+        assert curve[-1] == pytest.approx(region_score(np.zeros_like(x), region, t), rel=1e-3)

@@ -211,3 +211,25 @@ def test_a_segmenter_run_scores_energy_inside_and_deletion_on_each_region(export
         curve = np.array(row["deletion_curve"].split(), float)
         assert curve[0] == pytest.approx(region_score(x, region, t), rel=1e-3)
         assert curve[-1] == pytest.approx(region_score(np.zeros_like(x), region, t), rel=1e-3)
+
+
+def test_a_region_metric_on_a_classifier_is_one_line(tmp_path):
+    from onnxcam.runner.manifest import load_manifest
+    from onnxcam.runner.model.backend import ModelError
+    from onnxcam.runner.run import check_model
+    from runner_helpers import write_manifest
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "model.onnx").write_bytes(b"")
+    info = GraphInfo(Preprocessing(size=(8, 8), mean=MEAN, std=STD), labels=["a", "b"], target_layer="",
+                     activation_shape=(1, 1, 1), output_activation="softmax", outputs=[], gap_linear_head=False,
+                     model="linear")
+    manifest = load_manifest(write_manifest(tmp_path, tmp_path / "model.onnx", tmp_path / "images",
+                                            evaluate={"metrics": ["deletion", "energy_inside"]}))
+    with pytest.raises(ModelError, match="evaluate.metrics: 'energy_inside' scores a segmenter's region, and "
+                                         "model.onnx is a classifier; drop energy_inside") as error:
+        check_model(manifest, info)
+    assert "\n" not in str(error.value)
+    check_model(manifest, GraphInfo(**{**info.__dict__, "task": "segmentation"}))
+    defaults = load_manifest(write_manifest(tmp_path, tmp_path / "model.onnx", tmp_path / "images", evaluate={}))
+    assert "energy_inside" not in defaults.evaluate.metrics and "deletion" in defaults.evaluate.metrics

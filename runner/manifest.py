@@ -229,7 +229,7 @@ def _evaluate(reader: _Reader, value: Any) -> Evaluation | None:
     value = {} if value is True else value
     reader.mapping(value, "evaluate", (*SECTIONS["evaluate"], *METRIC_OPTIONS))
     boxes = reader.file(value["boxes"], "evaluate.boxes") if "boxes" in value else None
-    default = [m for m in METRICS if boxes or not METRICS[m].needs_boxes]
+    default = [m for m in METRICS if (boxes or not METRICS[m].needs_boxes) and not METRICS[m].needs_mask]
     names = value.get("metrics", default)
     reader.typed(names, "evaluate.metrics", list, f"a list of metrics ({', '.join(METRICS)})")
     if not names:

@@ -18,6 +18,7 @@ from onnxcam.runner.costs import Costs
 from onnxcam.runner.engines import Engine
 from onnxcam.runner.engines.registry import ENGINES, EngineKind, EngineSetup
 from onnxcam.runner.evaluate import aggregate, curves
+from onnxcam.runner.evaluate.metrics import METRICS
 from onnxcam.runner.inputs.listing import ImageRef, list_images, walk_images
 from onnxcam.runner.methods import METHODS, index_names
 from onnxcam.runner.model.backend import Backend, ModelError
@@ -58,6 +59,10 @@ def check_model(manifest: Manifest, info: GraphInfo) -> None:
         if "patch" in options and options["patch"] > min(info.preprocessing.size):
             raise ModelError(f"{manifest.path}: {name}.patch: {options['patch']} is larger than the model input "
                              f"{list(info.preprocessing.size)}; use a smaller patch")
+    for name in manifest.evaluate.metrics if manifest.evaluate else ():  # and every metric
+        if METRICS[name].needs_mask and info.task != "segmentation":
+            raise ModelError(f"{manifest.path}: evaluate.metrics: '{name}' scores a segmenter's region, and "
+                             f"{manifest.model.name} is a classifier; drop {name}")
 
 
 class Run:

@@ -3,7 +3,12 @@
 Y = the target class's probability (softmax or sigmoid) on the image; E = the explanation at model input
 size, scaled to [0, 1]. Every value is that row's share of the dataset figure, which is the mean over
 rows (summary.csv): percentages for average_drop, increase_in_confidence, top_removal and
-pointing_game, the area under the score curve for deletion and insertion. The README gives the formulas.
+pointing_game, the area under the score curve for deletion and insertion, a share for energy_inside.
+docs/methods.md gives the formulas.
+
+A segmenter's row brings its target mask: every edited image is scored on that same region (the stream's third
+element, model/passes.py), so logits[t] is the region's mean class score and Y and O are both the softmax of it at t,
+read as a classifier's are.
 
 A metric is one function plus one entry in METRICS. The function takes the rows to score, a `Scoring`
 (the model's extra passes, the batch size, the object boxes) and its options, and returns one
@@ -41,7 +46,8 @@ class MetricRow:
     explanation: np.ndarray | None = None  # E, [H,W] in [0,1]
     image: str = ""  # the image's key in index.csv
     peak: tuple[int, int] | None = None  # the map's peak (x, y) in original pixels
-    mask: np.ndarray | None = None  # a segmenter's row: its target mask [h,w] bool, in the model input's frame
+    map_: np.ndarray | None = None  # the method's map as computed (signed; guided: [3,H,W]), for energy_inside
+    mask: np.ndarray | None = None  # a segmenter row's target mask, bool [H,W] in the model input's frame
 
 
 @dataclass
@@ -53,18 +59,23 @@ class Scoring:
     boxes: dict[str, list[ObjectBox]] = field(default_factory=dict)
 
 
-def explanation(map_: np.ndarray, size: Size) -> np.ndarray:
-    """E: a method's map at model input size in [0,1]; guided maps by max |.| over channels."""
+def input_map(map_: np.ndarray, size: Size) -> np.ndarray:
+    """A method's map at model input size (bilinear), unscaled; guided maps by max |.| over channels."""
     if map_.ndim == 3:
         map_ = np.abs(map_).max(axis=0)
     height, width = size
     if map_.shape != (height, width):
         map_ = cv2.resize(map_, (width, height), interpolation=cv2.INTER_LINEAR)
-    return normalise(map_[None])[0]
+    return map_
 
 
-def _target(row: MetricRow) -> tuple:
-    """What the extra passes score an edited input on: the row's class, and a segmenter's row its region."""
+def explanation(map_: np.ndarray, size: Size) -> np.ndarray:
+    """E: a method's map at model input size in [0,1]."""
+    return normalise(input_map(map_, size)[None])[0]
+
+
+def _scored_on(row: MetricRow) -> tuple:
+    """What an edited copy of the row is scored on: its class, and a segmenter's row its (original) target mask."""
     return (row.target,) if row.mask is None else (row.target, row.mask)
 
 
@@ -76,7 +87,7 @@ def _order(values: np.ndarray) -> np.ndarray:
 def confidence_change(rows: list[MetricRow], scoring: Scoring) -> list[dict[str, float]]:
     """Average drop and increase in confidence (Chattopadhyay et al. 2018): O on the image times E."""
     passes = scoring.passes
-    stream = ((passes.times_map(row.input, row.explanation), *_target(row)) for row in rows)
+    stream = ((passes.times_map(row.input, row.explanation), *_scored_on(row)) for row in rows)
     scores = passes.scores(stream, scoring.batch_size)
     return [{"average_drop": 100 * max(0.0, row.score - o) / row.score,
              "increase_in_confidence": 100.0 * (o > row.score)} for row, o in zip(rows, scores, strict=True)]
@@ -86,13 +97,13 @@ def top_removal(rows: list[MetricRow], scoring: Scoring, fraction: float, fill: 
     """The relative drop in Y when the top `fraction` of E's pixels are set to `fill`."""
     passes = scoring.passes
 
-    def removed() -> Iterator[tuple[np.ndarray, int]]:
+    def removed() -> Iterator[tuple]:
         for row in rows:
             channels = row.input.shape[0]
             top = _order(row.explanation)[:round(fraction * row.explanation.size)]
             image = row.input.reshape(channels, -1).copy()
             image[:, top] = passes.fill(row.input, fill).reshape(channels, -1)[:, top]
-            yield image.reshape(row.input.shape), *_target(row)
+            yield image.reshape(row.input.shape), *_scored_on(row)
 
     scores = passes.scores(removed(), scoring.batch_size)
     return [{"top_removal": 100 * (row.score - o) / row.score} for row, o in zip(rows, scores, strict=True)]
@@ -112,7 +123,7 @@ def _curve(rows: list[MetricRow], passes: ExtraPasses, batch_size: int, steps: i
     per_step = math.ceil(pixels / steps)
     count = math.ceil(pixels / per_step)  # = steps, unless steps does not divide the pixels evenly
 
-    def edited() -> Iterator[tuple[np.ndarray, int]]:
+    def edited() -> Iterator[tuple]:
         for row in rows:
             channels = row.input.shape[0]
             image = row.input.reshape(channels, -1)
@@ -121,11 +132,11 @@ def _curve(rows: list[MetricRow], passes: ExtraPasses, batch_size: int, steps: i
             current = start.copy()
             order = _order(row.explanation)
             if insert:
-                yield current.reshape(row.input.shape), *_target(row)
+                yield current.reshape(row.input.shape), *_scored_on(row)
             for step in range(1, count + (not insert)):
                 chosen = order[(step - 1) * per_step:step * per_step]
                 current[:, chosen] = end[:, chosen]
-                yield current.reshape(row.input.shape), *_target(row)
+                yield current.reshape(row.input.shape), *_scored_on(row)
 
     scores = passes.scores(edited(), batch_size).reshape(len(rows), count)
     name = "insertion" if insert else "deletion"
@@ -161,13 +172,30 @@ def pointing_game(rows: list[MetricRow], scoring: Scoring) -> list[dict[str, flo
     return [{"pointing_game": points_at(row.peak, scoring.boxes.get(row.image, []), row.target)} for row in rows]
 
 
+def share_inside(map_: np.ndarray, region: np.ndarray) -> float | None:
+    """sum(max(map, 0) * region) / sum(max(map, 0)): the share of the map's positive mass inside `region` (bool, the
+    map's shape). None (not counted) for an empty region; 0 for a map with no positive mass (it points nowhere)."""
+    if not region.any():
+        return None
+    positive = np.maximum(map_, 0, dtype=np.float64)
+    total = positive.sum()
+    return float(positive[region].sum() / total) if total > 0 else 0.0
+
+
+def energy_inside(rows: list[MetricRow], scoring: Scoring) -> list[dict[str, float | None]]:
+    """The map's positive mass inside the row's target mask (segmenters: a row without a mask is not counted)."""
+    return [{"energy_inside": None if row.mask is None else share_inside(input_map(row.map_, row.mask.shape), row.mask)}
+            for row in rows]
+
+
 @dataclass(frozen=True)
 class Metric:
     compute: Callable[..., list[dict[str, object]]]  # (rows, scoring, **options) -> {column: value} per row
     options: dict[str, Option] = field(default_factory=dict)
     curve: bool = False  # also fills `<name>_curve` (the score curve, space-separated)
-    runs_model: bool = True  # scored in the batch stage with extra passes; else in the write stage
+    runs_model: bool = True  # scored in the batch stage (extra passes, E, the map, the mask); else in the write stage
     needs_boxes: bool = False  # needs evaluate.boxes (and is left out of the default metrics without it)
+    needs_mask: bool = False  # reads the row's target mask: segmenters only (not a default, not a classifier column)
     higher_is_better: bool = True  # which way a more faithful explanation moves the figure
 
     def columns(self, name: str) -> tuple[str, ...]:
@@ -181,9 +209,12 @@ METRICS: dict[str, Metric] = {
     "deletion": Metric(deletion, METRIC_OPTIONS["deletion"], curve=True, higher_is_better=False),
     "insertion": Metric(insertion, METRIC_OPTIONS["insertion"], curve=True),
     "pointing_game": Metric(pointing_game, runs_model=False, needs_boxes=True),
+    "energy_inside": Metric(energy_inside, needs_mask=True),  # runs no pass: in the batch stage for the mask
 }
 CURVES = tuple(name for name, metric in METRICS.items() if metric.curve)
-COLUMNS = (*METRICS, *(f"{name}_curve" for name in CURVES))  # index.csv's metric columns
+COLUMNS = (*(name for name, metric in METRICS.items() if not metric.needs_mask),
+           *(f"{name}_curve" for name in CURVES))  # index.csv's metric columns
+REGION_COLUMNS = tuple(name for name, metric in METRICS.items() if metric.needs_mask)  # a segmenter's index adds these
 
 
 def wanted(evaluation: Evaluation, runs_model: bool) -> list[str]:

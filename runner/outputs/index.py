@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from onnxcam.runner.evaluate.metrics import COLUMNS as METRIC_COLUMNS
+from onnxcam.runner.evaluate.metrics import REGION_COLUMNS
 from onnxcam.runner.outputs.files import OutputDirError, write_atomic
 
 LAYOUT = "3"  # index.csv's columns and what the files hold (2: compact heatmaps, region and overlay size columns;
@@ -26,10 +27,10 @@ COLUMNS = ("image", "status", "error", "width", "height", "pred_class", "pred_la
            "target_class", "target_label", "target_score", "method", "channel", "heatmap_path", "overlay_path",
            "peak_x", "peak_y", "region_x0", "region_y0", "region_x1", "region_y1", "overlay_width", "overlay_height",
            *METRIC_COLUMNS)
-# A segmenter's index has four columns more, appended (so every column above keeps its place): its region's kind
-# (predicted | given), its share of the model input's pixels, and the file of its mask; target_score is the softmax of
-# the class scores averaged over the region, at the target.
-SEGMENTATION_COLUMNS = (*COLUMNS, "target_mask", "target_share", "mask_file")
+# A segmenter's index has more columns, appended (so every column above keeps its place): its region's kind
+# (predicted | given), its share of the model input's pixels, the file of its mask, and the metrics that need a mask;
+# target_score is the softmax of the class scores averaged over the region, at the target.
+SEGMENTATION_COLUMNS = (*COLUMNS, "target_mask", "target_share", "mask_file", *REGION_COLUMNS)
 COLUMN_SET = frozenset(COLUMNS)
 IMAGE, STATUS, TARGET, METHOD = (COLUMNS.index(name) for name in ("image", "status", "target_class", "method"))
 COPY_BLOCK = 1 << 20

@@ -190,7 +190,7 @@ class ExplainStage:
             pairs = [(result, name) for result in results for name in maps]
             regions = out.get("target_mask")
             rows = [MetricRow(result.target_class, result.score, out["input"][k], explanation(maps[name][k], size),
-                              mask=None if regions is None else regions[k] > 0)
+                              mask=None if regions is None else regions[k] > 0, map_=maps[name][k])
                     for k, result in enumerate(results) for name in maps]
             values = score(self.evaluation, rows, self.scoring, runs_model=True, costs=costs.metrics)
             for (result, name), metrics in zip(pairs, values, strict=True):

@@ -7,7 +7,9 @@
                   "#17becf"];
   const STATUS = ["ok", "error", "no_target"];
   const INFO_WIDTH = 250, HEADER_HEIGHT = 24, OVERSCAN = 3;
-  const data = {img: [], low: [], st: [], err: new Map(), w: [], h: [], pc: [], ps: [], tc: [], ts: [], ms: [], m: {}};
+  const data = {img: [], low: [], st: [], err: new Map(), w: [], h: [], pc: [], ps: [], tc: [], ts: [], ms: [], m: {},
+                rk: [], rs: [], rf: []};  // a segmenter's entries: region kind (predicted | given), share, mask PNG
+  const COLUMN_KEYS = ["st", "pc", "ps", "tc", "ts", "ms", ...(HEAD.regions ? ["rk", "rs", "rf"] : [])];
   for (const metric of HEAD.metrics) data.m[metric] = [];
   const curves = new Map();  // chunk number -> {metric: [per entry: curve texts per method, or null]}
   const view = {search: "", cls: "", status: "", sort: "index", descending: false, size: 140, hidden: new Set()};
@@ -23,6 +25,8 @@
   const encode = (path) => path.split("/").map(encodeURIComponent).join("/");
   const score = (value) => (value === null || value === undefined ? "–" : value.toFixed(3));
   const label = (number) => (number === null ? "–" : `${HEAD.labels[String(number)] || "?"} (${number})`);
+  const percent = (value) => (value === null || value === undefined ? "–" : `${(100 * value).toFixed(1)}%`);
+  const region = (i) => `${data.rk[i] || "–"} region, ${percent(data.rs[i])} of the pixels`;
   const figure = (value) => (Math.abs(value) >= 100 ? value.toFixed(1) : Math.abs(value) >= 1 ? value.toFixed(2)
                              : value.toFixed(3));
 
@@ -41,6 +45,7 @@
     const full = HEAD.overlayExt && encode(`${stem(i, method)}.${HEAD.overlayExt}`);
     return (large ? [full, thumb] : [thumb, full]).filter(Boolean);
   }
+  const regionSources = (i) => (data.rf[i] ? [encode(data.rf[i])] : []);
   function picture(sources, width, height, alt) {
     if (!sources.length) {
       return el("div", {className: "blank", textContent: "no picture", style: width ? `width:${width}px;height:${height}px` : ""});
@@ -66,7 +71,7 @@
       data.w.push(chunk.wh[2 * j]);
       data.h.push(chunk.wh[2 * j + 1]);
     }
-    for (const key of ["st", "pc", "ps", "tc", "ts", "ms"]) for (const value of chunk[key]) data[key].push(value);
+    for (const key of COLUMN_KEYS) for (const value of chunk[key]) data[key].push(value);
     for (const [j, reason] of Object.entries(chunk.err)) data.err.set(offset + Number(j), reason);
     for (const metric of HEAD.metrics) {
       const values = chunk.m[metric];
@@ -111,6 +116,7 @@
     const sort = view.sort;
     if (sort === "pred") return (i) => data.ps[i];
     if (sort === "target") return (i) => data.ts[i];
+    if (sort === "share") return (i) => data.rs[i];
     if (sort.startsWith("metric:")) {
       const [, metric, method] = sort.split(":");
       return (i) => methodValue(metric, i, Number(method));
@@ -124,7 +130,7 @@
     let n = 0;
     for (let i = 0; i < total; i++) {
       if (status !== null && data.st[i] !== status) continue;
-      if (cls !== null && data.tc[i] !== cls && data.pc[i] !== cls) continue;
+      if (cls !== null && data.tc[i] !== cls && (HEAD.regions || data.pc[i] !== cls)) continue;  // segmenter: explained
       if (search && !data.low[i].includes(search)) continue;
       picked[n++] = i;
     }
@@ -150,16 +156,18 @@
   }
 
   // ---- the gallery: a fixed row height, only the rows in view in the document
+  const pictureColumns = () => (HEAD.regions ? 2 : 1);  // the photo, and a segmenter's region
   const shownMethods = () => HEAD.methods.map((name, number) => ({name, number})).filter((m) => !view.hidden.has(m.name));
   function layout(resetScroll) {
     const gallery = $("gallery"), cell = view.size + 8, methods = shownMethods();
     rowHeight = Math.max(view.size + 10, 86);
-    const width = INFO_WIDTH + cell * (1 + methods.length);
+    const width = INFO_WIDTH + cell * (pictureColumns() + methods.length);
     $("spacer").style.height = `${order.length * rowHeight}px`;
     $("spacer").style.width = `${width}px`;
     const columns = $("columns");
     columns.replaceChildren(el("div", {textContent: "image", style: `width:${INFO_WIDTH}px`}),
                             el("div", {textContent: "photo", style: `width:${cell}px`}),
+                            HEAD.regions ? el("div", {textContent: "region", style: `width:${cell}px`}) : null,
                             ...methods.map((m) => el("div", {textContent: m.name, title: m.name, style: `width:${cell}px`})));
     columns.style.width = `${width}px`;
     for (const row of rows.values()) row.remove();
@@ -203,6 +211,10 @@
                      el("span", {className: "muted", textContent: "explained "}),
                      `${label(data.tc[i])} ${score(data.ts[i])}`));
     }
+    if (HEAD.regions && data.tc[i] !== null) {
+      info.append(el("div", {className: "line region", title: "the pixels whose mean class score is explained",
+                             textContent: region(i)}));
+    }
     if (view.sort.startsWith("metric:")) {
       const [, metric, method] = view.sort.split(":");
       const value = methodValue(metric, i, Number(method));
@@ -214,6 +226,10 @@
     row.dataset.target = data.tc[i] === null ? "" : String(data.tc[i]);
     row.append(el("div", {className: "cell"}, data.st[i] === 1 ? el("div", {className: "blank", textContent: "—",
                   style: `width:${size}px;height:${size}px`}) : picture(photoSources(i, false), size, size, "photo")));
+    if (HEAD.regions) {
+      row.append(el("div", {className: "cell", title: "region"}, data.rf[i] ? picture(regionSources(i), size, size, "region")
+        : el("div", {className: "blank", textContent: "—", style: `width:${size}px;height:${size}px`})));
+    }
     for (const method of methods) {
       const has = data.ms[i].includes(method.number);
       row.append(el("div", {className: "cell", title: method.name}, has
@@ -234,6 +250,7 @@
                           el("br"), status === "error" ? `error: ${data.err.get(i)}` : "");
     if (data.pc[i] !== null) title.append(`predicted ${label(data.pc[i])} ${score(data.ps[i])}`);
     if (data.tc[i] !== null) title.append(` · explained ${label(data.tc[i])} ${score(data.ts[i])}`);
+    if (HEAD.regions && data.tc[i] !== null) title.append(` · ${region(i)}`);
     if (data.w[i]) title.append(` · ${data.w[i]}×${data.h[i]} px`);
     const body = $("viewer-body");
     body.replaceChildren();
@@ -244,6 +261,13 @@
     pictures.append(el("figure", {className: "picture"}, picture(photo, 0, 0, "photo"),
                        el("figcaption", {}, "photo ", photo.length ? el("a", {href: photo[0], target: "_blank",
                                                                               textContent: "open"}) : null)));
+    if (HEAD.regions && data.rf[i]) {
+      const card = el("figure", {className: "picture"}, picture(regionSources(i), 0, 0, "region"),
+                      el("figcaption", {}, `${region(i)} `, el("a", {href: regionSources(i)[0], target: "_blank",
+                                                                     textContent: "open"})));
+      card.dataset.region = "true";
+      pictures.append(card);
+    }
     const methods = data.ms[i].map((number) => HEAD.methods[number]);
     for (const method of methods) {
       const sources = overlaySources(i, method, true);
@@ -440,7 +464,7 @@
     }
     const sort = $("sort");
     for (const [value, text] of [["index", "index order"], ["name", "file name"], ["pred", "predicted score"],
-                                 ["target", "explained score"]]) {
+                                 ["target", "explained score"], ...(HEAD.regions ? [["share", "region share"]] : [])]) {
       sort.append(el("option", {value, textContent: text}));
     }
     for (const metric of HEAD.metrics) {

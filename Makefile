@@ -13,7 +13,7 @@ BENCH_FLAGS ?=
 OVXAI_VENV ?= .venv-ovxai
 TF_VENV ?= .venv-tf
 
-.PHONY: setup browser test test-fast lint export info run report doctor demo-images demo bench bench-resume bench-big \
+.PHONY: setup browser test test-fast lint export info run report doctor demo-images demo-segmenter demo bench bench-resume bench-big \
 	bench-ray bench-report bench-stages bench-gpu bench-peer bench-onnx bench-smoke zoo wheel platforms docs tf clean help
 
 setup: $(VENV)/.installed  ## create .venv, install onnxcam (editable) with the export, test, ray, openvino, docs, smp extras
@@ -62,6 +62,17 @@ doctor: setup  ## what runs the model here (CUDA or CPU), why, and the command t
 
 demo-images: setup  ## scikit-image's photographs into demo/images
 	$(BIN)/python tools/sample_photos.py demo/images
+
+# The segmentation demo's scenes (seed 1) and a tiny segmenter trained on others (seed 0, about a minute on 2 cores);
+# file targets, so that a second `make` keeps them.
+SEG_DEMO := demo/segmentation
+demo-segmenter: $(SEG_DEMO)/classes.txt $(SEG_DEMO)/segmenter.pth  ## synthetic scenes, their masks, a segmenter trained here
+
+$(SEG_DEMO)/classes.txt: tools/segmentation_scenes.py | setup
+	$(BIN)/python tools/segmentation_scenes.py $(SEG_DEMO) --count 24 --seed 1
+
+$(SEG_DEMO)/segmenter.pth: tools/segmentation_scenes.py tools/tiny_segmenter.py | setup
+	$(BIN)/python tools/tiny_segmenter.py --out $@
 
 # The main job on the bundled default: export efficientnet-lite0, explain scikit-image's photographs, measure
 # how faithful four methods are on the photographs with object boxes, then look inside the model: channels,

@@ -1,8 +1,8 @@
 """Synthetic scenes for semantic segmentation: a few shapes on textured backgrounds, with their label maps.
 
 No pretrained segmenter ships offline; these scenes train tools/tiny_segmenter.py and feed the segmentation tests and
-demo. Each scene has 1-4 objects (circle, square, triangle; apart), each of its own random colour, so that colour alone
-does not give the class away, on a background of smooth noise, stripes or a gradient.
+demo. Each scene has 1-4 objects (circle, square, triangle; apart), each of its own vivid colour of any hue, so that
+colour alone does not give the class away, on a greyish background of smooth noise, stripes or a gradient.
 
     python tools/segmentation_scenes.py OUT_DIR --count N --seed S
         # OUT_DIR/images/NAME.png (RGB), OUT_DIR/masks/NAME.png (VOC-style indexed PNGs), OUT_DIR/classes.txt

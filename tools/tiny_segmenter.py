@@ -1,9 +1,10 @@
 """A tiny fully convolutional segmenter, trained in about two CPU minutes on synthetic scenes (segmentation_scenes.py).
 
 No pretrained segmenter ships offline; this one gives the segmentation tests and demo a model that knows the shapes.
-Measured on an AMD EPYC core (one thread, the machine busy with other work): 116 s of CPU, 4 min wall, 1.2 GB peak;
-held-out mIoU 0.987 (background 1.000, circle 0.989, square 0.977, triangle 0.982); seed 1: 0.991. Its loss sits on a
-plateau (every object called a circle, mIoU about 0.5) for the first half of the run, then the shapes come.
+Measured on 2 AMD EPYC cores busy with other work (load 2 to 4): 109 s (90 s of CPU) on one thread, 661 s on two;
+1.2 GB peak; held-out mIoU 0.987 (background 1.000, circle 0.989, square 0.977, triangle 0.982); seed 1: 0.991.
+Its loss sits on a plateau (every object called a circle, mIoU about 0.5) for the first half of the run, then the
+shapes come.
 
 It takes ImageNet-normalised RGB (onnxcam's default preprocessing for a `module:factory` model) of any size divisible by
 8, and returns logits [N, 4, H, W]. Grad-CAM target layers by name: encoder.stage1 (stride 4), encoder.stage2 (stride
@@ -32,7 +33,7 @@ EPOCHS = 8
 BATCH = 16
 LEARNING_RATE = 2e-2
 # One thread: as fast as two on 2 cores that other work keeps busy, where two OpenMP threads wait on each other
-# (5x slower here), and the same weights whatever the core count.
+# (6x slower here), and the same weights whatever the core count.
 THREADS = 1
 HELD_OUT_SEED = 1_000_000  # the held-out scenes' seed, apart from any training seed
 HELD_OUT = 128

@@ -219,9 +219,6 @@ def gradcam_part(args, exports: Path) -> None:
                       f"   onnxcam is {ours / end_to_end:.1f}x / {ours_compute / compute:.1f}x")
 
 
-if __name__ == "__main__":
-    main()
-
 
 def segmentation_part(args, exports: Path) -> None:
     loaded, graph = exported(args.segmentation_model, exports, SMOKE_INPUT_SIZE if args.smoke else None)
@@ -240,3 +237,7 @@ def segmentation_part(args, exports: Path) -> None:
                                      args.batch_size, "cpu", tmp / "ref", segmenter=True)
     print(f"  onnxcam on {provider} {ours:9.2f}/s (peak RSS {peak:.0f} MiB)")
     print(f"  pytorch-grad-cam (frozen) {theirs:6.2f}/s   onnxcam is {ours / theirs:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,8 @@
 each graph checked against plain torch autograd of the tutorial's score, sum(out[t] * mask), written here without
 the exporter's code; the target mask broadcasts."""
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -17,6 +19,9 @@ from onnxcam.runner.model.graph import PREDICTED_MASK, read_graph_info  # noqa: 
 
 SIZE = (64, 96)
 TOLERANCE = 1e-4
+# dS/dA goes back through the whole decoder (smp's Unet: ten convolutions, batch norms and ReLUs at full size), where
+# float32 sums drift from float64's: 1.4e-4 measured on smp's Unet; held to the export gate's 1e-3.
+GRADIENT_TOLERANCE = 1e-3
 SEGMENTERS = {  # spec -> (what --layer auto must pick, number of classes)
     "torchvision:lraspp_mobilenet_v3_large": ("backbone.16", 21),
     "torchvision:deeplabv3_mobilenet_v3_large": ("backbone.16", 21),
@@ -28,14 +33,10 @@ SEGMENTERS = {  # spec -> (what --layer auto must pick, number of classes)
 
 def _autograd(model, layer, x, targets, masks):
     """dS/dA for S = sum_n sum_yx out[n, t_n] * M_n, and each class's mean score over M_n, in float64."""
-    model = model.double()
+    model = copy.deepcopy(model).double()
     captured = []
-    handle = model.get_submodule(layer).register_forward_hook(lambda module, inputs, output: captured.append(output))
-    try:
-        output = model(torch.from_numpy(x).double())
-    finally:
-        handle.remove()
-        model.float()
+    model.get_submodule(layer).register_forward_hook(lambda module, inputs, output: captured.append(output))
+    output = model(torch.from_numpy(x).double().requires_grad_(True))  # frozen parameters: the input carries it
     output = output["out"] if isinstance(output, dict) else output
     masks = torch.from_numpy(masks).double()
     score = sum((output[n, t] * masks[n]).sum() for n, t in enumerate(targets))
@@ -74,7 +75,7 @@ def test_segmenters_export_and_match_autograd(spec, exported):
             masks[:, 0, 0] = 1  # a class the random weights predict nowhere: one pixel, so the mean exists
         gradients, means, _ = _autograd(loaded.model, layer, x, targets, masks)
         out = run(masks)
-        assert relative_error(out["gradients"], gradients) <= TOLERANCE
+        assert relative_error(out["gradients"], gradients) <= GRADIENT_TOLERANCE
         assert relative_error(out["logits"], means) <= TOLERANCE
     spelt_out = run((label_map == targets[:, None, None]).astype(np.float32))
     assert relative_error(predicted["gradients"], spelt_out["gradients"]) <= 1e-6, "-1 is not the prediction"

@@ -1,8 +1,10 @@
 """A segmenter that knows its classes: tools/tiny_segmenter.py trained here on synthetic scenes (no pretrained segmenter
-ships offline), exported, and run over scenes it has not seen. Grad-CAM's peak must fall inside the explained class's
-region (the scene's ground truth, not the model's prediction) on at least 90% of the rows, and inside another object's
-region on few, over the predicted pixels and over given masks alike."""
+ships offline), exported, and run over scenes it has not seen, as `make demo` does (manifests/demo-segmentation.yaml).
+Grad-CAM's peak must fall inside the explained class's region (the scene's ground truth, not the model's prediction)
+on at least 90% of the rows, and inside another object's region on few, over the predicted pixels and over given
+masks alike."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,30 +28,41 @@ INSIDE, ELSEWHERE = 0.9, 0.05
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("trained")
-    train(folder / "segmenter.pth", seed=0)
-    write_scenes(folder / "scenes", SCENES, seed=1)
-    loaded = load_model("tiny_segmenter:build", folder / "segmenter.pth")
+def layout(tmp_path_factory) -> Path:
+    """tmp/{manifests, exports/tiny-segmenter.onnx, demo/segmentation} as `make demo` leaves them."""
+    root = tmp_path_factory.mktemp("layout")
+    scenes, exports = root / "demo" / "segmentation", root / "exports"
+    shutil.copytree(Path(__file__).parent.parent / "manifests", root / "manifests")
+    train(scenes / "segmenter.pth", seed=0)
+    write_scenes(scenes, SCENES, seed=1)
+    loaded = load_model("tiny_segmenter:build", scenes / "segmenter.pth")
     loaded.input_size, loaded.labels = Size(SIZE, SIZE), list(CLASSES)
-    export_explain_graph(loaded, "auto", folder / "segmenter.onnx", log=lambda _: None)
-    return folder, folder / "segmenter.onnx"
+    exports.mkdir()
+    export_explain_graph(loaded, "decoder.fuse", exports / "tiny-segmenter.onnx", log=lambda _: None)  # as make demo
+    return root
 
 
-def _peaks(folder: Path, graph: Path, name: str, **sections) -> tuple[list[dict[str, str]], dict[str, np.ndarray]]:
-    run = folder / name
-    run.mkdir()
-    assert main(["run", str(write_manifest(run, graph, folder / "scenes" / "images", ("gradcam",), **sections)),
-                 "--quiet"]) == 0
-    truth = {path.name: np.asarray(Image.open(path)) for path in (folder / "scenes" / "masks").glob("*.png")}
-    return [row for row in read_index(run / "out") if row["status"] == "ok"], truth
+def _rows(out: Path) -> list[dict[str, str]]:
+    return [row for row in read_index(out) if row["status"] == "ok" and row["method"] == "gradcam"]
 
 
 @pytest.mark.parametrize("targets", ["present", "masks"])
-def test_gradcam_peaks_inside_the_explained_class(trained, targets):
-    folder, graph = trained
-    sections = {"targets": {"masks": {"dir": str(folder / "scenes" / "masks")}}} if targets == "masks" else {}
-    rows, truth = _peaks(folder, graph, targets, **sections)
+def test_gradcam_peaks_inside_the_explained_class(layout, targets, capsys):
+    scenes = layout / "demo" / "segmentation"
+    if targets == "present":  # the demo's own manifest
+        assert main(["run", str(layout / "manifests" / "demo-segmentation.yaml"), "--quiet"]) == 0
+        done = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("onnxcam run: done:"))
+        assert " 0 errors" in done, done
+        rows = _rows(scenes / "out")
+        assert all(row["energy_inside"] for row in rows)
+    else:
+        run = layout / "given"
+        run.mkdir()
+        manifest = write_manifest(run, layout / "exports" / "tiny-segmenter.onnx", scenes / "images",
+                                  targets={"masks": {"dir": str(scenes / "masks")}})
+        assert main(["run", str(manifest), "--quiet"]) == 0
+        rows = _rows(run / "out")
+    truth = {path.name: np.asarray(Image.open(path)) for path in (scenes / "masks").glob("*.png")}
     assert len(rows) >= SCENES, "fewer rows than scenes: every scene has at least one object"
     assert all(row["target_mask"] == ("given" if targets == "masks" else "predicted") for row in rows)
     inside = elsewhere = 0

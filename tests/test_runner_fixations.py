@@ -112,8 +112,8 @@ def test_a_model_it_cannot_serve_is_one_line(exported, tmp_path, capsys):
     manifest = write_manifest(tmp_path, path, tmp_path / "images", methods=["fixations"])
     assert main(["run", str(manifest)]) == 2
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    # torch traces the bilinear upsampling as index gathers
-    assert line.startswith("onnxcam run: error: ") and "methods: 'fixations': cannot backtrack through GatherND" in line
+    # the exporter traces the bilinear upsampling as products with constant matrices broadcast over the batch
+    assert line.startswith("onnxcam run: error: ") and "methods: 'fixations': cannot backtrack through Expand" in line
     assert line.endswith("fixations serve convolutional networks (VGG, AlexNet, ResNet, EfficientNet-Lite): use "
                          "gradcam for this one")
 

@@ -124,7 +124,8 @@ def vit_b_16_live_head() -> nn.Module:
 
 
 def upsampling_net() -> nn.Module:
-    """Upsamples between its convolutions: ops CNN fixations cannot backtrack through (index gathers)."""
+    """Upsamples between its convolutions: ops CNN fixations cannot backtrack through (the upsampling's matrix
+    products)."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2, mode="bilinear"),

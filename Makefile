@@ -37,7 +37,7 @@ lint: setup  ## ruff
 
 # Both run every benchmark at its --smoke size (tests/test_benchmarks.py, about 2 minutes on 2 idle cores), so none
 # rots. test builds .venv-tf (make tf) for the Keras and TensorFlow models' tests; test-fast leaves them out (slow).
-test: lint browser docs tf  ## ruff, the docs site (--strict) and every test (45 min on 2 cores; what CI runs)
+test: lint browser docs tf  ## ruff, the docs site (--strict) and every test (about an hour on 2 cores; what CI runs)
 	$(BIN)/pytest -q
 
 # The everyday loop: everything but the tests marked slow (exports of real models, long runs); 9 minutes on 2 cores, of

@@ -17,17 +17,7 @@ from onnxcam.runner.inputs.preprocess import to_input
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
-
-
-class OutOnly(torch.nn.Module):
-    """The segmentation tutorial's SegmentationModelOutputWrapper: torchvision's segmenters return a dict."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)["out"]
+from reference_model import OutOnly
 
 
 def _largest_class_targets(model: torch.nn.Module, tensor: torch.Tensor) -> list[SemanticSegmentationTarget]:

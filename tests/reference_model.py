@@ -22,6 +22,18 @@ class HeadCallOnly(torch.nn.Module):
         return self.head(x) if x.shape[1] == self.head_channels else self.stem(x)
 
 
+class OutOnly(torch.nn.Module):
+    """pytorch-grad-cam's segmentation tutorial's SegmentationModelOutputWrapper: it needs a tensor, torchvision's
+    segmenters return a dict."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]
+
+
 def reference_model(loaded, layer: str, channels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """A copy of the loaded model for the reference libraries, and the module of its target layer
     (`channels`: the target layer's output channels)."""

@@ -18,24 +18,13 @@ from onnxcam.runner.methods.maps import normalise, resize_maps  # noqa: E402
 from onnxcam.runner.model.graph import PREDICTED_MASK  # noqa: E402
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget  # noqa: E402
-from reference_model import gradcam_plus_plus_with_epsilon  # noqa: E402
+from reference_model import OutOnly, gradcam_plus_plus_with_epsilon  # noqa: E402
 from sample_photos import write_photos  # noqa: E402
 
 TOLERANCE = 1e-3
 REFERENCES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "hirescam": HiResCAM,
               "layercam": LayerCAM}
 SIZE = (160, 224)  # the recipe's 520x520 costs minutes a model on 2 cores; the maps' arithmetic is the same
-
-
-class OutOnly(torch.nn.Module):
-    """The tutorial's SegmentationModelOutputWrapper: pytorch-grad-cam needs a tensor, torchvision returns a dict."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)["out"]
 
 
 @pytest.fixture(scope="module")

@@ -239,6 +239,9 @@ def export_explain_graph(
     labels = loaded.labels or [str(i) for i in range(num_classes)]
     if len(labels) != num_classes:
         raise ExportError(f"--labels: {len(labels)} names for a model with {num_classes} classes")
+    if probe.task == "segmentation" and num_classes > 256:
+        raise ExportError(f"the segmenter has {num_classes} classes; onnxcam's label map is uint8 (256 classes at "
+                          "most): report the model to onnxcam")
 
     example = _example(probe.logits_shape, loaded.input_size)
     reference = reference_outputs(model, chosen, *example[:2], guided, saliency=saliency,

@@ -104,3 +104,14 @@ def test_segmenter_spec_mistakes_are_one_line(spec, message):
     with pytest.raises(ExportError, match=message) as error:
         load_model(spec)
     assert "\n" not in str(error.value)
+
+
+def test_a_segmenter_of_more_than_256_classes_is_one_line(tmp_path):
+    from onnxcam.exporter.export import export_explain_graph
+    from onnxcam.exporter.sources import LoadedModel
+    from onnxcam.runner.size import Size
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 300, 1))
+    with pytest.raises(ExportError, match="the segmenter has 300 classes; onnxcam's label map is uint8") as error:
+        export_explain_graph(LoadedModel(model.eval(), "test:wide", Size(16, 16)), "auto", tmp_path / "w.onnx")
+    assert "\n" not in str(error.value) and not (tmp_path / "w.onnx").exists()

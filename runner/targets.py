@@ -117,13 +117,11 @@ class TargetPlan:
     def follow_up(self, scores: np.ndarray) -> tuple[bool, list[int]]:
         """After the top-1 pass: whether to keep the top-1 result, and which further classes to run (`scores`: a
         segmenter's class shares, with `present`)."""
-        if self.targets.kind == "present":
-            chosen = [int(c) for c in np.argsort(-scores, kind="stable")
-                      if scores[c] > 0 and scores[c] >= self.targets.min_area and c not in self.ignored]
-            top = int(np.argmax(scores))
-            return top in chosen, [c for c in chosen if c != top]
         if self.targets.kind == "topk":
             return True, [int(c) for c in np.argsort(-scores, kind="stable")[1:self.targets.k]]
-        chosen = [int(c) for c in np.argsort(-scores, kind="stable") if scores[c] >= self.targets.threshold]
+        present = self.targets.kind == "present"  # else threshold; self.ignored is empty but for a segmenter's
+        least = self.targets.min_area if present else self.targets.threshold
+        chosen = [int(c) for c in np.argsort(-scores, kind="stable")
+                  if scores[c] >= least and (scores[c] > 0 or not present) and c not in self.ignored]
         top = int(np.argmax(scores))
         return top in chosen, [c for c in chosen if c != top]

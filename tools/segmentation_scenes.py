@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from onnxcam.runner.outputs.formats import VOC_PALETTE
 from PIL import Image
 
 CLASSES = ("background", "circle", "square", "triangle")
@@ -26,21 +27,6 @@ MIN_CONTRAST = 80  # the least difference, in some channel, between an object's 
 GAP = 3  # the least distance in pixels between two objects
 PLACES = 20  # tries to place an object clear of the others
 BORDER = 1  # pixels of IGNORE on each side of an object's outline (VOC draws about 1% of the image: 5 px of 500)
-
-
-def voc_palette() -> list[int]:
-    """VOC's 256-colour palette (the bit-interleaved colour map of its devkit): 0 black, 1 dark red, ..., 255 cream."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        value = index
-        for shift in range(7, -1, -1):
-            red |= (value & 1) << shift
-            green |= ((value >> 1) & 1) << shift
-            blue |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette += [red, green, blue]
-    return palette
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -122,7 +108,7 @@ def write_scenes(folder: Path, count: int, seed: int, size: int = SIZE, border: 
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     (folder / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    palette = voc_palette()
+    palette = VOC_PALETTE
     names = []
     for index in range(count):
         image, label = scene((seed, index), size, border)
